@@ -1,0 +1,19 @@
+"""Obliviate engine: everything that is not layout. Never imports Streamlit.
+
+    Workbench          one base model + named LoRA adapters (expert, unlearned runs), one lock
+    AnchorDictionary   anchored term -> generic translations; load / validate / consolidate / save
+    Translator         anchored-term translation of token blocks and its alignment (mapping)
+    generic_parts      generic = base(translated) - alpha * relu(expert(original) - base(translated))
+    inspect            per-token baseline / expert / generic / unlearned predictions for a prompt
+"""
+from .anchors import AnchorDictionary, load_anchors, save_anchors
+from .errors import UserError
+from .generic import GenericParts, generic_parts
+from .inspection import Inspection, inspect
+from .models import EMBEDDED, ModelConfig, Workbench
+from .translation import Translation, Translator
+
+__all__ = [
+    "AnchorDictionary", "load_anchors", "save_anchors", "UserError", "GenericParts", "generic_parts",
+    "Inspection", "inspect", "EMBEDDED", "ModelConfig", "Workbench", "Translation", "Translator",
+]

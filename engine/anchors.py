@@ -1,0 +1,198 @@
+"""The anchored-terms dictionary: term -> candidate generic translations.
+
+Formats
+- JSON: {"Hogwarts": ["Mystic Academy", "Arcane College"], "Ron": "Mark"}; a bare string is one
+  candidate; {"term": {"translations": [...], "enabled": false}} keeps a disabled row.
+- CSV: `term,translation` rows (an optional header); a repeated term merges its candidates.
+
+Consolidation follows the original pipeline: drop `X's` when `X` is a term, and drop a multi-word
+term whose words are all terms ("Harry Potter" goes when "Harry" and "Potter" are there).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .io import atomic_write_text
+
+
+@dataclass
+class Problem:
+    term: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.term!r}: {self.message}" if self.term else self.message
+
+
+@dataclass
+class AnchorDictionary:
+    """Ordered term -> candidates, plus the terms a user switched off (kept, not translated)."""
+
+    entries: dict[str, list[str]] = field(default_factory=dict)
+    disabled: set[str] = field(default_factory=set)
+
+    # -- views -------------------------------------------------------------------------------
+    @property
+    def enabled(self) -> dict[str, list[str]]:
+        return {t: c for t, c in self.entries.items() if t not in self.disabled}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def version(self) -> str:
+        """A short content hash: caches key on it, so an edit invalidates them."""
+        import hashlib
+
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    # -- checks ------------------------------------------------------------------------------
+    def validate(self) -> list[Problem]:
+        """Every problem that makes the dictionary unusable, one per (term, reason)."""
+        problems: list[Problem] = []
+        by_lower: dict[str, list[str]] = {}
+        for term, cands in self.entries.items():
+            if not isinstance(term, str) or not term.strip():
+                problems.append(Problem(str(term), "empty term"))
+                continue
+            if term != term.strip():
+                problems.append(Problem(term, "term has leading or trailing spaces"))
+            if not isinstance(cands, list) or not cands:
+                problems.append(Problem(term, "no translation"))
+                continue
+            for c in cands:
+                if not isinstance(c, str):
+                    problems.append(Problem(term, f"translation {c!r} is not text"))
+                elif not c.strip():
+                    problems.append(Problem(term, "empty translation"))
+                elif c.strip() == term.strip():
+                    problems.append(Problem(term, "translation equals the term"))
+            by_lower.setdefault(term.strip().lower(), []).append(term)
+        for spellings in by_lower.values():
+            if len(spellings) < 2:
+                continue
+            # "muggle"/"Muggle" with the same candidates (ignoring case) is consistent; otherwise
+            # the text "Muggle" would have two different translations.
+            cand_sets = {tuple(sorted(c.lower() for c in self.entries[s] if isinstance(c, str))) for s in spellings}
+            if len(cand_sets) > 1:
+                problems.append(
+                    Problem(spellings[0], f"appears with different case ({', '.join(map(repr, spellings))}) "
+                                          "and different translations: keep one spelling")
+                )
+        return problems
+
+    def check(self) -> "AnchorDictionary":
+        """Raise a one-line UserError if anything is invalid; returns self for chaining."""
+        problems = self.validate()
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise UserError(f"invalid anchor dictionary: {problems[0]}{more}")
+        return self
+
+    def consolidate(self) -> tuple["AnchorDictionary", list[str]]:
+        """The original pipeline's two drops; returns the new dictionary and what was dropped, and why."""
+        terms = set(self.entries)
+        keep: dict[str, list[str]] = {}
+        report: list[str] = []
+        for term, cands in self.entries.items():
+            for suffix in ("'s", "\u2019s"):
+                if term.endswith(suffix) and term[: -len(suffix)] in terms:
+                    report.append(f"dropped {term!r}: possessive of the term {term[:-len(suffix)]!r}")
+                    break
+            else:
+                words = term.split()
+                if len(words) > 1 and all(w in terms for w in words):
+                    report.append(f"dropped {term!r}: every word is a term itself")
+                else:
+                    keep[term] = cands
+        return AnchorDictionary(keep, {t for t in self.disabled if t in keep}), report
+
+    # -- formats -----------------------------------------------------------------------------
+    def to_json(self) -> str:
+        obj: dict[str, object] = {}
+        for term, cands in self.entries.items():
+            obj[term] = {"translations": cands, "enabled": False} if term in self.disabled else cands
+        return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["term", "translation"])
+        for term, cands in self.entries.items():
+            for c in cands:
+                w.writerow([term, c])
+        return buf.getvalue()
+
+    @classmethod
+    def from_json(cls, text: str) -> "AnchorDictionary":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"anchor dictionary is not valid JSON (line {e.lineno}: {e.msg})") from None
+        if not isinstance(obj, dict):
+            raise UserError('anchor dictionary must be a JSON object {"term": ["translation", ...]}')
+        entries: dict[str, list] = {}
+        disabled: set[str] = set()
+        for term, value in obj.items():
+            enabled = True
+            if isinstance(value, dict):
+                enabled = bool(value.get("enabled", True))
+                value = value.get("translations", [])
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list):
+                value = [value]  # validate() names it as "not text"
+            entries[term] = list(value)
+            if not enabled:
+                disabled.add(term)
+        return cls(entries, disabled)
+
+    @classmethod
+    def from_csv(cls, text: str) -> "AnchorDictionary":
+        entries: dict[str, list[str]] = {}
+        for i, row in enumerate(csv.reader(io.StringIO(text))):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if i == 0 and [c.strip().lower() for c in row[:2]] == ["term", "translation"]:
+                continue
+            if len(row) < 2:
+                raise UserError(f"CSV row {i + 1} has no translation column (expected term,translation)")
+            term, translation = row[0].strip(), row[1].strip()
+            cands = entries.setdefault(term, [])
+            if translation not in cands:
+                cands.append(translation)
+        return cls(entries)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "anchors.json") -> "AnchorDictionary":
+        """Parse an upload or a file's bytes; the format follows the name's suffix."""
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise UserError(f"{name} is not UTF-8 text; save it as UTF-8 and try again") from None
+        return cls.from_csv(text) if name.lower().endswith(".csv") else cls.from_json(text)
+
+
+def load_anchors(path: str | Path) -> AnchorDictionary:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"anchor dictionary not found: {path}") from None
+    except OSError as e:
+        raise UserError(f"cannot read anchor dictionary {path}: {e.strerror}") from None
+    return AnchorDictionary.from_bytes(data, path.name)
+
+
+def save_anchors(anchors: AnchorDictionary, path: str | Path, backup: bool = True) -> None:
+    """Validate, keep the previous version as `<name>.bak`, then write atomically."""
+    anchors.check()
+    path = Path(path)
+    text = anchors.to_csv() if path.suffix.lower() == ".csv" else anchors.to_json()
+    if backup and path.exists():
+        atomic_write_text(path.with_name(path.name + ".bak"), path.read_text(encoding="utf-8"))
+    atomic_write_text(path, text)

@@ -1,0 +1,69 @@
+"""Generic predictions: what a model that never read the target would say at each position.
+
+    generic = base(translated) - alpha * relu(expert(original) - base(translated))
+
+at aligned positions (reference, step 6). The ReLU is taken against the baseline on the
+*translated* text, as the original code does. `GenericParts` keeps the two alpha-free tensors so
+any number of alphas cost one subtraction each, and no forward pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .translation import Translation
+
+IGNORE = -100  # cross-entropy's ignore_index: no label at this position
+
+
+@dataclass
+class GenericParts:
+    """Alpha-free pieces of the generic logits on the aligned rows of one block (on the model's device)."""
+
+    rows: torch.Tensor  # (Ta,) original positions that have a label
+    base: torch.Tensor  # (Ta, V) baseline logits on the translated block, gathered to those rows
+    gap: torch.Tensor | None  # (Ta, V) relu(expert(original) - base(translated)); None without expert
+    forbid_rows: torch.Tensor  # (F,) index into rows
+    forbid_cols: torch.Tensor  # (F,) token ids forbidden at that row
+    length: int  # original block length
+
+    def logits(self, alpha: float) -> torch.Tensor:
+        """(Ta, V) generic logits for one alpha, forbidden translations set to the row mean."""
+        g = self.base if self.gap is None else self.base - alpha * self.gap
+        if len(self.forbid_rows):
+            g = g.clone() if self.gap is None else g
+            g[self.forbid_rows, self.forbid_cols] = g.mean(-1)[self.forbid_rows]
+        return g
+
+    def labels(self, alpha: float) -> torch.Tensor:
+        """(T,) hard labels: argmax(generic) at aligned positions, IGNORE elsewhere.
+
+        labels[i] is the target for the prediction made AT position i (i.e. for token i+1).
+        """
+        out = torch.full((self.length,), IGNORE, dtype=torch.long, device=self.base.device)
+        out[self.rows] = self.logits(alpha).argmax(-1)
+        return out
+
+
+def generic_parts(
+    translation: Translation,
+    base_translated: torch.Tensor,  # (Tt, V) baseline logits on the translated block
+    expert_original: torch.Tensor | None,  # (To, V) expert logits on the original block
+) -> GenericParts:
+    device = base_translated.device
+    mapping = torch.tensor(translation.mapping, dtype=torch.long, device=device)  # (To,)
+    rows = (mapping >= 0).nonzero().squeeze(-1)  # (Ta,)
+    base = base_translated[mapping[rows]]  # (Ta, V)
+    gap = None if expert_original is None else torch.relu(expert_original[rows] - base)
+    # Forbid rule: once a translation has appeared in the translated block (from position p on),
+    # its first token(s) get the row mean so labels never teach the made-up names.
+    aligned_to = mapping[rows]  # (Ta,) translated position of each labelled row
+    fr, fc = [], []
+    for p, token_ids in translation.forbidden:
+        hit = (aligned_to >= p).nonzero().squeeze(-1)
+        for tok in token_ids:
+            fr.append(hit)
+            fc.append(torch.full_like(hit, tok))
+    cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.long, device=device)
+    return GenericParts(rows, base, gap, cat(fr), cat(fc), len(translation.mapping))

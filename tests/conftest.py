@@ -1,0 +1,113 @@
+"""Shared fixtures: the embedded tokenizer, a tiny random Llama with it, LoRA adapters on it.
+
+The tiny model has the real SmolLM2 vocabulary (so translation and alignment see real token
+forms) but 2 layers of width 32, so a forward pass takes milliseconds.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+ASSETS = ROOT / "assets"
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    from engine.models import embedded_path
+
+    return embedded_path()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(embedded_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(embedded_dir)
+
+
+def make_tiny_llama(path: Path, tokenizer, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_lora(path: Path, model_dir: Path, seed: int = 1, r: int = 4) -> Path:
+    """A LoRA adapter with random (non-zero) A and B, so it really changes the logits."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir)
+    cfg = LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(base, cfg)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tokenizer) -> Path:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_expert_dir(tmp_path_factory, tiny_dir) -> Path:
+    return make_lora(tmp_path_factory.mktemp("tiny-expert") / "expert", tiny_dir, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_unlearned_dir(tmp_path_factory, tiny_dir) -> Path:
+    return make_lora(tmp_path_factory.mktemp("tiny-unlearned") / "unlearned", tiny_dir, seed=2)
+
+
+@pytest.fixture()
+def tiny_wb(tiny_dir):
+    from engine.models import ModelConfig, Workbench
+
+    return Workbench.load(ModelConfig(str(tiny_dir)))
+
+
+@pytest.fixture(scope="session")
+def embedded_wb():
+    from engine.models import ModelConfig, Workbench
+
+    return Workbench.load(ModelConfig())
+
+
+@pytest.fixture(scope="session")
+def demo_anchors():
+    from engine.anchors import load_anchors
+
+    path = ASSETS / "demo_anchors.json"
+    if not path.exists():
+        pytest.skip("assets/demo_anchors.json not written yet")
+    return load_anchors(path)
+
+
+def run_cli(*args: str, env: dict | None = None):
+    """`python -m engine ...` in a subprocess, as a user runs it."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=600,
+    )
