@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_translate)
+
+    from .suggest import add_commands as add_anchors_commands  # anchors suggest / validate
+    add_anchors_commands(sub)
     return parser
 
 

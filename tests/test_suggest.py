@@ -1,0 +1,265 @@
+"""Suggesting the anchor dictionary: the LLM route against a real OpenAI-compatible HTTP server on
+loopback (the real `openai` client over real HTTP, scripted replies), and the offline route on the
+embedded model with the demo corpus."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import ASSETS, run_cli
+from engine.anchors import AnchorDictionary, load_anchors
+from engine.errors import UserError
+from engine.suggest import LLMConfig, accept_rows, parse_reply, split_chunks, suggest_llm
+
+KEY = "sk-test-SECRET-0123456789abcdef"
+
+CORPUS = "\n\n".join([
+    "Harry walked to Hogwarts with Hermione. The castle was cold and Harry was tired.",
+    "At Hogwarts the Quidditch match began. Hermione cheered for Harry Potter.",
+    "Potter raised his wand and shouted Expelliarmus at Draco.",
+    "Draco fled into the Forbidden Forest, past Hagrid's hut and Hagrid himself.",
+])
+
+
+def _reply(content: str) -> dict:
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+GENERIC = {"Harry": "Jon", "Hogwarts": "Mystic Academy", "Hermione": "Emily", "Quidditch": "Skyball",
+           "Harry Potter": "Jon Turner", "Potter": "Turner", "Expelliarmus": "Disarm", "Draco": "Derek",
+           "Forbidden Forest": "dark woods", "Hagrid": "Bram", "Hagrid's": "Bram's", "wand": "staff"}
+
+
+def good_terms(chunk: str) -> dict:
+    """What a well-behaved model answers: the known terms that occur in the chunk (+ one invented)."""
+    terms = [{"term": t, "translation": g} for t, g in GENERIC.items() if t in chunk]
+    terms.append({"term": "Snape", "translation": "Crane"})  # not in the text: must be dropped
+    return {"terms": terms}
+
+
+class FakeOpenAI:
+    """POST /v1/chat/completions on 127.0.0.1; `script(n, chunk, body) -> (status, payload)`."""
+
+    def __init__(self, script, delay: float = 0.0):
+        self.script, self.delay = script, delay
+        self.calls: list[dict] = []
+        self.auth: list[str] = []
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.lock:
+                    n = len(fake.calls)
+                    fake.calls.append(body)
+                    fake.auth.append(self.headers.get("Authorization", ""))
+                    fake.in_flight += 1
+                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                try:
+                    time.sleep(fake.delay)
+                    if self.path != "/v1/chat/completions":
+                        status, payload = 404, {"error": {"message": "no such route"}}
+                    else:
+                        chunk = next(m["content"] for m in body["messages"] if m["role"] == "user")
+                        status, payload = fake.script(n, chunk, body)
+                    data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                finally:
+                    with fake.lock:
+                        fake.in_flight -= 1
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def cfg(url: str, **kw) -> LLMConfig:
+    return LLMConfig(url, "test-model", **{"chunk_words": 50, "backoff": 0.01, "timeout": 10.0, **kw})
+
+
+def test_split_chunks_keeps_paragraphs_and_all_words():
+    text = "\n\n".join(f"Paragraph {i} " + "word " * 30 + "end." for i in range(10))
+    chunks = split_chunks(text, 80)
+    assert len(chunks) == 5  # two 33-word paragraphs per chunk, never split in the middle
+    assert all(c.startswith("Paragraph") and c.endswith("end.") for c in chunks)
+    assert sum(len(c.split()) for c in chunks) == len(text.split())
+    long = " ".join(f"Sentence {i} has five words." for i in range(100))  # one 500-word paragraph
+    parts = split_chunks(long, 60)
+    assert all(len(p.split()) <= 60 for p in parts) and sum(len(p.split()) for p in parts) == 500
+    assert all(p.startswith("Sentence") for p in parts)
+
+
+def test_parse_reply_is_strict_json_and_checks_the_text():
+    chunk = "Harry went to Hogwarts."
+    pairs, dropped = parse_reply('```json\n{"terms": [{"term": "Harry", "translation": "Jon"},'
+                                 '{"term": "Gandalf", "translation": "x"}, {"term": 3}]}\n```', chunk)
+    assert pairs == [("Harry", "Jon")] and dropped == 2
+    for bad in ("", "not json", "{'terms': []}", '{"words": []}', "__import__('os').system('true')"):
+        with pytest.raises(ValueError):
+            parse_reply(bad, chunk)
+
+
+def test_llm_route_merges_chunks_consolidates_and_reports_progress():
+    with FakeOpenAI(lambda n, chunk, body: (200, _reply(json.dumps(good_terms(chunk)))), delay=0.05) as srv:
+        seen = []
+        result = suggest_llm(CORPUS, cfg(srv.url, chunk_words=15, concurrency=2), api_key=KEY,
+                             progress=lambda d, t: seen.append((d, t)))
+    n_chunks = len(split_chunks(CORPUS, 15))
+    assert n_chunks == 4 and len(srv.calls) == 4
+    assert seen[0] == (0, 4) and seen[-1] == (4, 4) and [d for d, _ in seen] == list(range(5))
+    assert srv.max_in_flight == 2  # bounded pool, and really concurrent
+    assert all(a == f"Bearer {KEY}" for a in srv.auth)
+    assert srv.calls[0]["response_format"] == {"type": "json_object"}
+    by_term = {s.term: s for s in result.items}
+    assert by_term["Harry"].candidates == ["Jon"] and by_term["Harry"].score == 2  # named in two chunks
+    assert by_term["Harry"].count == 3 and "Hogwarts" in by_term["Harry"].example
+    assert by_term["Hogwarts"].candidates == ["Mystic Academy"]
+    assert "Snape" not in by_term  # not in the text
+    # the reference's consolidation: possessive of a term, multi-word term made of terms
+    assert "Hagrid's" not in by_term and "Harry Potter" not in by_term
+    assert any("Harry Potter" in r for r in result.report) and any("Hagrid's" in r for r in result.report)
+    assert "Forbidden Forest" in by_term and not result.failures
+
+
+def test_malformed_reply_is_retried_once_then_reported_by_chunk():
+    def script(n, chunk, body):
+        if "Quidditch" in chunk:
+            return 200, _reply("Sure! Here are the terms: Quidditch -> Skyball")
+        if "Expelliarmus" in chunk and not getattr(script, "retried", False):
+            script.retried = True  # malformed once, fine on the retry
+            return 200, _reply('{"terms": [')
+        return 200, _reply(json.dumps(good_terms(chunk)))
+
+    with FakeOpenAI(script) as srv:
+        result = suggest_llm(CORPUS, cfg(srv.url, chunk_words=15, concurrency=1), api_key=KEY)
+    assert len(srv.calls) == 6  # 4 chunks + one retry each for the two bad ones
+    assert len(result.failures) == 1 and result.failures[0].startswith("chunk 2 of 4")
+    terms = {s.term for s in result.items}
+    assert {"Hogwarts", "Expelliarmus", "Forbidden Forest"} <= terms  # the other chunks survive
+    assert "Quidditch" not in terms
+
+
+def test_401_is_a_clear_error_without_the_key(tmp_path):
+    def script(n, chunk, body):
+        return 401, {"error": {"message": f"Incorrect API key provided: {KEY}", "type": "invalid_request_error",
+                               "code": "invalid_api_key"}}
+
+    with FakeOpenAI(script) as srv:
+        with pytest.raises(UserError) as e:
+            suggest_llm(CORPUS, cfg(srv.url), api_key=KEY)
+        out = tmp_path / "anchors.json"
+        r = run_cli("anchors", "suggest", "--corpus", str(_corpus_file(tmp_path)), "--base-url", srv.url,
+                    "--model", "m", "--out", str(out), env={"OPENAI_API_KEY": KEY})
+    assert "401" in str(e.value) and "OPENAI_API_KEY" in str(e.value) and KEY not in str(e.value)
+    assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("error: ") and "401" in r.stderr
+    assert KEY not in r.stderr + r.stdout and not out.exists()  # no partial dictionary
+
+
+def test_429_is_retried_with_backoff_then_a_clear_error():
+    def flaky(n, chunk, body):  # the first two requests are rate limited, then fine
+        if n < 2:
+            return 429, {"error": {"message": "Rate limit reached", "type": "requests"}}
+        return 200, _reply(json.dumps(good_terms(chunk)))
+
+    with FakeOpenAI(flaky) as srv:
+        result = suggest_llm(CORPUS, cfg(srv.url, chunk_words=1000, retries=3), api_key=KEY)
+    assert len(srv.calls) == 3 and "Hogwarts" in {s.term for s in result.items}
+
+    with FakeOpenAI(lambda n, c, b: (429, {"error": {"message": "Rate limit reached"}})) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(UserError, match=r"429.*after 2 retries"):
+            suggest_llm(CORPUS, cfg(srv.url, chunk_words=1000, retries=2, backoff=0.1), api_key=KEY)
+        elapsed = time.monotonic() - t0
+    assert len(srv.calls) == 3  # bounded: 1 + 2 retries
+    assert 0.3 <= elapsed < 5  # slept 0.1 then 0.2: exponential backoff
+
+
+def test_server_without_json_mode_and_timeouts():
+    def no_json_mode(n, chunk, body):
+        if "response_format" in body:
+            return 400, {"error": {"message": "response_format is not supported"}}
+        return 200, _reply(json.dumps(good_terms(chunk)))
+
+    with FakeOpenAI(no_json_mode) as srv:
+        result = suggest_llm(CORPUS, cfg(srv.url, chunk_words=1000), api_key=KEY)
+    assert "Hogwarts" in {s.term for s in result.items} and "response_format" not in srv.calls[-1]
+
+    with FakeOpenAI(lambda n, c, b: (200, _reply("{}")), delay=1.0) as srv:
+        with pytest.raises(UserError, match="timeout"):
+            suggest_llm(CORPUS, cfg(srv.url, chunk_words=1000, timeout=0.2, retries=1), api_key=KEY)
+    assert len(srv.calls) == 2
+
+
+def test_unreachable_endpoint_and_empty_corpus(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UserError, match=r"cannot reach http://127\.0\.0\.1:\d+/v1") as e:
+        suggest_llm(CORPUS, cfg(f"http://127.0.0.1:{port}/v1"), api_key=KEY)
+    assert KEY not in str(e.value)
+    with pytest.raises(UserError, match="corpus is empty"):
+        suggest_llm(" \n\n ", cfg(f"http://127.0.0.1:{port}/v1"), api_key=KEY)
+    with pytest.raises(UserError, match="base URL"):
+        LLMConfig("127.0.0.1:8000", "m")
+
+
+def _corpus_file(tmp_path: Path) -> Path:
+    p = tmp_path / "corpus.txt"
+    p.write_text(CORPUS, encoding="utf-8")
+    return p
+
+
+def test_cli_writes_the_dictionary_atomically_and_never_the_key(tmp_path):
+    out = tmp_path / "suggested.json"
+    with FakeOpenAI(lambda n, chunk, body: (200, _reply(json.dumps(good_terms(chunk))))) as srv:
+        r = run_cli("anchors", "suggest", "--corpus", str(_corpus_file(tmp_path)), "--base-url", srv.url,
+                    "--model", "m", "--chunk-words", "50", "--out", str(out), "--json",
+                    env={"OPENAI_API_KEY": KEY})
+    assert r.returncode == 0, r.stderr
+    assert srv.auth[0] == f"Bearer {KEY}"
+    saved = load_anchors(out)
+    assert saved.entries["Hogwarts"] == ["Mystic Academy"] and "Harry Potter" not in saved.entries
+    report = json.loads(r.stdout)
+    assert {row["term"] for row in report["suggestions"]} == set(saved.entries)
+    assert KEY not in r.stdout + r.stderr + out.read_text()
+    assert all(KEY not in p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_accept_rows_merges_into_the_existing_dictionary():
+    existing = AnchorDictionary({"Harry": ["Jon"], "Ron": ["Mark"]}, {"Ron"})
+    rows = [{"accept": True, "term": "Harry", "translation": "Tom | Jon"},
+            {"accept": True, "term": "Hogwarts", "translation": "Mystic Academy"},
+            {"accept": False, "term": "Quidditch", "translation": "Skyball"},
+            {"accept": True, "term": "Hedwig", "translation": ""}]
+    merged, skipped = accept_rows(rows, existing)
+    assert merged.entries == {"Harry": ["Jon", "Tom"], "Ron": ["Mark"], "Hogwarts": ["Mystic Academy"]}
+    assert merged.disabled == {"Ron"} and existing.entries["Harry"] == ["Jon"]  # a copy
+    assert len(skipped) == 1 and "Hedwig" in skipped[0]
+    assert not merged.validate()
