@@ -1,0 +1,1 @@
+"""The Streamlit workbench: layout and calls into `engine/` (never torch, transformers or peft here)."""

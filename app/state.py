@@ -1,0 +1,180 @@
+"""What the pages share: the one Workbench per model config, its adapters, the anchor file, alpha.
+
+The sidebar (app/main.py) builds a `Context` on every script run before the page runs; pages read
+it with `context()`. The Workbench lives in `st.cache_resource`, shared by every browser tab; the
+engine's lock serialises forwards and adapter loads, and adapters are named after their path so two
+tabs choosing different experts never switch each other's adapter.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from engine.anchors import AnchorDictionary, load_anchors
+from engine.errors import UserError
+from engine.io import atomic_write_bytes, obliviate_home
+from engine.models import ModelConfig, Workbench
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "assets"
+NONE = "none"
+PATH = "a path…"
+MAX_PROMPT_CHARS = 20_000  # ~5k tokens: beyond every small model's context, and the page would crawl
+OOM_HINT = "out of memory: try a shorter prompt, a smaller model, or NF4 precision on a GPU"
+
+# Session-state keys of the sidebar widgets (the entry point owns them; pages read, never render them).
+MODEL, PRECISION, DEVICE = "model", "precision", "device"
+EXPERT, EXPERT_PATH = "expert", "expert_path"
+UNLEARNED, UNLEARNED_PATH = "unlearned", "unlearned_path"
+ALPHA = "alpha"
+_PENDING = "_pending_sidebar"  # values another page asks the sidebar to take on the next run
+_CTX = "_context"
+
+
+@dataclass
+class Context:
+    """One script run's view of the sidebar: the loaded model and the chosen adapters."""
+
+    wb: Workbench | None
+    model_key: str  # model|precision|device
+    expert: str | None  # adapter name inside wb
+    unlearned: str | None
+    adapters_key: str  # changes when a chosen adapter or its weights change
+    alpha: float
+    error: str | None = None
+
+
+def default_model() -> str:
+    """`embedded` unless OBLIVIATE_MODEL names another (tests point it at a tiny model)."""
+    return os.environ.get("OBLIVIATE_MODEL") or "embedded"
+
+
+# -- the model -------------------------------------------------------------------------------------
+@st.cache_resource(max_entries=2, show_spinner="Loading the model (once per model, shared by every tab)…")
+def _workbench(model: str, precision: str, device: str) -> Workbench:
+    return Workbench.load(ModelConfig(model, precision, device))
+
+
+def load_workbench(model: str, precision: str, device: str) -> Workbench:
+    try:
+        return _workbench(model, precision, device)
+    except MemoryError:
+        raise UserError(f"loading {model!r} ran {OOM_HINT}") from None
+
+
+# -- adapters --------------------------------------------------------------------------------------
+def run_roots() -> list[Path]:
+    """Where run directories live: OBLIVIATE_HOME/runs and ./runs of the checkout (`make demo`)."""
+    roots = [obliviate_home() / "runs", ROOT / "runs"]
+    return list(dict.fromkeys(r.resolve() for r in roots if r.is_dir()))
+
+
+def run_adapters(kind: str) -> list[str]:
+    """Adapter directories `<run>/adapters/<kind>` (kind: expert or unlearned), newest first."""
+    found = []
+    for root in run_roots():
+        for d in root.glob(f"*/adapters/{kind}"):
+            if (d / "adapter_config.json").exists() or (d / "config.json").exists():
+                found.append(d)
+    found.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+    return [str(d) for d in found]
+
+
+def adapter_label(choice: str) -> str:
+    if choice in (NONE, PATH):
+        return choice
+    p = Path(choice)
+    return f"run {p.parents[1].name}" if p.parent.name == "adapters" else str(p)
+
+
+def _fingerprint(path: Path) -> str:
+    """Path plus weights' mtime: a retrained adapter at the same path gets a new name (and cache key)."""
+    stamp = ""
+    for f in ("adapter_model.safetensors", "model.safetensors"):
+        if (path / f).exists():
+            stamp = str((path / f).stat().st_mtime_ns)
+    return hashlib.sha1(f"{path.resolve()}|{stamp}".encode()).hexdigest()[:10]
+
+
+def ensure_adapter(wb: Workbench, kind: str, path: str) -> str:
+    """Load the adapter once per Workbench under a name derived from its path; return the name."""
+    p = Path(os.path.expanduser(path.strip()))
+    if not p.exists():
+        raise UserError(f"{kind} adapter path does not exist: {path}")
+    name = f"{kind}_{_fingerprint(p)}"
+    with wb.lock:
+        if name not in wb.adapters:
+            try:
+                wb.add_adapter(name, p)
+            except MemoryError:
+                raise UserError(f"loading the {kind} adapter ran {OOM_HINT}") from None
+    return name
+
+
+def use_adapter(kind: str, path: str) -> None:
+    """For other pages ("use in Inspect"): make the sidebar select this adapter on the next run.
+
+    Call it, then `st.switch_page(...)` or `st.rerun()`; the sidebar widgets are already drawn in
+    the current run, so their keys cannot be written directly.
+    """
+    st.session_state.setdefault(_PENDING, {})[kind] = str(path)
+
+
+def apply_pending() -> None:
+    """Called by the entry point before it draws the sidebar widgets."""
+    for kind, path in st.session_state.pop(_PENDING, {}).items():
+        known = run_adapters(kind)
+        if path in known:
+            st.session_state[kind] = path
+        else:
+            st.session_state[kind] = PATH
+            st.session_state[f"{kind}_path"] = path
+
+
+def set_context(ctx: Context) -> None:
+    st.session_state[_CTX] = ctx
+
+
+def context() -> Context:
+    ctx = st.session_state.get(_CTX)
+    if ctx is None:  # a page run on its own (never through app/main.py)
+        st.error("Open the workbench through `streamlit run app/main.py` (or `make run`).")
+        st.stop()
+    return ctx
+
+
+def require_workbench() -> Context:
+    """The context with a loaded model, or stop the page with a pointer to the sidebar's error."""
+    ctx = context()
+    if ctx.wb is None:
+        st.warning("No model is loaded: fix the model settings in the sidebar (the error is shown there).")
+        st.stop()
+    return ctx
+
+
+# -- the anchor dictionary -------------------------------------------------------------------------
+def anchors_path() -> Path:
+    """$OBLIVIATE_ANCHORS, else OBLIVIATE_HOME/anchors.json; seeded from the demo dictionary on first use.
+
+    The UI never writes into assets/: the demo dictionary is only ever copied.
+    """
+    env = os.environ.get("OBLIVIATE_ANCHORS")
+    path = Path(env).expanduser() if env else obliviate_home() / "anchors.json"
+    demo = ASSETS / "demo_anchors.json"
+    if not path.exists() and demo.exists():
+        atomic_write_bytes(path, demo.read_bytes())
+    return path
+
+
+def saved_anchors() -> AnchorDictionary:
+    """The saved dictionary; raises UserError if it is missing or unreadable."""
+    return load_anchors(anchors_path())
+
+
+def demo_corpus() -> str:
+    path = ASSETS / "demo_corpus.txt"
+    return path.read_text(encoding="utf-8") if path.exists() else ""

@@ -1,0 +1,154 @@
+"""The Inspect page through streamlit's AppTest, on the tiny model (no browser)."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import ROOT
+
+PROMPT = "Harry Potter's two best friends are Ron and"
+
+
+@pytest.fixture()
+def app_env(monkeypatch, tmp_path, tiny_dir):
+    import streamlit as st
+
+    monkeypatch.setenv("OBLIVIATE_MODEL", str(tiny_dir))
+    monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("OBLIVIATE_ANCHORS", raising=False)
+    st.cache_resource.clear()  # the Workbench and inspections are process-wide: start each test clean
+    st.cache_data.clear()
+    yield tmp_path
+    st.cache_resource.clear()
+
+
+def _app(prompt: str | None = None):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
+    if prompt is not None:
+        at.session_state["inspect_prompt"] = prompt
+    return at
+
+
+def _tables(at) -> dict:
+    """The top-k tables of the selected position, by model (they are laid out in MODELS order)."""
+    names = [m.value.strip("*").split("*")[0] for m in at.markdown
+             if m.value.startswith("**") and m.value.strip("*").split("*")[0] in
+             ("baseline", "expert", "generic", "unlearned")]
+    return dict(zip(names, [d.value for d in at.dataframe]))
+
+
+def _count_forwards(monkeypatch) -> list:
+    from engine.models import Workbench
+
+    calls = []
+    real = Workbench.logits
+
+    def counted(self, batch):
+        calls.append(len(batch))
+        return real(self, batch)
+
+    monkeypatch.setattr(Workbench, "logits", counted)
+    return calls
+
+
+def test_renders_without_a_prompt(app_env, tiny_dir):
+    at = _app().run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.main.title] == ["Inspect"]
+    assert any("Type a prompt" in i.value for i in at.info)
+    assert at.sidebar.text_input(key="model").value == str(tiny_dir), "OBLIVIATE_MODEL is the default"
+    assert "MiB of weights" in " ".join(c.value for c in at.sidebar.caption)
+
+
+def test_shows_the_engine_top_token_and_alpha_reuses_the_forward(app_env, monkeypatch, tiny_dir,
+                                                                   tiny_expert_dir):
+    from engine.anchors import load_anchors
+    from engine.inspection import inspect
+    from engine.models import ModelConfig, Workbench
+
+    # The expected answer straight from the engine, with the dictionary the page will use.
+    anchors = load_anchors(ROOT / "assets" / "demo_anchors.json")
+    ref_wb = Workbench.load(ModelConfig(str(tiny_dir)))
+    ref_wb.add_adapter("expert", tiny_expert_dir)
+    ref = inspect(ref_wb, PROMPT, anchors, expert="expert", top_k=5)
+
+    calls = _count_forwards(monkeypatch)
+    at = _app(PROMPT)
+    at.session_state["expert"] = "a path…"
+    at.session_state["expert_path"] = str(tiny_expert_dir)
+    at.run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert len(calls) == 1, "one batched forward for baseline, translated baseline and expert"
+
+    tables = _tables(at)
+    last = ref.view(5.0)["positions"][-1]
+    assert tables["baseline"]["token"].tolist() == [repr(t["token"]) for t in last["baseline"]]
+    assert tables["expert"]["token"].tolist() == [repr(t["token"]) for t in last["expert"]]
+    assert tables["generic"]["token"].iloc[0] == repr(last["generic"][0]["token"])
+    assert tables["baseline"]["p"].iloc[0] == pytest.approx(last["baseline"][0]["prob"], rel=1e-4)
+    strip = [h.value for h in at.html if 'class="obl-strip' in h.value]
+    assert strip and strip[0].count('class="tok') == len(ref.ids)
+    assert 'class="tok term' in strip[0], "Harry / Potter / Ron are anchored terms: marked in the strip"
+
+    # A new alpha: generic changes, the model does not run again.
+    g5 = tables["generic"]["p"].tolist()
+    at.sidebar.slider(key="alpha").set_value(20.0).run()
+    assert not at.exception, at.exception
+    assert len(calls) == 1, "moving alpha must not run the model"
+    g20 = _tables(at)["generic"]
+    expected20 = ref.view(20.0)["positions"][-1]["generic"]
+    assert g20["token"].tolist() == [repr(t["token"]) for t in expected20]
+    assert g20["p"].tolist() != pytest.approx(g5)
+    assert 'data-alpha="20"' in [h.value for h in at.html if 'class="obl-strip' in h.value][0]
+
+
+def test_selecting_a_position_and_metrics(app_env, monkeypatch):
+    at = _app(PROMPT).run()
+    assert not at.exception, at.exception
+    slider = [s for s in at.select_slider if s.key and s.key.startswith("inspect_pos_")][0]
+    slider.set_value(2).run()
+    assert not at.exception, at.exception
+    assert any("position 2" in m.value for m in at.markdown)
+    for metric in ("logp", "kl", "label_differs", "expert_gain"):
+        at.selectbox(key="inspect_metric").set_value(metric).run()
+        assert not at.exception, at.exception
+        assert f'data-metric="{metric}"' in " ".join(h.value for h in at.html)
+
+
+def test_bad_input_shows_an_error_and_keeps_running(app_env, monkeypatch):
+    at = _app("x" * 25_000).run()
+    assert not at.exception
+    assert any("at most" in e.value for e in at.error)
+    # A missing model path: the sidebar says so, the page says where to look, nothing crashes.
+    at = _app(PROMPT)
+    at.session_state["model"] = "/nonexistent/model"
+    at.run()
+    assert not at.exception, at.exception
+    assert any("does not exist" in e.value for e in at.sidebar.error)
+    assert any("No model is loaded" in w.value for w in at.warning)
+    # A missing adapter path.
+    at = _app(PROMPT)
+    at.session_state["expert"] = "a path…"
+    at.session_state["expert_path"] = "/nonexistent/adapter"
+    at.run()
+    assert not at.exception, at.exception
+    assert any("does not exist" in e.value for e in at.sidebar.error)
+
+
+def test_completions_side_by_side(app_env, tiny_expert_dir):
+    from engine.generation import complete
+    from engine.models import ModelConfig, Workbench
+
+    at = _app(PROMPT)
+    at.session_state["expert"] = "a path…"
+    at.session_state["expert_path"] = str(tiny_expert_dir)
+    at.session_state["inspect_new_tokens"] = 5
+    at.run()
+    at.button(key="inspect_complete").click().run()
+    assert not at.exception, at.exception
+    done = at.session_state["inspect_completions"][1]
+    assert list(done) == ["baseline", "expert", "generic"]
+    ref = complete(Workbench.load(ModelConfig(at.session_state["model"])), [PROMPT], None, 5)[0]
+    assert done["baseline"] == ref
