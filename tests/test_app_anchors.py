@@ -1,0 +1,115 @@
+"""The Anchors page through streamlit's AppTest, on the tiny model (its real tokenizer)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ROOT
+
+EDITOR = "anchors_editor_1"  # the first load of a session is generation 1
+
+
+@pytest.fixture()
+def anchors_file(monkeypatch, tmp_path, tiny_dir):
+    import streamlit as st
+
+    path = tmp_path / "anchors.json"
+    path.write_text(json.dumps({"Harry": ["Jon", "Ben"], "Hogwarts": ["Mystic Academy"], "Ron": "Mark"}))
+    monkeypatch.setenv("OBLIVIATE_MODEL", str(tiny_dir))
+    monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OBLIVIATE_ANCHORS", str(path))
+    st.cache_resource.clear()
+    yield path
+    st.cache_resource.clear()
+
+
+def _app():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60).run()
+    at.switch_page("../pages/anchors.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _edit(at, edited_rows=None, added_rows=None, deleted_rows=None):
+    at.session_state[EDITOR] = {"edited_rows": edited_rows or {}, "added_rows": added_rows or [],
+                                "deleted_rows": deleted_rows or []}
+    return at.run()
+
+
+def test_renders_rows_preview_and_coverage(anchors_file):
+    at = _app()
+    assert [t.value for t in at.main.title] == ["Anchors"]
+    editor = at.data_editor[0].value
+    assert editor["term"].tolist() == ["Harry", "Hogwarts", "Ron"]
+    assert editor["candidates"].tolist() == ["Jon | Ben", "Mystic Academy", "Mark"]
+    assert any("No unsaved changes" in c.value for c in at.caption)
+    # The preview translates the demo corpus and lists names the dictionary lacks.
+    align = [h.value for h in at.html if "obl-align" in h.value]
+    assert align and "Mystic Academy" in align[0]
+    uncovered = [d.value for d in at.dataframe if "word" in d.value.columns][0]
+    assert "Hermione" in uncovered["word"].tolist()  # in the corpus, not in this 3-term dictionary
+    assert "Save" in [b.label for b in at.button] and at.button(key="anchors_save").disabled
+
+
+def test_edit_shows_diff_and_save_writes_atomically_with_backup(anchors_file):
+    before = anchors_file.read_text()
+    at = _app()
+    at = _edit(at, edited_rows={1: {"candidates": "Arcane College | Mystic Academy"}},
+               added_rows=[{"term": "Quidditch", "candidates": "Skyball", "enabled": True}])
+    assert not at.exception, at.exception
+    diff = [d.value for d in at.dataframe if "change" in d.value.columns][0]
+    assert sorted(diff["change"]) == ["added", "changed"]
+    assert anchors_file.read_text() == before, "nothing is written before Save"
+
+    at.button(key="anchors_save").click().run()
+    assert not at.exception, at.exception
+    saved = json.loads(anchors_file.read_text())
+    assert saved["Hogwarts"] == ["Arcane College", "Mystic Academy"] and saved["Quidditch"] == ["Skyball"]
+    assert (anchors_file.parent / "anchors.json.bak").read_text() == before
+    assert any("Saved 4 terms" in s.value for s in at.success)
+    # The editor now starts from the saved file, and a second edit on top of it is kept too.
+    assert at.data_editor[0].value["term"].tolist() == ["Harry", "Hogwarts", "Ron", "Quidditch"]
+    at.session_state["anchors_editor_2"] = {"edited_rows": {0: {"enabled": False}}, "added_rows": [],
+                                            "deleted_rows": []}
+    at.run()
+    at.button(key="anchors_save").click().run()
+    assert json.loads(anchors_file.read_text())["Harry"] == {"translations": ["Jon", "Ben"], "enabled": False}
+
+
+def test_invalid_edits_block_save_with_row_messages(anchors_file):
+    before = anchors_file.read_text()
+    at = _app()
+    at = _edit(at, edited_rows={2: {"candidates": "Ron"}}, added_rows=[{"term": "Snape", "candidates": ""}])
+    assert not at.exception, at.exception
+    problems = [d.value for d in at.dataframe if "problem" in d.value.columns][0]
+    assert set(problems["term"]) == {"Ron", "Snape"}
+    assert "translation equals the term" in problems["problem"].tolist()
+    assert at.button(key="anchors_save").disabled
+    assert anchors_file.read_text() == before
+
+
+def test_import_bad_and_good_files(anchors_file):
+    before = anchors_file.read_text()
+    at = _app()
+    at.file_uploader(key="anchors_upload").upload("anchors.json", b"\xff\xfe\x00bad", "application/json").run()
+    at.button(key="anchors_import").click().run()
+    assert not at.exception, at.exception
+    assert any("not UTF-8" in e.value for e in at.error)
+    assert anchors_file.read_text() == before
+
+    csv = "term,translation\nDumbledore,Whitfield\nDumbledore,Ashworth\n".encode()
+    at.file_uploader(key="anchors_upload").upload("new.csv", csv, "text/csv").run()
+    at.button(key="anchors_import").click().run()
+    assert not at.exception, at.exception
+    assert at.data_editor[0].value["candidates"].tolist() == ["Whitfield | Ashworth"]
+    assert anchors_file.read_text() == before, "an import is not saved until Save"
+
+
+def test_unreadable_saved_file_keeps_the_app_running(anchors_file):
+    anchors_file.write_text("{not json")
+    at = _app()
+    assert any("not valid JSON" in e.value for e in at.error)
+    assert anchors_file.read_text() == "{not json"
