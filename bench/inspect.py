@@ -1,0 +1,151 @@
+"""Inspect of a 512-token prompt (baseline + expert + generic), against references measured in the same run.
+
+    ours       engine.inspect: one batched PEFT mixed-adapter forward, generic and top-k on the device
+    reference  the naive way: baseline and expert as separate forward passes, generic and top-k per
+               position in Python on the CPU
+    plain      one plain batched forward of the same sequences with no adapter (the floor)
+
+CPU (default): the embedded SmolLM2-135M with a random r=16 expert adapter.
+GPU (`--llama7b`, CUDA only): a random-initialised Llama-2-7B shape in NF4 with an r=16 expert.
+Last line of output: JSON {"device", "ours_ms", "reference_ms", "ratio", "plain_forward_ms", ...}.
+"""
+from __future__ import annotations
+
+import sys  # noqa: I001  (first: this file's name shadows the stdlib `inspect` while bench/ is on sys.path)
+from pathlib import Path
+
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.anchors import load_anchors  # noqa: E402
+from engine.inspection import inspect  # noqa: E402
+from engine.models import ModelConfig, Workbench  # noqa: E402
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeat: int) -> float:
+    """Median wall time in ms after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def random_expert(wb: Workbench, path: Path, r: int = 16) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(wb.base, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
+                                                    init_lora_weights=False))
+    peft_model.save_pretrained(path)
+    wb.base = peft_model.unload()  # leave the base as it was; the Workbench loads the adapter by name
+    wb.model = wb.base
+    return path
+
+
+def llama7b(tmp: Path) -> Path:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from engine.models import embedded_path
+
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=49152, max_position_embeddings=4096)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(tmp / "llama7b")
+    AutoTokenizer.from_pretrained(embedded_path()).save_pretrained(tmp / "llama7b")
+    del model
+    torch.cuda.empty_cache()
+    return tmp / "llama7b"
+
+
+def naive(wb: Workbench, translation, alpha: float, k: int) -> list:
+    """Separate passes; generic and top-k row by row on the CPU, the way a first prototype does it."""
+    base_o = wb.logits([(translation.original_ids, None)])[0].cpu()
+    base_t = wb.logits([(translation.translated_ids, None)])[0].cpu()
+    expert_o = wb.logits([(translation.original_ids, "expert")])[0].cpu()
+    rows = []
+    for i, j in enumerate(translation.mapping):
+        row = {"baseline": base_o[i].softmax(-1).topk(k), "expert": expert_o[i].softmax(-1).topk(k)}
+        if j >= 0:
+            g = base_t[j] - alpha * torch.relu(expert_o[i] - base_t[j])
+            row["generic"] = g.softmax(-1).topk(k)
+        rows.append({m: [(int(t), float(p)) for p, t in zip(*v)] for m, v in row.items()})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--llama7b", action="store_true", help="GPU: random Llama-2-7B shape in NF4")
+    ap.add_argument("--tokens", type=int, default=512)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t = time.perf_counter()
+        if args.llama7b:
+            wb = Workbench.load(ModelConfig(str(llama7b(tmp)), precision="nf4", device="cuda"))
+        else:
+            wb = Workbench.load(ModelConfig())
+        load_s = time.perf_counter() - t
+        wb.add_adapter("expert", random_expert(wb, tmp / "expert"))
+
+        anchors = load_anchors(ROOT / "assets" / "demo_anchors.json")
+        text = (ROOT / "assets" / "demo_corpus.txt").read_text()
+        ids = wb.tokenizer(text)["input_ids"][: args.tokens]
+        prompt = wb.tokenizer.decode(ids)
+
+        result = inspect(wb, prompt, anchors, expert="expert")
+        tr = result.translation
+
+        def ours():
+            inspect(wb, prompt, anchors, expert="expert").view(5.0)
+
+        def plain():
+            wb._forward(wb.base if wb.model is wb.base else wb.model.get_base_model(),
+                        [tr.original_ids, tr.translated_ids, tr.original_ids], None)
+
+        with torch.no_grad():
+            plain_ms = timed(plain, args.repeat)
+            ours_ms = timed(ours, args.repeat)
+            ref_ms = timed(lambda: naive(wb, tr, 5.0, 5), args.repeat)
+            alpha_ms = timed(lambda: result.generic_stats(float(time.perf_counter())), args.repeat)
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    print(f"device                 {device}  ({wb.name}, {wb.precision})")
+    print(f"tokens                 {len(tr.original_ids)} original, {len(tr.translated_ids)} translated, "
+          f"{len(tr.occurrences)} anchored terms")
+    print(f"model load             {load_s:.2f} s")
+    print(f"plain batched forward  {plain_ms:8.1f} ms  (3 sequences, no adapter)")
+    print(f"ours (inspect + view)  {ours_ms:8.1f} ms  = {ours_ms / plain_ms:.2f} x plain forward")
+    print(f"naive reference        {ref_ms:8.1f} ms  = {ref_ms / ours_ms:.2f} x ours")
+    print(f"new alpha (no model)   {alpha_ms:8.1f} ms")
+    print(json.dumps({"device": device, "tokens": len(tr.original_ids), "ours_ms": round(ours_ms, 1),
+                      "reference_ms": round(ref_ms, 1), "ratio": round(ours_ms / ref_ms, 3),
+                      "plain_forward_ms": round(plain_ms, 1), "ours_vs_plain": round(ours_ms / plain_ms, 3),
+                      "alpha_view_ms": round(alpha_ms, 1), "load_s": round(load_s, 2)}))
+
+
+if __name__ == "__main__":
+    main()

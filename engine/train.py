@@ -1,0 +1,378 @@
+"""One LoRA training loop for every objective: reinforce (next token), unlearn (generic labels),
+gradient ascent (negated next token, optional retain term), with optional goldfish masks.
+
+Label convention everywhere: `labels[i]` is the target of the prediction made AT position i (the
+token that should follow position i), IGNORE=-100 for no target. Next-token labels are the inputs
+shifted by one; WHP generic labels (GenericParts.labels) already have this form, so the loss never
+shifts again: loss = CE(logits[:, i], labels[:, i]) averaged over the kept positions.
+
+Data parallel: under `accelerate launch` each rank takes its share of every batch, gradients are
+averaged by DDP, and only rank 0 writes adapters, checkpoints and metrics.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UserError
+from .generic import IGNORE
+
+GOLDFISH_KINDS = ("none", "static", "hash")
+
+
+# -- data ---------------------------------------------------------------------------------------
+def corpus_blocks(tokenizer, text: str, block_size: int, max_blocks: int | None = None) -> list[list[int]]:
+    """Tokenize the whole corpus once and cut it into blocks of `block_size` tokens.
+
+    A final block shorter than an eighth of block_size is dropped (too little context to teach).
+    """
+    if not text.strip():
+        raise UserError("the corpus is empty")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    blocks = [ids[i: i + block_size] for i in range(0, len(ids), block_size)]
+    if len(blocks) > 1 and len(blocks[-1]) < max(2, block_size // 8):
+        blocks.pop()
+    return blocks[:max_blocks] if max_blocks else blocks
+
+
+def next_token_labels(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(N, T) inputs -> (N, T) labels: labels[:, i] = ids[:, i+1]; IGNORE after each block's end."""
+    labels = torch.full_like(ids, IGNORE)
+    labels[:, :-1] = ids[:, 1:]
+    pos = torch.arange(ids.shape[1])[None, :]  # (1, T)
+    labels[pos >= (lengths[:, None] - 1)] = IGNORE
+    return labels
+
+
+def pad_blocks(blocks: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (N, T) long tensor and (N,) lengths."""
+    T = max(len(b) for b in blocks)
+    ids = torch.full((len(blocks), T), pad_id, dtype=torch.long)
+    for n, b in enumerate(blocks):
+        ids[n, : len(b)] = torch.tensor(b, dtype=torch.long)
+    return ids, torch.tensor([len(b) for b in blocks], dtype=torch.long)
+
+
+# -- goldfish loss (Hans et al. 2024) ----------------------------------------------------------
+@dataclass
+class Goldfish:
+    kind: str = "none"
+    """none, static (drop every k-th label position) or hash (drop where a hash of the last h label tokens is < 1/k)."""
+    k: int = 4
+    """About one label in k is dropped."""
+    h: int = 13
+    """Context width of the hash mask: the same h tokens always get the same decision."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.kind not in GOLDFISH_KINDS:
+            out.append(f"goldfish.kind must be one of {', '.join(GOLDFISH_KINDS)}, not {self.kind!r}")
+        if not isinstance(self.k, int) or self.k < 2:
+            out.append(f"goldfish.k must be an integer >= 2, not {self.k!r}")
+        if not isinstance(self.h, int) or self.h < 1:
+            out.append(f"goldfish.h must be an integer >= 1, not {self.h!r}")
+        return out
+
+
+_MASK64 = (1 << 64) - 1
+_FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
+
+
+def _fnv1a(tokens: np.ndarray) -> int:
+    """64-bit FNV-1a over the 4 little-endian bytes of each token id, finalised with splitmix64.
+
+    Pure Python integers masked to 64 bits: no overflow-dependent products, no RNG, no device.
+    """
+    h = _FNV_OFFSET
+    for t in tokens.tolist():
+        for shift in (0, 8, 16, 24):
+            h = ((h ^ ((t >> shift) & 0xFF)) * _FNV_PRIME) & _MASK64
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return h ^ (h >> 31)
+
+
+def goldfish_mask(labels: torch.Tensor, goldfish: Goldfish) -> torch.Tensor:
+    """(…, T) labels -> (…, T) bool, True = keep this label position in the loss.
+
+    static: drops positions t with (t+1) % k == 0 (every k-th label).
+    hash:   drops t when hash(labels[t-h+1 .. t]) / 2**64 < 1/k; the first h-1 positions are kept.
+            Computed on CPU integers from the token ids alone, so CPU, CUDA or any dtype agree,
+            and a repeated passage is masked identically wherever it appears.
+    IGNORE positions are returned as kept (they carry no loss anyway) and are not hashed as tokens.
+    """
+    shape = labels.shape
+    T = shape[-1]
+    if goldfish.kind == "none":
+        return torch.ones(shape, dtype=torch.bool)
+    if goldfish.kind == "static":
+        keep = (torch.arange(T) + 1) % goldfish.k != 0  # (T,)
+        return keep.expand(shape).clone()
+    rows = labels.detach().to("cpu", torch.int64).reshape(-1, T).numpy()
+    threshold = (1 << 64) // goldfish.k
+    keep = np.ones(rows.shape, dtype=bool)
+    h = goldfish.h
+    for r, row in enumerate(rows):
+        for t in range(h - 1, T):
+            if row[t] == IGNORE:
+                continue
+            if _fnv1a(row[t - h + 1: t + 1]) < threshold:
+                keep[r, t] = False
+    return torch.from_numpy(keep).reshape(shape)
+
+
+def apply_goldfish(labels: torch.Tensor, goldfish: Goldfish) -> torch.Tensor:
+    """Labels with the dropped positions set to IGNORE (a copy)."""
+    if goldfish.kind == "none":
+        return labels
+    return labels.masked_fill(~goldfish_mask(labels, goldfish).to(labels.device), IGNORE)
+
+
+# -- LoRA ---------------------------------------------------------------------------------------
+def lora_model(base, rank: int, gradient_checkpointing: bool = False):
+    """A fresh trainable LoRA adapter on every linear layer of `base` (QLoRA when base is 4-bit)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "obliviate_precision", "") == "nf4":
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
+                     task_type="CAUSAL_LM")
+    return get_peft_model(base, cfg)
+
+
+def save_adapter(model, path: str | os.PathLike) -> Path:
+    """Standard PEFT layout (adapter_config.json + adapter_model.safetensors), swapped in atomically."""
+    import shutil
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    model.save_pretrained(tmp, safe_serialization=True)
+    old = path.with_name(f".{path.name}.old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+# -- probes -------------------------------------------------------------------------------------
+@torch.no_grad()
+def probe_probabilities(model, tokenizer, probes: list[dict], device) -> list[float]:
+    """P(first token of target | prompt) for each probe, in one right-padded forward."""
+    if not probes:
+        return []
+    seqs = [tokenizer(p["prompt"], add_special_tokens=True)["input_ids"] for p in probes]
+    targets = [tokenizer(p["target"], add_special_tokens=False)["input_ids"][0] for p in probes]
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), tokenizer.pad_token_id or 0, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, s in enumerate(seqs):
+        ids[b, : len(s)] = torch.tensor(s)
+        mask[b, : len(s)] = 1
+    was_training = model.training
+    model.eval()
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (B, T, V)
+    model.train(was_training)
+    last = torch.tensor([len(s) - 1 for s in seqs], device=logits.device)
+    probs = logits[torch.arange(len(seqs), device=logits.device), last].float().softmax(-1)  # (B, V)
+    return probs[torch.arange(len(seqs), device=probs.device), torch.tensor(targets, device=probs.device)].tolist()
+
+
+# -- the loop -----------------------------------------------------------------------------------
+@dataclass
+class TrainSpec:
+    """One training phase: what to fit and how long."""
+
+    phase: str  # reinforce | unlearn | gradient_ascent (names the checkpoint and the metrics)
+    ids: torch.Tensor  # (N, T) inputs, right-padded
+    lengths: torch.Tensor  # (N,) real length of each row
+    labels: torch.Tensor  # (N, T) targets of the prediction at each position; IGNORE = none
+    steps: int
+    lr: float
+    batch_size: int
+    grad_accum: int = 1
+    sign: float = 1.0  # -1: gradient ascent on this data
+    retain_ids: torch.Tensor | None = None  # (M, T') optional retain term (next-token, sign +1)
+    retain_lengths: torch.Tensor | None = None
+    retain_labels: torch.Tensor | None = None
+    retain_weight: float = 1.0
+    seed: int = 0
+    warmup: int = 0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class Hooks:
+    """What the loop reports to (a run directory) and asks (should it stop?). All optional."""
+
+    on_step: Callable[[dict], None] = lambda m: None  # metrics of one logged step (rank 0 only)
+    should_stop: Callable[[], bool] = lambda: False  # any rank; the loop makes all ranks agree
+    probe: Callable[[object], dict] | None = None  # model -> {name: prob}; rank 0
+    probe_every: int = 10
+    log_every: int = 1
+    checkpoint: Path | None = None  # trainer state file to save to / resume from
+    checkpoint_every: int = 20
+
+
+class Stopped(Exception):
+    """The loop stopped early on request; the checkpoint is up to date."""
+
+    def __init__(self, step: int):
+        super().__init__(f"stopped at step {step}")
+        self.step = step
+
+
+def _batch_indices(n: int, step: int, micro: int, spec: TrainSpec, rank: int, world: int) -> list[int]:
+    """Deterministic sample order (a seeded permutation per epoch), so a resumed run sees the same data."""
+    out = []
+    for b in range(rank, spec.batch_size, world):
+        g = (step * spec.grad_accum + micro) * spec.batch_size + b  # global sample counter
+        epoch, j = divmod(g, n)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed * 100003 + epoch))
+        out.append(int(perm[j]))
+    return out
+
+
+def _loss(model, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the kept label positions; no shift (see module docstring)."""
+    T = int(lengths.max())
+    ids, labels = ids[:, :T], labels[:, :T]  # drop padding columns no row of this batch uses
+    mask = torch.arange(T, device=ids.device)[None, :] < lengths[:, None].to(ids.device)  # (B, T)
+    logits = model(input_ids=ids, attention_mask=mask.long()).logits  # (B, T, V)
+    n = int((labels != IGNORE).sum())
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum") / max(n, 1)
+    return loss, int(mask.sum())
+
+
+def memory_mib(device) -> float:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) -> dict:
+    """Fit the trainable (LoRA) parameters of `model` for spec.steps optimizer steps.
+
+    Resumes from hooks.checkpoint when it exists. Returns {"loss": last logged loss, "steps": n}.
+    Raises Stopped when hooks.should_stop() turns true (after saving a checkpoint).
+    """
+    from accelerate import Accelerator
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    hooks = hooks or Hooks()
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("the model has no trainable parameters (no LoRA adapter?)")
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
+    start = 0
+    if hooks.checkpoint and Path(hooks.checkpoint).exists():
+        state = torch.load(hooks.checkpoint, map_location="cpu", weights_only=False)
+        set_peft_model_state_dict(model, state["lora"])
+        opt.load_state_dict(state["optimizer"])
+        start = state["step"]
+    warmup = spec.warmup
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    for _ in range(start):
+        sched.step()
+    ddp_model, opt = acc.prepare(model, opt)
+    unwrapped = acc.unwrap_model(ddp_model)
+    device = acc.device
+    n = spec.ids.shape[0]
+
+    def save_checkpoint(step: int):
+        if hooks.checkpoint and main:
+            from .io import atomic_write_bytes
+            import io
+
+            buf = io.BytesIO()
+            torch.save({"lora": get_peft_model_state_dict(unwrapped), "optimizer": opt.state_dict(),
+                        "step": step}, buf)
+            atomic_write_bytes(hooks.checkpoint, buf.getvalue())
+        acc.wait_for_everyone()
+
+    if main and start == 0 and hooks.probe:
+        hooks.on_step({"step": 0, "phase": spec.phase, "loss": None, "lr": 0.0, "tokens_per_s": None,
+                       "probes": hooks.probe(unwrapped), "memory_mib": memory_mib(device)})
+    ddp_model.train()
+    last_loss = math.nan
+    for step in range(start, spec.steps):
+        t0 = time.perf_counter()
+        tokens = 0
+        total = torch.zeros((), device=device)
+        for micro in range(spec.grad_accum):
+            idx = _batch_indices(n, step, micro, spec, rank, world)
+            loss, ntok = _loss(ddp_model, spec.ids[idx].to(device), spec.lengths[idx], spec.labels[idx].to(device))
+            loss = spec.sign * loss
+            tokens += ntok
+            if spec.retain_ids is not None:
+                m = spec.retain_ids.shape[0]
+                ridx = _batch_indices(m, step, micro, spec, rank, world)
+                rloss, rtok = _loss(ddp_model, spec.retain_ids[ridx].to(device), spec.retain_lengths[ridx],
+                                    spec.retain_labels[ridx].to(device))
+                loss = loss + spec.retain_weight * rloss
+                tokens += rtok
+            acc.backward(loss / spec.grad_accum)
+            total += loss.detach() / spec.grad_accum
+        acc.clip_grad_norm_(params, spec.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        last_loss = float(acc.reduce(total, "mean"))
+        if not math.isfinite(last_loss):
+            raise UserError(f"{spec.phase}: the loss became {last_loss} at step {step + 1}: lower the learning rate")
+        done = step + 1
+        dt = time.perf_counter() - t0
+        if main and (done % hooks.log_every == 0 or done == spec.steps):
+            m = {"step": done, "phase": spec.phase, "loss": last_loss, "lr": sched.get_last_lr()[0],
+                 "tokens_per_s": tokens * world / dt, "step_s": dt, "memory_mib": memory_mib(device)}
+            if hooks.probe and (done % hooks.probe_every == 0 or done == spec.steps):
+                m["probes"] = hooks.probe(unwrapped)
+                ddp_model.train()
+            hooks.on_step(m)
+        if hooks.checkpoint and done % hooks.checkpoint_every == 0 and done < spec.steps:
+            save_checkpoint(done)
+        if hooks.should_stop():
+            acc.set_trigger()
+        if acc.check_trigger():
+            save_checkpoint(done)
+            raise Stopped(done)
+    ddp_model.eval()
+    return {"loss": last_loss, "steps": spec.steps}
+
+
+class StopFlag:
+    """True once RUN_DIR/stop exists or SIGTERM arrived (the handler only sets a flag)."""
+
+    def __init__(self, stop_file: Path | None = None):
+        self.stop_file = stop_file
+        self.signalled = False
+        if hasattr(signal, "SIGTERM"):
+            try:
+                signal.signal(signal.SIGTERM, self._handler)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handler(self, signum, frame):
+        self.signalled = True
+
+    def __call__(self) -> bool:
+        return self.signalled or bool(self.stop_file and self.stop_file.exists())
