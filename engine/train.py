@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,22 +82,27 @@ class Goldfish:
         return out
 
 
-_MASK64 = (1 << 64) - 1
 _FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
 
 
-def _fnv1a(tokens: np.ndarray) -> int:
-    """64-bit FNV-1a over the 4 little-endian bytes of each token id, finalised with splitmix64.
+def window_hashes(row: np.ndarray, h: int) -> np.ndarray:
+    """(T,) token ids -> (T-h+1,) uint64 hash of each window row[t-h+1 .. t].
 
-    Pure Python integers masked to 64 bits: no overflow-dependent products, no RNG, no device.
+    64-bit FNV-1a over the 4 little-endian bytes of each token id, finalised with splitmix64.
+    uint64 arithmetic is exact modulo 2**64 on every platform: no RNG table, no device, no
+    float, so CPU and GPU runs (and any label dtype) get the same mask.
     """
-    h = _FNV_OFFSET
-    for t in tokens.tolist():
+    row = row.astype(np.uint64)
+    n = len(row) - h + 1
+    acc = np.full(n, _FNV_OFFSET, dtype=np.uint64)
+    prime = np.uint64(_FNV_PRIME)
+    for j in range(h):
+        tok = row[j: j + n]
         for shift in (0, 8, 16, 24):
-            h = ((h ^ ((t >> shift) & 0xFF)) * _FNV_PRIME) & _MASK64
-    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return h ^ (h >> 31)
+            acc = (acc ^ ((tok >> np.uint64(shift)) & np.uint64(0xFF))) * prime
+    acc = (acc ^ (acc >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    acc = (acc ^ (acc >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return acc ^ (acc >> np.uint64(31))
 
 
 def goldfish_mask(labels: torch.Tensor, goldfish: Goldfish) -> torch.Tensor:
@@ -118,15 +122,13 @@ def goldfish_mask(labels: torch.Tensor, goldfish: Goldfish) -> torch.Tensor:
         keep = (torch.arange(T) + 1) % goldfish.k != 0  # (T,)
         return keep.expand(shape).clone()
     rows = labels.detach().to("cpu", torch.int64).reshape(-1, T).numpy()
-    threshold = (1 << 64) // goldfish.k
+    threshold = np.uint64((1 << 64) // goldfish.k)
     keep = np.ones(rows.shape, dtype=bool)
     h = goldfish.h
     for r, row in enumerate(rows):
-        for t in range(h - 1, T):
-            if row[t] == IGNORE:
-                continue
-            if _fnv1a(row[t - h + 1: t + 1]) < threshold:
-                keep[r, t] = False
+        if T >= h:
+            keep[r, h - 1:] = window_hashes(row, h) >= threshold
+    keep[rows == IGNORE] = True  # no loss there anyway
     return torch.from_numpy(keep).reshape(shape)
 
 
@@ -138,16 +140,23 @@ def apply_goldfish(labels: torch.Tensor, goldfish: Goldfish) -> torch.Tensor:
 
 
 # -- LoRA ---------------------------------------------------------------------------------------
-def lora_model(base, rank: int, gradient_checkpointing: bool = False):
-    """A fresh trainable LoRA adapter on every linear layer of `base` (QLoRA when base is 4-bit)."""
+def lora_model(base, rank: int, gradient_checkpointing: bool = False, top_layers: int | None = None):
+    """A fresh trainable LoRA adapter on every linear layer of `base` (QLoRA when base is 4-bit).
+
+    top_layers: adapt only the last N transformer layers; the backward pass then stops there.
+    """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "obliviate_precision", "") == "nf4":
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = None
+    if top_layers:
+        L = base.config.num_hidden_layers
+        layers = list(range(max(L - top_layers, 0), L))
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
-                     task_type="CAUSAL_LM")
+                     task_type="CAUSAL_LM", layers_to_transform=layers)
     return get_peft_model(base, cfg)
 
 
@@ -289,10 +298,7 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
         set_peft_model_state_dict(model, state["lora"])
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
-    warmup = spec.warmup
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
-    for _ in range(start):
-        sched.step()
+    lr_at = lambda s: spec.lr * (min(1.0, (s + 1) / spec.warmup) if spec.warmup else 1.0)  # noqa: E731
     ddp_model, opt = acc.prepare(model, opt)
     unwrapped = acc.unwrap_model(ddp_model)
     device = acc.device
@@ -316,6 +322,8 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
     last_loss = math.nan
     for step in range(start, spec.steps):
         t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
         tokens = 0
         total = torch.zeros((), device=device)
         for micro in range(spec.grad_accum):
@@ -334,7 +342,6 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
             total += loss.detach() / spec.grad_accum
         acc.clip_grad_norm_(params, spec.max_grad_norm)
         opt.step()
-        sched.step()
         opt.zero_grad(set_to_none=True)
         last_loss = float(acc.reduce(total, "mean"))
         if not math.isfinite(last_loss):
@@ -342,7 +349,7 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
         done = step + 1
         dt = time.perf_counter() - t0
         if main and (done % hooks.log_every == 0 or done == spec.steps):
-            m = {"step": done, "phase": spec.phase, "loss": last_loss, "lr": sched.get_last_lr()[0],
+            m = {"step": done, "phase": spec.phase, "loss": last_loss, "lr": lr_at(step),
                  "tokens_per_s": tokens * world / dt, "step_s": dt, "memory_mib": memory_mib(device)}
             if hooks.probe and (done % hooks.probe_every == 0 or done == spec.steps):
                 m["probes"] = hooks.probe(unwrapped)
@@ -357,22 +364,3 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
             raise Stopped(done)
     ddp_model.eval()
     return {"loss": last_loss, "steps": spec.steps}
-
-
-class StopFlag:
-    """True once RUN_DIR/stop exists or SIGTERM arrived (the handler only sets a flag)."""
-
-    def __init__(self, stop_file: Path | None = None):
-        self.stop_file = stop_file
-        self.signalled = False
-        if hasattr(signal, "SIGTERM"):
-            try:
-                signal.signal(signal.SIGTERM, self._handler)
-            except ValueError:  # not the main thread
-                pass
-
-    def _handler(self, signum, frame):
-        self.signalled = True
-
-    def __call__(self) -> bool:
-        return self.signalled or bool(self.stop_file and self.stop_file.exists())

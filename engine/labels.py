@@ -1,0 +1,189 @@
+"""The generic-label dataset of a corpus (reference, steps 3-7), cached on disk.
+
+Per block of `block_size` tokens: translate through the anchored terms with seed f"{seed}:{i}",
+then ONE batched forward per group of blocks gives baseline(translated) and expert(original) for
+every block of the group, and `GenericParts` turns them into hard labels for several alphas at
+once (default 2.5, 5 and 10, as the original stored them).
+
+The dataset lives under OBLIVIATE_HOME/labels/<key>, where the key hashes the model, the expert
+adapter's weights, the dictionary version, the corpus tokens and the settings: the same inputs
+never run the model twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .anchors import AnchorDictionary
+from .errors import UserError
+from .generic import IGNORE, generic_parts
+from .io import atomic_write_json, obliviate_home
+from .models import Workbench, resolve_model_path
+from .train import pad_blocks
+from .translation import Translator
+
+LABELS_VERSION = 1  # bump when the label computation changes: old caches stop matching
+DEFAULT_ALPHAS = (2.5, 5.0, 10.0)
+
+
+@dataclass
+class LabelSet:
+    ids: torch.Tensor  # (N, T) original blocks, right-padded
+    lengths: torch.Tensor  # (N,)
+    labels: dict[float, torch.Tensor]  # alpha -> (N, T) generic labels, IGNORE where unaligned
+    key: str
+    path: Path
+    cached: bool = False  # True when read from disk without running the model
+    stats: dict = field(default_factory=dict)
+
+    def for_alpha(self, alpha: float) -> torch.Tensor:
+        if float(alpha) not in self.labels:
+            raise UserError(f"no labels for alpha {alpha}: these were built for {sorted(self.labels)}")
+        return self.labels[float(alpha)]
+
+
+def _sha(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(hashlib.sha256(p).digest())
+    return h.hexdigest()
+
+
+def model_fingerprint(wb: Workbench) -> str:
+    """Model identity without reading gigabytes: its name, config and weight file names and sizes."""
+    path = Path(resolve_model_path(wb.config.model))
+    parts = [wb.name.encode(), wb.precision.encode()]
+    if path.is_dir():
+        for f in sorted(path.iterdir()):
+            if f.name == "config.json":
+                parts.append(f.read_bytes())
+            elif f.suffix in (".safetensors", ".bin", ".gguf"):
+                parts.append(f"{f.name}:{f.stat().st_size}".encode())
+    return _sha(*parts)
+
+
+def adapter_fingerprint(path: str | os.PathLike) -> str:
+    """Hash of an adapter's (or full checkpoint's) weights and config: a retrained expert is a new key."""
+    path = Path(path)
+    files = sorted(f for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".json")) if path.is_dir() else [path]
+    return _sha(*(f.name.encode() + f.read_bytes() for f in files))
+
+
+def label_key(wb: Workbench, expert: str | None, anchors: AnchorDictionary, blocks: list[list[int]],
+              alphas, seed) -> str:
+    corpus = json.dumps(blocks, separators=(",", ":")).encode()
+    settings = json.dumps({"v": LABELS_VERSION, "alphas": sorted(map(float, alphas)), "seed": str(seed),
+                           "block_lengths": [len(b) for b in blocks]}).encode()
+    expert_fp = adapter_fingerprint(wb.adapters[expert]) if expert else "none"
+    return _sha(model_fingerprint(wb).encode(), expert_fp.encode(), anchors.version().encode(), corpus, settings)[:24]
+
+
+def _load(path: Path, key: str) -> LabelSet | None:
+    from safetensors.torch import load_file
+
+    meta_file, tensors_file = path / "meta.json", path / "labels.safetensors"
+    if not (meta_file.exists() and tensors_file.exists()):
+        return None
+    meta = json.loads(meta_file.read_text())
+    t = load_file(str(tensors_file))
+    labels = {float(a): t[f"labels_{a}"].long() for a in meta["alphas"]}
+    return LabelSet(t["ids"].long(), t["lengths"].long(), labels, key, path, cached=True, stats=meta["stats"])
+
+
+def _save(ls: LabelSet) -> None:
+    from safetensors.torch import save_file
+
+    ls.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=ls.path.parent, prefix=f".{ls.key}."))
+    tensors = {"ids": ls.ids.int().contiguous(), "lengths": ls.lengths.int().contiguous()}
+    tensors.update({f"labels_{a}": v.int().contiguous() for a, v in ls.labels.items()})
+    save_file(tensors, str(tmp / "labels.safetensors"))
+    atomic_write_json(tmp / "meta.json", {"key": ls.key, "alphas": list(ls.labels), "stats": ls.stats})
+    try:
+        os.replace(tmp, ls.path)  # atomic: a concurrent builder either wins or finds ours
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def generic_labels(
+    wb: Workbench,
+    expert: str | None,
+    anchors: AnchorDictionary,
+    blocks: list[list[int]],
+    alphas=DEFAULT_ALPHAS,
+    seed: int | str = 0,
+    group: int = 4,
+    cache: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> LabelSet:
+    """Generic labels for every block and alpha; read from the cache when the inputs match.
+
+    expert: the name of a loaded adapter on `wb` (None: anchored-term translation alone).
+    group: blocks per batched forward (2 * group sequences per forward).
+    """
+    if not blocks:
+        raise UserError("the corpus gave no blocks")
+    if expert is not None and expert not in wb.adapters:
+        raise UserError(f"no adapter named {expert!r} is loaded")
+    alphas = sorted({float(a) for a in alphas})
+    key = label_key(wb, expert, anchors, blocks, alphas, seed)
+    path = obliviate_home() / "labels" / key
+    if cache and (hit := _load(path, key)) is not None:
+        if on_progress:
+            on_progress(len(blocks), len(blocks))
+        return hit
+
+    translator = Translator(wb.tokenizer, anchors)
+    limit = wb.max_length
+    ids, lengths = pad_blocks(blocks, wb.tokenizer.pad_token_id or 0)
+    labels = {a: torch.full_like(ids, IGNORE) for a in alphas}
+    occurrences = 0
+    for g0 in range(0, len(blocks), group):
+        chunk = list(range(g0, min(g0 + group, len(blocks))))
+        translations = []
+        for i in chunk:
+            tr = translator.translate(blocks[i], f"{seed}:{i}")
+            tr.translated_ids = tr.translated_ids[:limit]  # a longer translation loses its tail labels
+            tr.mapping = [j if j < limit else -1 for j in tr.mapping]
+            translations.append(tr)
+            occurrences += len(tr.occurrences)
+        # One forward: [base(translated_0), expert(original_0), base(translated_1), ...]
+        batch: list[tuple[list[int], str | None]] = []
+        for i, tr in zip(chunk, translations):
+            batch.append((tr.translated_ids, None))
+            if expert:
+                batch.append((blocks[i], expert))
+        logits = wb.logits(batch)
+        per = 2 if expert else 1
+        for k, (i, tr) in enumerate(zip(chunk, translations)):
+            parts = generic_parts(tr, logits[per * k], logits[per * k + 1] if expert else None)
+            for a in alphas:
+                labels[a][i, : len(blocks[i])] = parts.labels(a).cpu()
+        del logits
+        if on_progress:
+            on_progress(chunk[-1] + 1, len(blocks))
+
+    nxt = torch.full_like(ids, IGNORE)
+    nxt[:, :-1] = ids[:, 1:]
+    labelled = labels[alphas[0]] != IGNORE
+    real_next = labelled & (torch.arange(ids.shape[1])[None] < (lengths[:, None] - 1))
+    stats = {
+        "blocks": len(blocks), "tokens": int(lengths.sum()), "labelled": int(labelled.sum()),
+        "term_occurrences": occurrences,
+        # Fraction of labelled positions whose generic label differs from the real next token:
+        # the part of the corpus the unlearning actually changes.
+        "changed": {str(a): float(((labels[a] != nxt) & real_next).sum() / max(int(real_next.sum()), 1))
+                    for a in alphas},
+    }
+    out = LabelSet(ids, lengths, labels, key, path, cached=False, stats=stats)
+    if cache:
+        _save(out)
+    return out

@@ -1,0 +1,129 @@
+"""The shared LoRA loop on the tiny model: losses, no double shift, resume, saved adapters."""
+import torch
+import torch.nn.functional as F
+
+from engine.generic import IGNORE
+from engine.train import (Goldfish, Hooks, Stopped, TrainSpec, _loss, apply_goldfish, corpus_blocks,
+                          lora_model, next_token_labels, pad_blocks, save_adapter, train)
+
+TEXT = ("Harry Potter walked to Hogwarts with Ron and Hermione. The castle was dark and the owls were "
+        "quiet. Harry told Ron that Hermione had gone to the library again. ") * 6
+
+
+def _data(tok, block=32, n=4):
+    blocks = corpus_blocks(tok, TEXT, block, max_blocks=n)
+    ids, lengths = pad_blocks(blocks, tok.pad_token_id or 0)
+    return ids, lengths, next_token_labels(ids, lengths)
+
+
+def _corpus_loss(model, ids, lengths, labels) -> float:
+    with torch.no_grad():
+        return float(_loss(model, ids, lengths, labels)[0])
+
+
+def test_blocks_and_next_token_labels(tokenizer):
+    blocks = corpus_blocks(tokenizer, TEXT, 32)
+    assert all(len(b) == 32 for b in blocks[:-1]) and len(blocks[-1]) >= 4
+    ids, lengths = pad_blocks([[5, 6, 7], [8, 9]], 0)
+    labels = next_token_labels(ids, lengths)
+    assert labels.tolist() == [[6, 7, IGNORE], [9, IGNORE, IGNORE]]
+
+
+def test_loss_is_cross_entropy_at_the_same_position_over_kept_tokens(tiny_wb, tokenizer):
+    ids, lengths, labels = _data(tokenizer, n=2)
+    labels = apply_goldfish(labels, Goldfish("static", k=3))
+    model = tiny_wb.base
+    loss, _ = _loss(model, ids, lengths, labels)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits  # (B, T, V)
+    keep = labels != IGNORE
+    # labels[i] is the target of the prediction AT i: no shift, mean over kept positions only.
+    expected = F.cross_entropy(logits[keep], labels[keep])
+    assert torch.allclose(loss, expected, atol=1e-4)
+    shifted = F.cross_entropy(logits[:, :-1][keep[:, 1:]], labels[:, 1:][keep[:, 1:]])
+    assert not torch.allclose(loss, shifted, atol=1e-3)
+
+
+def test_reinforce_lowers_and_gradient_ascent_raises_the_corpus_loss(tiny_dir, tokenizer):
+    from engine.models import ModelConfig, load_model
+
+    ids, lengths, labels = _data(tokenizer)
+    for sign in (1.0, -1.0):
+        base, _ = load_model(ModelConfig(str(tiny_dir)))
+        model = lora_model(base, rank=8)
+        before = _corpus_loss(model, ids, lengths, labels)
+        train(model, TrainSpec("t", ids, lengths, labels, steps=12, lr=2e-2, batch_size=4, sign=sign))
+        after = _corpus_loss(model, ids, lengths, labels)
+        assert (after < before - 0.2) if sign > 0 else (after > before + 0.2), (sign, before, after)
+
+
+def test_gradient_ascent_with_retain_term_keeps_the_retain_loss(tiny_dir, tokenizer):
+    from engine.models import ModelConfig, load_model
+
+    ids, lengths, labels = _data(tokenizer)
+    r_blocks = corpus_blocks(tokenizer, "The weather in the valley was mild and the farmers sowed wheat. " * 8, 32)
+    r_ids, r_len = pad_blocks(r_blocks, 0)
+    r_lab = next_token_labels(r_ids, r_len)
+    base, _ = load_model(ModelConfig(str(tiny_dir)))
+    model = lora_model(base, rank=8)
+    r_before = _corpus_loss(model, r_ids, r_len, r_lab)
+    train(model, TrainSpec("ga", ids, lengths, labels, steps=12, lr=2e-2, batch_size=4, sign=-1.0,
+                           retain_ids=r_ids, retain_lengths=r_len, retain_labels=r_lab, retain_weight=1.0))
+    with model.disable_adapter():
+        forget_before = _corpus_loss(model, ids, lengths, labels)
+    assert _corpus_loss(model, ids, lengths, labels) > forget_before + 0.2
+    assert _corpus_loss(model, r_ids, r_len, r_lab) < r_before + 0.5
+
+
+def test_stop_and_resume_equals_an_uninterrupted_run(tiny_dir, tokenizer, tmp_path):
+    from peft import get_peft_model_state_dict
+
+    from engine.models import ModelConfig, load_model
+
+    ids, lengths, labels = _data(tokenizer)
+    spec = TrainSpec("t", ids, lengths, labels, steps=6, lr=1e-2, batch_size=2, seed=3)
+
+    def fresh():
+        torch.manual_seed(0)
+        return lora_model(load_model(ModelConfig(str(tiny_dir)))[0], rank=4)
+
+    straight = fresh()
+    train(straight, spec)
+    ck = tmp_path / "t.pt"
+    first = fresh()
+    steps_seen = []
+    hooks = Hooks(on_step=lambda m: steps_seen.append(m["step"]), should_stop=lambda: len(steps_seen) >= 3,
+                  checkpoint=ck, checkpoint_every=100)
+    try:
+        train(first, spec, hooks)
+        raise AssertionError("should have stopped")
+    except Stopped as e:
+        assert e.step == 3 and ck.exists()
+    resumed = fresh()  # a new process: same init, state comes from the checkpoint
+    steps_seen.clear()
+    train(resumed, spec, Hooks(on_step=lambda m: steps_seen.append(m["step"]), checkpoint=ck))
+    assert steps_seen == [4, 5, 6]
+    a, b = get_peft_model_state_dict(straight), get_peft_model_state_dict(resumed)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_saved_adapter_is_standard_peft_and_loads_in_the_workbench(tiny_dir, tokenizer, tmp_path):
+    from peft import PeftModel
+
+    from engine.models import ModelConfig, Workbench, load_model
+
+    ids, lengths, labels = _data(tokenizer, n=2)
+    model = lora_model(load_model(ModelConfig(str(tiny_dir)))[0], rank=4)
+    train(model, TrainSpec("t", ids, lengths, labels, steps=3, lr=2e-2, batch_size=2))
+    path = save_adapter(model, tmp_path / "adapters" / "expert")
+    assert (path / "adapter_config.json").exists() and (path / "adapter_model.safetensors").exists()
+    base = load_model(ModelConfig(str(tiny_dir)))[0]
+    loaded = PeftModel.from_pretrained(base, str(path))
+    x = ids[:1, :16]
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=x).logits, model(input_ids=x).logits, atol=1e-4)
+    wb = Workbench.load(ModelConfig(str(tiny_dir)))
+    name = wb.add_adapter("expert", path)
+    base_l, exp_l = wb.logits([(x[0].tolist(), None), (x[0].tolist(), name)])
+    assert not torch.allclose(base_l, exp_l, atol=1e-4)
