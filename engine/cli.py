@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_anchors_commands(sub)
     from .runs import add_commands as add_runs_commands  # run, runs, reinforce, labels, unlearn, gradient-ascent
     add_runs_commands(sub)
+    from .evaluate import add_commands as add_eval_commands  # eval
+    add_eval_commands(sub)
     return parser
 
 
