@@ -19,7 +19,7 @@ from app import state  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.models import PRECISIONS  # noqa: E402
 
-st.set_page_config(page_title="Obliviate", page_icon="🪄", layout="wide")
+st.set_page_config(page_title="Obliviate", page_icon=":material/auto_fix_high:", layout="wide")
 
 PAGES = [  # (file, title, icon)
     ("inspect.py", "Inspect", ":material/search:"),
@@ -44,7 +44,7 @@ def adapter_picker(kind: str, label: str, help: str) -> str | None:
 
 def sidebar() -> state.Context:
     state.apply_pending()
-    st.sidebar.title("🪄 Obliviate")
+    st.sidebar.title("Obliviate")
     st.sidebar.caption("Who's Harry Potter? approximate unlearning, one token at a time.")
     with st.sidebar:
         st.subheader("Model", divider="gray")

@@ -25,7 +25,7 @@ METRIC_LEGEND = {
 
 CSS = """
 <style>
-.obl-strip{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.95rem;line-height:2.1;}
+.obl-strip{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:1.05rem;line-height:2.2;}
 .obl-strip .tok{white-space:pre;padding:2px 1px;margin:0 1px;border-radius:4px;border-bottom:3px solid transparent;}
 .obl-strip .tok.term{border-bottom-color:#7c3aed;font-weight:600;}
 .obl-strip .tok.sel{outline:2px solid #111;outline-offset:1px;}

@@ -64,8 +64,9 @@ prompt = st.text_input("Prompt", key="inspect_prompt", placeholder="Harry Potter
 c1, c2, c3, c4 = st.columns([3, 1.2, 1, 2.4])
 metric = c1.selectbox("Colour tokens by", list(widgets.METRICS), format_func=widgets.METRICS.get,
                       key="inspect_metric")
-use_anchors = c2.toggle("Translate anchored terms", value=True, key="inspect_use_anchors",
-                        help="Use the saved dictionary (Anchors page) for generic.")
+use_anchors = c2.toggle("Anchors", value=True, key="inspect_use_anchors",
+                        help="Translate the anchored terms of the saved dictionary (Anchors page) "
+                             "before the baseline reads the prompt for generic.")
 top_k = int(c3.number_input("Top-k", 1, 50, 5, key="inspect_top_k"))
 pinned = c4.text_input("Pinned tokens", "Hermione, Emily", key="inspect_pinned",
                        help="Comma-separated words to follow along the prompt; each is read as it "
@@ -147,9 +148,8 @@ for col, m in zip(cols, shown):
         if nx and nx["prob"] is not None:
             st.caption(f"actual next: p = {nx['prob']:.3f}, rank {nx['rank']}")
         st.dataframe(
-            pd.DataFrame(rows), hide_index=True, width="stretch", key=f"topk_{m}",
+            pd.DataFrame(rows).drop(columns="rank"), hide_index=True, width="stretch", key=f"topk_{m}",
             column_config={
-                "rank": st.column_config.NumberColumn("#", width="small"),
                 "token": st.column_config.TextColumn("token"),
                 "p": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f"),
                 "vs baseline": st.column_config.TextColumn("vs baseline", width="small",
