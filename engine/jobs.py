@@ -117,8 +117,12 @@ def read_status(out: str | os.PathLike) -> dict:
             # A launch writes 'queued' just before the child exists; give it a moment.
             if status.get("pid") is None and time.time() - (out / "status.json").stat().st_mtime < 10:
                 return status
-            status.update(state=INTERRUPTED, error=status.get("error") or "the process died (killed or machine restarted)",
-                          finished=now())
+            if (out / "stop").exists():  # asked to stop, and it did (perhaps before it could say so)
+                status.update(state="cancelled", finished=now())
+                (out / "stop").unlink(missing_ok=True)
+            else:
+                status.update(state=INTERRUPTED, finished=now(),
+                              error=status.get("error") or "the process died (killed or machine restarted)")
             atomic_write_json(out / "status.json", status)
     status.setdefault("dir", str(out))
     status["dir"] = str(out)

@@ -151,11 +151,14 @@ def lora_model(base, rank: int, gradient_checkpointing: bool = False, top_layers
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    layers = None
+    layers, targets = None, "all-linear"
     if top_layers:
         L = base.config.num_hidden_layers
         layers = list(range(max(L - top_layers, 0), L))
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
+        # PEFT wants explicit module names with layers_to_transform: every linear but the head.
+        targets = sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules()
+                          if isinstance(m, torch.nn.Linear) and "lm_head" not in n})
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets,
                      task_type="CAUSAL_LM", layers_to_transform=layers)
     return get_peft_model(base, cfg)
 

@@ -1,0 +1,168 @@
+"""Run directories end to end on the tiny model: config validation, the CLI pipeline, cancel /
+resume, interrupted processes, the one-job queue, gradient ascent, and the label cache across runs."""
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ASSETS, run_cli
+from engine import jobs
+from engine.errors import UserError
+from engine.runs import RunConfig, load_config, resume_run, launch_run
+
+PROBES = [{"prompt": "Harry Potter's two best friends are Ron and", "target": " Hermione"},
+          {"prompt": "The capital of France is", "target": " Paris", "kind": "retain"}]
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def tiny_config(tiny_dir, **over) -> dict:
+    cfg = {"model": str(tiny_dir), "corpus": str(ASSETS / "demo_corpus.txt"),
+           "anchors": str(ASSETS / "demo_anchors.json"), "steps": 3, "reinforce_steps": 3, "batch_size": 2,
+           "block_size": 32, "max_blocks": 6, "lr": 1e-3, "probes": PROBES, "probe_every": 2,
+           "checkpoint_every": 1}
+    cfg.update(over)
+    return cfg
+
+
+def wait_for(out, pred, timeout=240):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        s = jobs.read_status(out)
+        if pred(s):
+            return s
+        time.sleep(0.3)
+    raise AssertionError(f"timed out; last status {jobs.read_status(out)}")
+
+
+def test_invalid_config_lists_every_bad_field_and_starts_nothing(tmp_path, home):
+    bad = {"corpus": "missing.txt", "method": "magic", "steps": 0, "lr": -1, "batch_size": "8",
+           "goldfish": {"kind": "hash", "k": 1}, "probes": [{"prompt": "x"}], "colour": "blue"}
+    with pytest.raises(UserError) as e:
+        RunConfig.from_dict(bad, tmp_path)
+    msg = str(e.value)
+    for field in ("corpus", "method", "steps", "lr", "batch_size", "goldfish.k", "probes[0]", "colour"):
+        assert field in msg, field
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text("corpus: missing.txt\nsteps: -3\nlora_rank: 0\n")
+    r = run_cli("run", str(cfg_file), "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and r.stderr.startswith("error: invalid config")
+    assert "corpus" in r.stderr and "steps" in r.stderr and "lora_rank" in r.stderr
+    assert "anchors: required" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_paths_resolve_against_the_config_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "c.txt").write_text("Harry went to Hogwarts.")
+    (tmp_path / "data" / "a.json").write_text('{"Harry": ["Jon"]}')
+    (tmp_path / "data" / "run.json").write_text(json.dumps({"corpus": "c.txt", "anchors": "a.json"}))
+    cfg = load_config(tmp_path / "data" / "run.json")
+    assert cfg.corpus == str((tmp_path / "data" / "c.txt").resolve())
+    demo = load_config(ASSETS / "demo.yaml")  # the shipped demo config is valid
+    assert demo.method == "whp" and Path(demo.corpus).exists()
+
+
+def test_whp_pipeline_via_cli_writes_a_complete_run_dir(tiny_dir, tmp_path, home):
+    cfg_file = tmp_path / "run.json"
+    cfg_file.write_text(json.dumps(tiny_config(tiny_dir)))
+    out = tmp_path / "run"
+    r = run_cli("run", str(cfg_file), "--out", str(out), env={"OBLIVIATE_HOME": str(home)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "finished" and status["done_phases"] == ["reinforce", "labels", "unlearn"]
+    assert status["step"] == status["total"] == 3 + 2 + 3  # labels count groups: 6 blocks / label_batch 4
+    for name in ("expert", "unlearned"):
+        a = out / "adapters" / name
+        assert (a / "adapter_config.json").exists() and (a / "adapter_model.safetensors").exists()
+    assert not list((out / "checkpoints").glob("*.pt")), "finished phases leave no checkpoint"
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    for phase in ("reinforce", "unlearn"):
+        steps = [m["step"] for m in rows if m["phase"] == phase]
+        assert steps == [0, 1, 2, 3]
+    trained = [m for m in rows if m["step"] > 0]
+    assert all({"step", "phase", "loss", "lr", "tokens_per_s"} <= set(m) for m in trained)
+    probed = [m for m in rows if "probes" in m]
+    assert all(set(m["probes"]) == {"P(' Hermione' | …best friends are Ron and)", "P(' Paris' | …The capital of France is)"}
+               for m in probed)
+    assert all(0 <= m["familiarity"] <= 1 for m in probed)
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels["cached"] is False and labels["blocks"] == 6
+    assert "unlearn step 3/3" in (out / "log.txt").read_text()
+    # Unlearning again from the same expert reuses the cached labels (no forward pass).
+    out2 = tmp_path / "run2"
+    r = run_cli("unlearn", "--config", str(cfg_file), "--expert", str(out / "adapters" / "expert"),
+                "--steps", "1", "--out", str(out2), env={"OBLIVIATE_HOME": str(home)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out2 / "labels.json").read_text())["cached"] is True
+    assert json.loads((out2 / "status.json").read_text())["done_phases"] == ["labels", "unlearn"]
+
+
+def test_cancel_then_resume_continues_from_the_checkpoint_and_the_queue_holds_one_job(tiny_dir, tmp_path, home):
+    cfg = tiny_config(tiny_dir, method="reinforce_only", reinforce_steps=400, probes=None)
+    a, b = tmp_path / "a", tmp_path / "b"
+    launch_run(cfg, a)
+    wait_for(a, lambda s: s.get("state") == "running" and s.get("phase_step", 0) >= 2)
+    launch_run(tiny_config(tiny_dir, method="reinforce_only", reinforce_steps=2), b)
+    wait_for(b, lambda s: "waiting for the running job" in jobs.read_log(b))
+    time.sleep(1.0)
+    assert jobs.read_status(b)["state"] == "queued", "a second job waits while the first runs"
+    jobs.cancel(b)
+    assert wait_for(b, lambda s: s["state"] not in jobs.ACTIVE)["state"] == "cancelled"
+    jobs.cancel(a)
+    s = wait_for(a, lambda s: s["state"] not in jobs.ACTIVE)
+    assert s["state"] == "cancelled", s
+    stopped_at = s["phase_step"]
+    assert (a / "checkpoints" / "reinforce.pt").exists()
+    assert torch.load(a / "checkpoints" / "reinforce.pt", weights_only=False)["step"] == stopped_at
+    assert not (a / "stop").exists()
+    # Resume with fewer steps left to go: change nothing but let it finish quickly.
+    cfg_file = a / "config.json"
+    cfg_data = json.loads(cfg_file.read_text())
+    cfg_data["reinforce_steps"] = stopped_at + 2
+    cfg_file.write_text(json.dumps(cfg_data))
+    resume_run(a)
+    s = wait_for(a, lambda s: s["state"] not in jobs.ACTIVE)
+    assert s["state"] == "finished", (s, (a / "stderr.txt").read_text()[-2000:])
+    steps = [json.loads(l)["step"] for l in (a / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-2:] == [stopped_at + 1, stopped_at + 2], "resume continues after the checkpoint step"
+    assert (a / "adapters" / "expert" / "adapter_model.safetensors").exists()
+    with pytest.raises(UserError, match="already finished"):
+        resume_run(a)
+
+
+def test_a_killed_run_is_seen_as_interrupted(tiny_dir, tmp_path, home):
+    out = tmp_path / "k"
+    launch_run(tiny_config(tiny_dir, method="reinforce_only", reinforce_steps=400, probes=None), out)
+    s = wait_for(out, lambda s: s.get("state") == "running")
+    os.kill(s["pid"], signal.SIGKILL)
+    s = wait_for(out, lambda s: s["state"] not in jobs.ACTIVE, timeout=30)
+    assert s["state"] == jobs.INTERRUPTED
+    assert json.loads((out / "status.json").read_text())["state"] == jobs.INTERRUPTED  # persisted
+    listed = run_cli("runs", "list", "--root", str(tmp_path), "--json", env={"OBLIVIATE_HOME": str(home)})
+    assert listed.returncode == 0
+    assert [r["state"] for r in json.loads(listed.stdout)] == [jobs.INTERRUPTED]
+    jobs.delete(out)
+    assert not out.exists()
+
+
+def test_gradient_ascent_run_raises_the_corpus_loss(tiny_dir, tmp_path, home):
+    from engine.runs import execute
+
+    out = tmp_path / "ga"
+    cfg = RunConfig.from_dict(tiny_config(tiny_dir, method="gradient_ascent", steps=6, lr=2e-2,
+                                          retain=str(ASSETS / "retain.txt"), probes=None))
+    status = execute(cfg, out, queue=False)
+    assert status["state"] == "finished" and status["done_phases"] == ["gradient_ascent"]
+    losses = [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+    # The logged loss is -CE(corpus) + CE(retain): it falls as the corpus loss rises.
+    assert losses[-1] < losses[0]
+    assert (out / "adapters" / "unlearned" / "adapter_model.safetensors").exists()
