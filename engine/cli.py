@@ -86,6 +86,12 @@ def cmd_translate(args) -> int:
         "translated_tokens": [tok.decode([i]) for i in tr.translated_ids],
         "mapping": tr.mapping,
     }
+    if args.coverage:  # the Anchors page's coverage lists
+        from .coverage import coverage
+
+        cov = coverage(anchors, text, tr)
+        out["unused_terms"] = cov.unused_terms
+        out["uncovered"] = [{"word": w, "count": c, "example": e} for w, c, e in cov.uncovered]
     if args.json:
         print(json.dumps(out, ensure_ascii=False))
         return 0
@@ -93,6 +99,11 @@ def cmd_translate(args) -> int:
     print(f"\n{len(tr.occurrences)} anchored-term occurrences, {len(tr.dropped)} of {len(tr.mapping)} positions without a label")
     for o in tr.occurrences:
         print(f"  {o.term!r} -> {o.translation!r}  (tokens {o.start}..{o.end - 1})")
+    if args.coverage:
+        print(f"\nterms that never occur ({len(out['unused_terms'])}): {', '.join(out['unused_terms']) or '-'}")
+        print(f"capitalised words with no entry ({len(out['uncovered'])}):")
+        for u in out["uncovered"]:
+            print(f"  {u['word']} x{u['count']}: {u['example']}")
     return 0
 
 
@@ -117,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", required=True, help="a UTF-8 text file")
     p.add_argument("--model", default="embedded", help="whose tokenizer to use")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--coverage", action="store_true",
+                   help="also list enabled terms that never occur and capitalised words with no entry")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_translate)
 

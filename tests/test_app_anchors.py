@@ -113,3 +113,27 @@ def test_unreadable_saved_file_keeps_the_app_running(anchors_file):
     at = _app()
     assert any("not valid JSON" in e.value for e in at.error)
     assert anchors_file.read_text() == "{not json"
+
+
+def test_coverage_in_the_engine_and_the_cli(tmp_path, tokenizer):
+    """The preview's lists, without the UI: unused terms, and mid-sentence names with no entry."""
+    from conftest import run_cli
+    from engine.anchors import AnchorDictionary
+    from engine.coverage import coverage
+    from engine.translation import Translator
+
+    anchors = AnchorDictionary({"Harry": ["Jon"], "Hogwarts": ["Mystic Academy"], "Quidditch": ["Skyball"]})
+    text = ("Harry met Neville at Hogwarts. Then Harry and Neville saw Luna. Later Neville and Luna left. "
+            "Neville's toad was lost.")
+    cov = coverage(anchors, text, Translator(tokenizer, anchors).translate_text(text))
+    assert cov.unused_terms == ["Quidditch"]
+    words = {w: c for w, c, _ in cov.uncovered}
+    assert words == {"Neville": 3, "Luna": 2}  # sentence starts ("Then", "Neville's toad") do not count
+    path = tmp_path / "text.txt"
+    path.write_text(text)
+    dic = tmp_path / "a.json"
+    dic.write_text(anchors.to_json())
+    r = run_cli("translate", "--anchors", str(dic), "--text", str(path), "--coverage", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["unused_terms"] == ["Quidditch"] and out["uncovered"][0]["word"] == "Neville"
