@@ -159,6 +159,9 @@ for col, m in zip(cols, shown):
 # -- tracked tokens along the prompt ---------------------------------------------------------------
 if view["tracked"]:
     st.subheader("Pinned tokens along the prompt")
+    st.caption("The probability that each pinned word (its first token) comes next, after every position. "
+               "Solid: baseline · dotted: expert · dashed: generic · dash-dot: unlearned. The grey line "
+               "marks the selected position; generic has gaps where a position has no label.")
     fig = go.Figure()
     palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"]
     dashes = {"baseline": "solid", "expert": "dot", "generic": "dash", "unlearned": "dashdot"}
@@ -170,7 +173,7 @@ if view["tracked"]:
                 line={"color": palette[k % len(palette)], "dash": dashes[m]}, marker={"size": 4}))
     fig.add_vline(x=pos, line_width=1, line_color="#999")
     fig.update_layout(
-        height=320, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title="probability of the next token",
+        height=320, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title="P(next token)",
         xaxis={"tickmode": "array", "tickvals": x, "ticktext": [widgets.show(q["token"]) for q in positions],
                "tickangle": -60},
         legend={"orientation": "h", "y": -0.45})

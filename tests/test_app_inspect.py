@@ -152,3 +152,25 @@ def test_completions_side_by_side(app_env, tiny_expert_dir):
     assert list(done) == ["baseline", "expert", "generic"]
     ref = complete(Workbench.load(ModelConfig(at.session_state["model"])), [PROMPT], None, 5)[0]
     assert done["baseline"] == ref
+
+
+def test_two_tabs_with_different_adapters_at_once(tiny_wb, tiny_expert_dir, tiny_unlearned_dir):
+    """Two sessions share one Workbench: adapters are named by path, forwards are serialised by the
+    engine's lock, so concurrent inspections each get their own adapter's answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.state import ensure_adapter
+    from engine.inspection import inspect
+
+    a = ensure_adapter(tiny_wb, "expert", str(tiny_expert_dir))
+    b = ensure_adapter(tiny_wb, "expert", str(tiny_unlearned_dir))
+    assert a != b and ensure_adapter(tiny_wb, "expert", str(tiny_expert_dir)) == a  # loaded once
+
+    def top(name):
+        return inspect(tiny_wb, PROMPT, None, expert=name).view(5.0)["positions"][-1]["expert"]
+
+    alone = {name: top(name) for name in (a, b)}
+    assert alone[a] != alone[b]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(top, [a, b] * 4))
+    assert together == [alone[a], alone[b]] * 4
