@@ -1,0 +1,115 @@
+"""The Evaluate page through streamlit's AppTest on the tiny model: past results, training curves,
+and a real evaluation launched as a background job and followed to its table."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from conftest import ROOT
+from test_evaluate import CORPUS, PROBES, RETAIN
+
+RESULT = {
+    "model": "tiny", "seconds": 3.0, "notes": ["benchmarks skipped: lm-eval not installed"], "settings": {},
+    "models": {
+        "baseline": {"familiarity_probability": 0.4, "familiarity_completion": 0.5, "verbatim_rougeL": 0.3,
+                     "verbatim_token_match": 0.2, "verbatim_exact": 0.0, "retain_probability": 0.3,
+                     "retain_perplexity": 20.0, "robust_summary": 0.5, "robust_expert_preamble": 0.45},
+        "r1 · WHP": {"familiarity_probability": 0.04, "familiarity_completion": 0.1, "verbatim_rougeL": 0.1,
+                     "verbatim_token_match": 0.05, "verbatim_exact": 0.0, "retain_probability": 0.29,
+                     "retain_perplexity": 21.0, "robust_summary": 0.2, "robust_expert_preamble": 0.08},
+    },
+    "examples": {"baseline": {"completion": [{"prompt": "The train to", "completion": " Hogwarts", "familiar": ["Hogwarts"]}]},
+                 "r1 · WHP": {"completion": [{"prompt": "The train to", "completion": " the city", "familiar": []}]}},
+}
+
+
+@pytest.fixture()
+def home(monkeypatch, tmp_path, tiny_dir, tiny_unlearned_dir):
+    import streamlit as st
+
+    home = tmp_path / "home"
+    run = home / "runs" / "r1"
+    shutil.copytree(tiny_unlearned_dir, run / "adapters" / "unlearned")
+    (run / "config.json").write_text(json.dumps({"method": "whp"}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "kind": "run", "created": "2026-01-01T00:00:00"}))
+    rows = [{"step": s, "phase": "unlearn", "loss": 1.0, "familiarity": 0.4 / (s + 1), "retain": 0.3,
+             "probes": {"P(' Hermione' | …Ron and)": 0.5 / (s + 1), "P(' Doom' | …to Mount)": 0.3}} for s in (0, 10, 20)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("OBLIVIATE_MODEL", str(tiny_dir))
+    monkeypatch.setenv("OBLIVIATE_HOME", str(home))
+    st.cache_resource.clear()
+    yield home
+    st.cache_resource.clear()
+
+
+def _app():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60).run()
+    at.switch_page("../pages/evaluate.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_shows_a_finished_evaluation_and_training_curves(home):
+    e = home / "evals" / "e1"
+    e.mkdir(parents=True)
+    (e / "status.json").write_text(json.dumps({"state": "finished", "kind": "eval", "created": "2026-01-01T00:00:00"}))
+    (e / "eval.json").write_text(json.dumps(RESULT))
+    at = _app()
+    assert [t.value for t in at.main.title] == ["Evaluate"]
+    assert at.multiselect(key="eval_pick").options == ["r1 · WHP"]
+    table, rel, back = (d.value for d in at.dataframe[:3])  # AppTest dataframes carry no key: page order
+    assert table.index.tolist() == ["baseline", "r1 · WHP"]
+    assert table.loc["r1 · WHP", "familiarity (prob.)"] == pytest.approx(0.04)
+    assert table.loc["baseline", "retain perplexity"] == pytest.approx(20.0)
+    assert rel.index.tolist() == ["r1 · WHP"]
+    assert rel.loc["r1 · WHP", "familiarity (prob.)"] == pytest.approx(-90.0)  # (0.04 / 0.4 - 1) * 100
+    assert back.loc["r1 · WHP", "with expert preamble"] == pytest.approx(2.0)  # 0.08 / 0.04: knowledge comes back
+    assert any("lm-eval not installed" in i.value for i in at.info)
+    charts = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    titles = [s["layout"]["title"]["text"] for s in charts.values()]
+    assert "Familiarity vs utility" in titles and "Verbatim memorisation" in titles
+    assert any(t.startswith("Robustness") for t in titles) and "r1: unlearn" in titles
+    tracked = next(s for s in charts.values() if s["layout"]["title"]["text"] == "r1: unlearn")
+    fam = next(t for t in tracked["data"] if t["name"].startswith("familiarity"))
+    assert fam["x"] == [0, 10, 20] and fam["y"][0] == pytest.approx(0.4)
+
+
+def test_launches_an_evaluation_job_and_shows_its_table(home, tmp_path):
+    (tmp_path / "probes.json").write_text(json.dumps(PROBES))
+    (tmp_path / "corpus.txt").write_text(CORPUS)
+    (tmp_path / "retain.txt").write_text(RETAIN)
+    at = _app()
+    assert any("No evaluation yet" in i.value for i in at.info)
+    at.text_input(key="eval_probes").set_value(str(tmp_path / "probes.json"))
+    at.text_input(key="eval_corpus").set_value(str(tmp_path / "corpus.txt"))
+    at.text_input(key="eval_retain").set_value(str(tmp_path / "retain.txt"))
+    at.number_input(key="eval_passages").set_value(2)
+    at.number_input(key="eval_new_tokens").set_value(4)
+    at.button(key="eval_start").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    deadline = time.time() + 240
+    while time.time() < deadline and not at.dataframe:
+        time.sleep(2)
+        at.run()
+        assert not at.exception, at.exception
+        assert not at.error, [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert table.index.tolist() == ["baseline", "r1 · WHP"]
+    assert table["familiarity (prob.)"].between(0, 1).all()
+    assert table.loc["baseline", "familiarity (prob.)"] != table.loc["r1 · WHP", "familiarity (prob.)"]
+    job = next((home / "evals").iterdir())
+    assert json.loads((job / "status.json").read_text())["state"] == "finished"
+
+
+def test_a_missing_probe_file_is_an_error_not_a_job(home):
+    at = _app()
+    at.text_input(key="eval_probes").set_value("/nonexistent/probes.json")
+    at.button(key="eval_start").click().run()
+    assert not at.exception
+    assert any("file not found" in e.value for e in at.error)
+    assert not (home / "evals").exists() or not any((home / "evals").iterdir())
