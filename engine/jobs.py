@@ -69,7 +69,7 @@ def launch(args: list[str], out: str | os.PathLike, kind: str, env: dict | None 
         stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
     err.close()
     _children.append(proc)
-    status["pid"] = proc.pid
+    status.update(pid=proc.pid, dir=str(out))
     _merge(out, {"pid": proc.pid})
     return status
 
