@@ -59,10 +59,17 @@ def _workbench(model: str, precision: str, device: str) -> Workbench:
     return Workbench.load(ModelConfig(model, precision, device))
 
 
+def is_oom(e: BaseException) -> bool:
+    """Host MemoryError, or a CUDA / allocator out-of-memory (a RuntimeError subclass in torch)."""
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
 def load_workbench(model: str, precision: str, device: str) -> Workbench:
     try:
         return _workbench(model, precision, device)
-    except MemoryError:
+    except (MemoryError, RuntimeError) as e:
+        if not is_oom(e):
+            raise
         raise UserError(f"loading {model!r} ran {OOM_HINT}") from None
 
 
@@ -110,7 +117,9 @@ def ensure_adapter(wb: Workbench, kind: str, path: str) -> str:
         if name not in wb.adapters:
             try:
                 wb.add_adapter(name, p)
-            except MemoryError:
+            except (MemoryError, RuntimeError) as e:
+                if not is_oom(e):
+                    raise
                 raise UserError(f"loading the {kind} adapter ran {OOM_HINT}") from None
     return name
 

@@ -97,6 +97,9 @@ if save:
         st.error(f"Not saved: {e}")
     except OSError as e:
         st.error(f"Not saved: cannot write {path}: {e.strerror}")
+    except UnicodeDecodeError:
+        st.error(f"Not saved: the file on disk is not UTF-8, so it cannot be kept as the backup; move {path} "
+                 "away and Save again.")
     else:
         st.session_state[FLASH] = f"Saved {len(entries)} terms to {path} (previous version kept as {path.name}.bak)."
         st.session_state.pop(BASE, None)  # reloads from the file just written

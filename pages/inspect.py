@@ -108,7 +108,9 @@ try:
 except UserError as e:
     st.error(f"{e}")
     st.stop()
-except MemoryError:
+except (MemoryError, RuntimeError) as e:
+    if not state.is_oom(e):
+        raise
     st.error(f"Inspecting this prompt ran {state.OOM_HINT}.")
     st.stop()
 
@@ -210,7 +212,9 @@ if g4.button("Complete the prompt with every model", key="inspect_complete"):
         st.session_state["inspect_completions"] = (key, out)
     except UserError as e:
         st.error(str(e))
-    except MemoryError:
+    except (MemoryError, RuntimeError) as e:
+        if not state.is_oom(e):
+            raise
         st.error(f"Generating ran {state.OOM_HINT}.")
 done = st.session_state.get("inspect_completions")
 if done:

@@ -128,6 +128,17 @@ def test_bad_input_shows_an_error_and_keeps_running(app_env, monkeypatch):
     assert not at.exception, at.exception
     assert any("does not exist" in e.value for e in at.sidebar.error)
     assert any("No model is loaded" in w.value for w in at.warning)
+    # Out of memory during the forward (CUDA's is a RuntimeError): an error, not a crash.
+    import engine.inspection
+
+    def oom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with monkeypatch.context() as m:
+        m.setattr(engine.inspection, "inspect", oom)
+        at = _app(PROMPT).run()
+    assert not at.exception, at.exception
+    assert any("out of memory" in e.value for e in at.error)
     # A missing adapter path.
     at = _app(PROMPT)
     at.session_state["expert"] = "a path…"
