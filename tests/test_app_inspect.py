@@ -1,6 +1,8 @@
 """The Inspect page through streamlit's AppTest, on the tiny model (no browser)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import ROOT
@@ -185,3 +187,13 @@ def test_two_tabs_with_different_adapters_at_once(tiny_wb, tiny_expert_dir, tiny
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(top, [a, b] * 4))
     assert together == [alone[a], alone[b]] * 4
+
+
+def test_an_example_prompt_fills_the_prompt_box(app_env):
+    at = _app().run()
+    pills = at.pills(key="inspect_example")
+    example = json.loads((ROOT / "assets" / "probes.json").read_text())["probability"][1]["prompt"]
+    pills.set_value(example).run()
+    assert not at.exception, at.exception
+    assert at.text_input(key="inspect_prompt").value == example
+    assert any('class="obl-strip' in h.value for h in at.html)
