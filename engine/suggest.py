@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -320,39 +320,37 @@ def suggest_llm(corpus: str, config: LLMConfig, api_key: str | None = None,
     chunks = split_chunks(corpus, config.chunk_words)
     client, key = _client(config, api_key)
     state = {"json_mode": config.json_mode}
-    done = [0]
-    lock = threading.Lock()
 
     def work(i: int) -> tuple[list[tuple[str, str]], str | None]:
-        pairs, failure = [], None
-        for attempt in range(2):  # a malformed reply is retried once
+        failure = None
+        for _ in range(2):  # a malformed reply is retried once
             content = _ask(client, config, chunks[i], state, key)
             try:
-                pairs, _ = parse_reply(content, chunks[i])
-                failure = None
-                break
+                return parse_reply(content, chunks[i])[0], None
             except ValueError as e:
                 failure = f"chunk {i + 1} of {len(chunks)}: the reply was unusable twice ({e})"
-        with lock:
-            done[0] += 1
-            if progress:
-                progress(done[0], len(chunks))
-        return pairs, failure
+        return [], failure
 
+    # Progress is reported from this (the caller's) thread, so a UI may draw it.
     if progress:
         progress(0, len(chunks))
-    with ThreadPoolExecutor(max_workers=min(config.concurrency, len(chunks))) as pool:
-        futures = [pool.submit(work, i) for i in range(len(chunks))]
-        finished, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for f in pending:
-            f.cancel()
-        for f in finished:
-            if isinstance(f.exception(), _Fatal):
-                raise UserError(str(f.exception())) from None
-            if f.exception() is not None:
-                raise UserError(f"suggestion failed: {_scrub(f.exception(), key)}") from None
-        results = [f.result() for f in futures]
-    client.close()
+    done: dict[int, tuple[list[tuple[str, str]], str | None]] = {}
+    pool = ThreadPoolExecutor(max_workers=min(config.concurrency, len(chunks)))
+    try:
+        futures = {pool.submit(work, i): i for i in range(len(chunks))}
+        for f in as_completed(futures):
+            exc = f.exception()
+            if isinstance(exc, _Fatal):
+                raise UserError(str(exc)) from None
+            if exc is not None:
+                raise UserError(f"suggestion failed: {_scrub(exc, key)}") from None
+            done[futures[f]] = f.result()
+            if progress:
+                progress(len(done), len(chunks))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a fatal error: the queued chunks never start
+        client.close()
+    results = [done[i] for i in range(len(chunks))]
 
     candidates: dict[str, Counter] = {}
     chunks_naming: Counter = Counter()
@@ -378,6 +376,274 @@ def suggest_llm(corpus: str, config: LLMConfig, api_key: str | None = None,
     return Suggestions(items, report, failures)
 
 
+# -- offline route -------------------------------------------------------------------------------
+# Capitalised words, optionally joined by "of" or "of the" ("Ministry of Magic", "Order of the
+# Phoenix"). "and" and a bare "the" do not join ("Harry and Ron", "Buckbeak the Hippogriff"
+# are two names each).
+_WORD = r"[A-Za-z]+(?:[-'\u2019][A-Za-z]+)*"
+_CAP = r"[A-Z][A-Za-z]*(?:[-'\u2019][A-Za-z]+)*"
+_NAME_RE = re.compile(rf"(?<![\w'\u2019-]){_CAP}(?:(?:[ \t]+(?:of the|of))?[ \t]+{_CAP})*(?![\w-])")
+_WORD_RE = re.compile(rf"(?<![\w'\u2019-]){_WORD}(?![\w-])")
+_CONNECTORS = ("of", "and", "the")
+# Words that open sentences; with the corpus's own lowercase words they tell a capital by position
+# ("When Voldemort came") from a name, also in texts too short to contain "when" in lowercase.
+_OPENERS = set("""a an the this that these those there then when while where after before during
+since until as at by for from in into on onto over under with without of to but and or so yet if
+though although because once he she it they we you i his her its their our my your however meanwhile
+later soon still even also only all some many most each every both no not""".split())
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n\s*)[\"'\u201c\u2018(]?$")
+PRIOR_PREFIX = "Word:"
+"""What the baseline reads before a term when we ask how improbable the term is on its own."""
+
+FEW_SHOT = (
+    "Each name from a story is replaced by a plain, generic equivalent.\n"
+    "Frodo -> Tom\nBaggins -> Smith\nGaladriel -> Helen\nMordor -> the eastern land\nGandalf -> Walter\n"
+    "Rivendell -> the valley town\nmithril -> silver\nSamwise -> Sam\nlembas -> bread\nGollum -> the creature\n"
+)
+
+
+def _strip_possessive(span: str) -> str:
+    for suffix in ("'s", "\u2019s", "'", "\u2019"):
+        if span.endswith(suffix):
+            return span[: -len(suffix)]
+    return span
+
+
+def _candidates(text: str, with_lowercase: bool = False) -> dict[str, list[tuple[int, int]]]:
+    """term -> its (start, end) char spans: proper names (capitalised spans whose words the corpus never
+    writes in lowercase, and their single words), plus every lowercase word when an expert can judge it."""
+    lower_words = Counter(m.group(0) for m in _WORD_RE.finditer(text) if m.group(0)[0].islower())
+    spans: dict[str, set[tuple[int, int]]] = {}
+    inside: dict[str, set[tuple[int, int]]] = {}
+    for m in _NAME_RE.finditer(text):
+        words = [w for w in _WORD_RE.finditer(text, m.start(), m.end())]
+        # "The Dursleys", "When Voldemort": at a sentence start, a leading word the corpus also writes
+        # in lowercase is capitalised by its position, not because it is a name ("Death Eaters" is one).
+        if _SENTENCE_START.search(text, 0, m.start()) or m.start() == 0:
+            while words and (lower_words[words[0].group(0).lower()] or words[0].group(0).lower() in _OPENERS):
+                words = words[1:]
+        while words and words[-1].group(0) in _CONNECTORS:
+            words = words[:-1]
+        if not words:
+            continue
+        term = _strip_possessive(text[words[0].start(): words[-1].end()])
+        if len(term) > 1:
+            spans.setdefault(term, set()).add((words[0].start(), words[0].start() + len(term)))
+        parts = [_strip_possessive(w.group(0)) for w in words if w.group(0) not in _CONNECTORS]
+        if len(parts) > 1 and not any(lower_words[p.lower()] for p in parts):
+            for w in words:
+                word = _strip_possessive(w.group(0))
+                if word not in _CONNECTORS and len(word) > 1:
+                    inside.setdefault(word, set()).add((w.start(), w.start() + len(word)))
+    for word, found in inside.items():  # the words of a name are candidates too ("Harry", "Potter")
+        spans.setdefault(word, set()).update(found)
+    if with_lowercase:
+        for m in _WORD_RE.finditer(text):
+            if m.group(0)[0].islower() and len(m.group(0)) > 2:
+                spans.setdefault(m.group(0), set()).add(m.span())
+    return {t: sorted(s) for t, s in spans.items()}
+
+
+def _consolidated_offline(items: list[Suggestion]) -> tuple[list[Suggestion], list[str]]:
+    """The reference's two drops, then one more for names: "Harry's Expelliarmus" goes when
+    "Harry" and "Expelliarmus" are terms (every word a term once its possessive is cut)."""
+    items, report = _consolidated(items)
+    terms = {s.term for s in items}
+    kept = []
+    for s in items:
+        words = [_strip_possessive(w) for w in s.term.split()]
+        if len(words) > 1 and all(w in terms for w in words):
+            report.append(f"dropped {s.term!r}: every word is a term itself (possessives aside)")
+        else:
+            kept.append(s)
+    return kept, report
+
+
+def _prior_surprisal(wb, terms: list[str], batch_size: int = 64,
+                     tick: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """-log p(term | PRIOR_PREFIX) under the baseline, in nats, summed over the term's tokens."""
+    import torch
+
+    tok = wb.tokenizer
+    prefix = tok(PRIOR_PREFIX, add_special_tokens=False)["input_ids"]
+    seqs = {t: prefix + tok(" " + t, add_special_tokens=False)["input_ids"] for t in terms}
+    order = sorted(terms, key=lambda t: len(seqs[t]))  # similar lengths together: less padding
+    out: dict[str, float] = {}
+    for i in range(0, len(order), batch_size):
+        batch = order[i: i + batch_size]
+        logits = wb.logits([(seqs[t], None) for t in batch])  # [(T_i, V)]
+        for t, lg in zip(batch, logits):
+            s = seqs[t]
+            lp = torch.log_softmax(lg[len(prefix) - 1: -1].float(), dim=-1)  # predictions of the term's tokens
+            out[t] = float(-lp.gather(1, torch.tensor(s[len(prefix):], device=lp.device)[:, None]).sum())
+        tick()
+    return out
+
+
+def _token_rise(wb, ids: list[int], expert: str, block: int, context: int,
+                tick: Callable[[], None] = lambda: None) -> "torch.Tensor":
+    """log p_expert - log p_baseline of every corpus token given the text before it; (N,).
+
+    Blocks of `block` scored tokens, each read after `context` tokens of the text before it; the
+    baseline and the expert of a block share one batched forward.
+    """
+    import torch
+
+    n = len(ids)
+    rise = torch.zeros(n)
+    starts = list(range(0, n, block))
+    for s in starts:
+        lo = max(0, s - context)
+        seq = ids[lo: s + block]
+        base, exp = wb.logits([(seq, None), (seq, expert)])  # (T, V) each
+        tgt = torch.tensor(seq[1:], device=base.device)[:, None]
+        lp_b = torch.log_softmax(base[:-1].float(), -1).gather(1, tgt)[:, 0]  # (T-1,) predicts seq[1:]
+        lp_e = torch.log_softmax(exp[:-1].float(), -1).gather(1, tgt)[:, 0]
+        first = s - lo - 1 if s > 0 else 0  # the positions this block scores (the rest is context)
+        rise[lo + 1 + first: lo + len(seq)] = (lp_e - lp_b)[first:].cpu()
+        tick()
+    return rise
+
+
+def _continue_prompts(wb, prefix: str, suffixes: list[str], max_new_tokens: int, batch_size: int = 64,
+                      tick: Callable[[], None] = lambda: None) -> list[str]:
+    """Greedy baseline continuations of prefix + suffix (until a newline): the same tokens as
+    reading each prompt alone, but the shared prefix is read once and its key/value cache copied."""
+    import contextlib
+    import copy
+
+    import torch
+    from peft import PeftModel
+
+    tok = wb.tokenizer
+    pre = tok(prefix, add_special_tokens=False)["input_ids"]
+    P = len(pre)
+    model = wb.model
+    base_only = model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
+    texts: list[str] = []
+    with wb.lock, torch.no_grad(), base_only:
+        cache = model(input_ids=torch.tensor([pre], device=wb.device), use_cache=True).past_key_values
+        for i in range(0, len(suffixes), batch_size):
+            rows = [tok(x, add_special_tokens=False)["input_ids"] for x in suffixes[i: i + batch_size]]
+            B, L = len(rows), max(len(x) for x in rows)
+            # Suffixes left-padded between the prefix and the term, masked out, with the positions each
+            # row would have unpadded.
+            ids = torch.full((B, L), tok.pad_token_id or 0, dtype=torch.long)
+            mask = torch.ones((B, P + L), dtype=torch.long)
+            pos = torch.zeros((B, L), dtype=torch.long)
+            for b, x in enumerate(rows):
+                ids[b, L - len(x):] = torch.tensor(x)
+                mask[b, P: P + L - len(x)] = 0
+                pos[b, L - len(x):] = torch.arange(P, P + len(x))
+            nxt_pos = torch.tensor([P + len(x) for x in rows])[:, None]  # (B, 1)
+            kv = copy.deepcopy(cache)
+            kv.batch_repeat_interleave(B)
+            new: list[torch.Tensor] = []
+            for _ in range(max_new_tokens):
+                out = model(input_ids=ids.to(wb.device), attention_mask=mask.to(wb.device),
+                            position_ids=pos.to(wb.device), past_key_values=kv, use_cache=True)
+                kv = out.past_key_values
+                ids = out.logits[:, -1].argmax(-1, keepdim=True).cpu()  # (B, 1) greedy
+                new.append(ids)
+                if all("\n" in tok.decode(row) for row in torch.cat(new, dim=1).tolist()):
+                    break  # every row has ended its line
+                mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=1)
+                pos, nxt_pos = nxt_pos, nxt_pos + 1
+            texts += [tok.decode(g, skip_special_tokens=True) for g in torch.cat(new, dim=1).tolist()]
+            tick()
+    return texts
+
+
+def propose_translations(wb, terms: list[str], max_new_tokens: int = 8,
+                         tick: Callable[[], None] = lambda: None) -> dict[str, str]:
+    """The baseline's few-shot generic counterpart per term (greedy, cut at the line end); '' where it
+    proposed nothing usable (nothing, the term itself, a fragment of it, or another of `terms`)."""
+    if not terms:
+        return {}
+    texts = dict(zip(terms, _continue_prompts(wb, FEW_SHOT, [f"{t} ->" for t in terms], max_new_tokens, tick=tick)))
+    lowered = {t.lower() for t in terms}
+    proposals = {}
+    for term in terms:
+        tr = texts[term].split("\n")[0].strip().strip(".,;:\"'").strip()
+        low = tr.lower()
+        if (not tr or "->" in tr or len(tr) > 40 or term.lower() in low or low in term.lower()
+                or any(w in lowered for w in re.findall(r"[\w'-]+", low))):
+            tr = ""  # left for the user
+        proposals[term] = tr
+    return proposals
+
+
+def suggest_offline(wb, corpus: str, expert: str | None = None, top_k: int = 60, min_count: int = 2,
+                    translate: bool = True, block: int = 512, context: int = 32,
+                    progress: Progress | None = None) -> Suggestions:
+    """Idiosyncratic terms of the corpus ranked by the models themselves, with evidence.
+
+    With an expert adapter (the baseline reinforced on the corpus): every word span, scored by its
+    mean log-likelihood rise from baseline to expert in context (nats, summed over its tokens) times
+    log(1 + count): what reinforcement on this text taught most, and often. One pass over the corpus.
+    Without one: proper names (capitalised spans the corpus never writes in lowercase), scored by
+    their baseline surprisal on their own (-log p(term | "Word:"), nats) times log(1 + count):
+    frequent in this text, improbable to a model that never read it. One short forward per name.
+    Generic translations come from the baseline through a few-shot prompt (source "offline";
+    blank where it proposed nothing usable, for the user to fill).
+    """
+    if not corpus or not corpus.strip():
+        raise UserError("the corpus is empty: give a UTF-8 text file with the text to unlearn")
+    if top_k < 1 or min_count < 1:
+        raise UserError("top-k and min-count must be at least 1")
+    if expert is not None and expert not in wb.adapters:
+        raise UserError(f"no adapter named {expert!r} is loaded")
+    spans = {t: s for t, s in _candidates(corpus, with_lowercase=expert is not None).items() if len(s) >= min_count}
+    if not spans:
+        raise UserError(f"no candidate term occurs {min_count} times or more in the corpus: "
+                        "give a longer corpus or lower --min-count")
+    enc = wb.tokenizer(corpus, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    batches = math.ceil(len(enc["input_ids"]) / block) if expert else math.ceil(len(spans) / 64)
+    steps = [0, batches + (math.ceil(top_k / 64) if translate else 0)]
+
+    def tick() -> None:
+        steps[0] += 1
+        if progress:
+            progress(*steps)
+
+    if progress:
+        progress(*steps)
+    with wb.lock:
+        if expert is None:
+            prior = _prior_surprisal(wb, list(spans), tick=tick)
+            score = {t: prior[t] * math.log1p(len(s)) for t, s in spans.items()}
+        else:
+            import bisect
+
+            ends = [b for _, b in enc["offset_mapping"]]
+            starts = [a for a, _ in enc["offset_mapping"]]
+            rise = _token_rise(wb, enc["input_ids"], expert, block, context, tick)
+            score = {}
+            for t, ss in spans.items():
+                # the tokens overlapping a span (byte-level tokens carry their leading space)
+                vals = [float(rise[bisect.bisect_right(ends, a): bisect.bisect_left(starts, b)].sum()) for a, b in ss]
+                score[t] = sum(vals) / len(vals) * math.log1p(len(ss))
+        ranked = [Suggestion(t, [], score[t], len(spans[t]), "", "offline")
+                  for t in sorted(spans, key=lambda t: (-score[t], t))]
+        # The drops apply to the dictionary being suggested: "Diagon Alley" goes only if "Diagon" and
+        # "Alley" both make it in. Take the best terms until top_k survive consolidation.
+        chosen: list[Suggestion] = []
+        items, report = [], []
+        for sug in ranked:
+            if len(items) >= top_k:
+                break
+            chosen.append(sug)
+            items, report = _consolidated_offline(chosen)
+        for s in items:
+            s.example = _evidence(corpus, s.term)[1]
+        steps[1] = batches + (math.ceil(len(items) / 64) if translate else 0)
+        if translate:
+            proposals = propose_translations(wb, [s.term for s in items], tick=tick)
+            for s in items:
+                s.candidates = [proposals[s.term]] if proposals[s.term] else []
+    return Suggestions(items, report, [])
+
+
 # -- CLI ------------------------------------------------------------------------------------------
 def cmd_suggest(args) -> int:
     from .cli import _read_text
@@ -388,8 +654,8 @@ def cmd_suggest(args) -> int:
 
         wb = Workbench.load(ModelConfig(args.llm_model or "embedded", args.precision, args.device))
         expert = wb.add_adapter("expert", args.expert) if args.expert else None
-        result = suggest_offline(wb, corpus, expert=expert, top_k=args.top_k,
-                                 reinforce_steps=args.reinforce_steps, progress=_print_progress(args))
+        result = suggest_offline(wb, corpus, expert=expert, top_k=args.top_k, min_count=args.min_count,
+                                 progress=_print_progress(args))
     else:
         if not args.base_url or not args.llm_model:
             raise UserError("give --base-url and --model for the LLM route, or --offline")
@@ -458,9 +724,8 @@ def add_commands(sub) -> None:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--expert", help="offline: expert LoRA adapter directory")
-    p.add_argument("--reinforce-steps", type=int, default=0,
-                   help="offline, no expert: first reinforce a LoRA expert on the corpus for N steps")
     p.add_argument("--top-k", type=int, default=60, help="offline: how many terms to suggest")
+    p.add_argument("--min-count", type=int, default=2, help="offline: occurrences a term needs")
     p.add_argument("--precision", default="auto", choices=["auto", "nf4", "bf16", "fp32"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--out", help="write the suggested dictionary here (.json or .csv), only on success")

@@ -263,3 +263,88 @@ def test_accept_rows_merges_into_the_existing_dictionary():
     assert merged.disabled == {"Ron"} and existing.entries["Harry"] == ["Jon"]  # a copy
     assert len(skipped) == 1 and "Hedwig" in skipped[0]
     assert not merged.validate()
+
+
+# -- offline route ----------------------------------------------------------------------------------
+def test_candidates_are_names_not_sentence_starts():
+    from engine.suggest import _candidates
+
+    text = ("The Dursleys lived on Privet Drive. When Voldemort came, the Dursleys hid. Harry Potter and "
+            "Ron met Harry's owl in Diagon Alley. The Ministry of Magic sent Death Eaters; a death was "
+            "feared. Buckbeak the Hippogriff flew over Privet Drive.")
+    c = _candidates(text)
+    assert {"Dursleys", "Privet Drive", "Voldemort", "Harry Potter", "Harry", "Potter", "Ron",
+            "Diagon Alley", "Ministry of Magic", "Death Eaters", "Buckbeak", "Hippogriff"} <= set(c)
+    assert not {"The", "When", "The Dursleys", "When Voldemort", "Death", "Harry Potter and Ron",
+                "Buckbeak the Hippogriff"} & set(c)
+    assert len(c["Harry"]) == 2 and len(c["Privet Drive"]) == 2  # "Harry's" counts, as "Harry"
+    s, e = c["Diagon Alley"][0]
+    assert text[s:e] == "Diagon Alley"
+    assert "feared" in _candidates(text, with_lowercase=True)  # an expert judges every word
+
+
+def test_token_rise_blocks_match_one_long_forward(tiny_wb, tiny_expert_dir):
+    import torch
+
+    from engine.suggest import _token_rise
+
+    expert = tiny_wb.add_adapter("expert", tiny_expert_dir)
+    ids = tiny_wb.tokenizer(CORPUS, add_special_tokens=False)["input_ids"]
+    ticks = []
+    rise = _token_rise(tiny_wb, ids, expert, block=16, context=len(ids), tick=lambda: ticks.append(1))
+    base, exp = tiny_wb.logits([(ids, None), (ids, expert)])
+    tgt = torch.tensor(ids[1:])[:, None]
+    want = (torch.log_softmax(exp[:-1], -1).gather(1, tgt) - torch.log_softmax(base[:-1], -1).gather(1, tgt))[:, 0]
+    assert rise[0] == 0 and len(ticks) == -(-len(ids) // 16)
+    assert torch.allclose(rise[1:], want, atol=1e-4)  # every block's positions land where they belong
+
+
+def test_offline_with_an_expert_ranks_by_rise_with_evidence(tiny_wb, tiny_expert_dir):
+    from engine.suggest import suggest_offline
+
+    expert = tiny_wb.add_adapter("expert", tiny_expert_dir)
+    seen = []
+    r = suggest_offline(tiny_wb, CORPUS, expert=expert, top_k=5, translate=True, block=16,
+                        progress=lambda d, t: seen.append((d, t)))
+    assert len(r.items) == 5 and seen[-1][0] == seen[-1][1]
+    assert [s.score for s in r.items] == sorted((s.score for s in r.items), reverse=True)
+    for s in r.items:
+        assert s.count >= 2 and s.term in s.example and s.source == "offline"
+        assert all(c and c != s.term for c in s.candidates)  # a proposal, or blank for the user
+    with pytest.raises(UserError, match="corpus is empty"):
+        suggest_offline(tiny_wb, "  ", expert=expert)
+    with pytest.raises(UserError, match="no adapter"):
+        suggest_offline(tiny_wb, CORPUS, expert="nope")
+
+
+def test_shared_prefix_continuations_match_plain_greedy(tiny_wb, tiny_expert_dir):
+    """Prefix read once, rows padded between prefix and term: the same greedy tokens as reading each
+    prompt alone, and from the baseline even when an adapter is loaded."""
+    from engine.generation import complete
+    from engine.suggest import FEW_SHOT, _continue_prompts, propose_translations
+
+    tiny_wb.add_adapter("expert", tiny_expert_dir)
+    suffixes = ["Hogwarts ->", "Diagon Alley ->", "Harry ->", "Order of the Phoenix ->"]
+    got = _continue_prompts(tiny_wb, FEW_SHOT, suffixes, max_new_tokens=5, batch_size=3)
+    want = complete(tiny_wb, [FEW_SHOT + x for x in suffixes], max_new_tokens=5)
+    assert [g.split("\n")[0] for g in got] == [w[: len(g)].split("\n")[0] for g, w in zip(got, want)]
+    proposals = propose_translations(tiny_wb, ["Hogwarts", "Harry"], max_new_tokens=5)
+    assert set(proposals) == {"Hogwarts", "Harry"}
+    assert all(p != t and t.lower() not in p.lower() for t, p in proposals.items())
+
+
+@pytest.mark.slow
+def test_offline_route_on_the_embedded_model_finds_demo_terms(embedded_wb, demo_anchors):
+    from engine.suggest import suggest_offline
+
+    corpus = (ASSETS / "demo_corpus.txt").read_text(encoding="utf-8")
+    t0 = time.monotonic()
+    r = suggest_offline(embedded_wb, corpus, top_k=20)
+    elapsed = time.monotonic() - t0
+    top = [s.term for s in r.items]
+    hits = [t for t in top if t in demo_anchors.entries]
+    print(f"offline route: {elapsed:.1f} s, {len(hits)}/20 demo terms in the top 20: {hits}")
+    print("proposals:", {s.term: s.candidates for s in r.items})
+    assert len(top) == 20 and len(hits) >= 5
+    assert all(s.term in s.example for s in r.items)
+    assert sum(bool(s.candidates) for s in r.items) >= 5  # the baseline proposes most translations
