@@ -348,3 +348,63 @@ def test_offline_route_on_the_embedded_model_finds_demo_terms(embedded_wb, demo_
     assert len(top) == 20 and len(hits) >= 5
     assert all(s.term in s.example for s in r.items)
     assert sum(bool(s.candidates) for s in r.items) >= 5  # the baseline proposes most translations
+
+
+# -- the panel ---------------------------------------------------------------------------------------
+PANEL = '''
+import os, sys
+sys.path.insert(0, os.environ["OBLIVIATE_ROOT"])
+import streamlit as st
+from app.suggest_panel import render_suggest_panel
+from engine.anchors import AnchorDictionary
+merged = render_suggest_panel(AnchorDictionary({"Harry": ["Tom"], "Ron": ["Mark"]}),
+                              corpus=os.environ["SUGGEST_CORPUS"])
+if merged is not None:
+    st.session_state["merged"] = merged.entries
+'''
+
+
+def test_panel_suggests_reviews_and_returns_the_merged_dictionary(monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    monkeypatch.setenv("OBLIVIATE_ROOT", str(ROOT))
+    monkeypatch.setenv("SUGGEST_CORPUS", CORPUS)
+    monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeOpenAI(lambda n, chunk, body: (200, _reply(json.dumps(good_terms(chunk))))) as srv:
+        at = AppTest.from_string(PANEL, default_timeout=60).run()
+        assert not at.exception
+        at.text_input(key="suggest_base_url").input(srv.url)
+        at.text_input(key="suggest_model").input("m")
+        at.text_input(key="suggest_api_key").input(KEY)
+        at.button(key="suggest_llm").click().run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert srv.auth[0] == f"Bearer {KEY}"
+        assert "merged" not in at.session_state  # shown for review, nothing added yet
+        at.button(key="suggest_add").click().run()
+    merged = at.session_state["merged"]
+    assert merged["Harry"] == ["Tom", "Jon"] and merged["Ron"] == ["Mark"]  # existing rows kept first
+    assert merged["Hogwarts"] == ["Mystic Academy"] and "Harry Potter" not in merged
+    assert not list(tmp_path.rglob("*"))  # nothing written: Save is the page's, and explicit
+    # the key only ever sits in this session's memory
+    assert all(KEY not in str(e.value) for e in (*at.error, *at.info, *at.markdown, *at.caption))
+
+
+def test_panel_shows_a_clear_error_and_keeps_running(monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    monkeypatch.setenv("OBLIVIATE_ROOT", str(ROOT))
+    monkeypatch.setenv("SUGGEST_CORPUS", CORPUS)
+    with FakeOpenAI(lambda n, c, b: (401, {"error": {"message": f"bad key {KEY}"}})) as srv:
+        at = AppTest.from_string(PANEL, default_timeout=60).run()
+        at.text_input(key="suggest_base_url").input(srv.url)
+        at.text_input(key="suggest_model").input("m")
+        at.text_input(key="suggest_api_key").input(KEY)
+        at.button(key="suggest_llm").click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and "401" in at.error[0].value and KEY not in at.error[0].value
+    assert "merged" not in at.session_state
