@@ -351,7 +351,7 @@ def execute(cfg: RunConfig, out: str | os.PathLike, resume: bool = False, queue:
     except jobs.Cancelled:
         job.log("cancelled")
         job.cancelled(done_phases=done_phases)
-        return jobs.read_status(out)
+        return jobs.read_status(out) if main else {"state": "cancelled", "dir": str(out)}
     except UserError as e:
         job.log(f"error: {e}")
         job.fail(str(e))
@@ -362,6 +362,8 @@ def execute(cfg: RunConfig, out: str | os.PathLike, resume: bool = False, queue:
         raise
     job.log("finished")
     job.finish(summary=result, done_phases=done_phases)
+    if not main:  # other ranks: their part is done; rank 0 owns the run directory
+        return {"state": "finished", "dir": str(out), "rank": acc.process_index}
     return jobs.read_status(out)
 
 
@@ -508,6 +510,7 @@ def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: 
                                  cfg.lr, cfg.batch_size, cfg.grad_accum, sign=-1.0, retain_ids=r_ids,
                                  retain_lengths=r_len, retain_labels=r_lab, retain_weight=cfg.retain_weight,
                                  seed=cfg.seed, warmup=cfg.warmup), out / "adapters" / "unlearned")
+    acc.wait_for_everyone()
     summary["elapsed_s"] = time.time() - t_start + float(prev.get("elapsed_s", 0) if done_phases else 0)
     return summary
 
@@ -553,8 +556,23 @@ def _cmd_run(args) -> int:
         if out.exists() and (out / "status.json").exists() and jobs._read(out).get("state") not in (None, "queued"):
             raise UserError(f"{out} already holds a run: use --resume, or another --out")
     status = execute(cfg, out, resume=args.resume, queue=not args.no_queue)
-    print(json.dumps({k: status.get(k) for k in ("state", "dir", "summary", "error")}, indent=2))
+    _print_result(status)
     return 0 if status.get("state") == "finished" else 1
+
+
+def _print_result(status: dict) -> None:
+    """One short JSON on stdout (rank 0 only): state, dir, familiarity before/after, error."""
+    if "rank" in status:
+        return
+    summ = status.get("summary") or {}
+    brief = {k: status.get(k) for k in ("state", "dir", "error")}
+    for key, val in summ.items():
+        if isinstance(val, dict) and "familiarity" in val:
+            brief[key] = {"familiarity": val["familiarity"], "retain": val.get("retain"),
+                          **{n: p for n, p in (val.get("probes") or {}).items() if "Hermione" in n}}
+    if "elapsed_s" in summ:
+        brief["elapsed_s"] = round(summ["elapsed_s"], 1)
+    print(json.dumps(brief, indent=2, ensure_ascii=False))
 
 
 def _step_config(args, method: str) -> RunConfig:
@@ -587,7 +605,7 @@ def _cmd_step(method: str):
             raise UserError("unlearn needs --expert (an expert adapter from `reinforce`); `run` does the whole pipeline")
         cfg = _step_config(args, method)
         status = execute(cfg, Path(args.out), queue=not args.no_queue)
-        print(json.dumps({k: status.get(k) for k in ("state", "dir", "summary", "error")}, indent=2))
+        _print_result(status)
         return 0 if status.get("state") == "finished" else 1
     return run
 

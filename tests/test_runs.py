@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ASSETS, run_cli
+from conftest import ASSETS, ROOT, run_cli
 from engine import jobs
 from engine.errors import UserError
 from engine.runs import RunConfig, load_config, resume_run, launch_run
@@ -166,3 +166,28 @@ def test_gradient_ascent_run_raises_the_corpus_loss(tiny_dir, tmp_path, home):
     # The logged loss is -CE(corpus) + CE(retain): it falls as the corpus loss rises.
     assert losses[-1] < losses[0]
     assert (out / "adapters" / "unlearned" / "adapter_model.safetensors").exists()
+
+
+def test_the_same_run_under_accelerate_with_two_processes(tiny_dir, tmp_path, home):
+    """Data parallel on the CPU (gloo): both ranks finish, one adapter, metrics logged once."""
+    import subprocess
+    import sys
+
+    cfg_file = tmp_path / "run.json"
+    cfg_file.write_text(json.dumps(tiny_config(tiny_dir, steps=2, reinforce_steps=2, max_blocks=4)))
+    out = tmp_path / "ddp"
+    accelerate = Path(sys.executable).parent / "accelerate"
+    # --multi_gpu selects accelerate's torchrun launcher; without a GPU each rank runs on the CPU with gloo.
+    r = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+                        "-m", "engine", "run", str(cfg_file), "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OBLIVIATE_HOME": str(home), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "finished" and status["world_size"] == 2
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(m["phase"], m["step"]) for m in rows] == [("reinforce", s) for s in (0, 1, 2)] + [("unlearn", s) for s in (0, 1, 2)]
+    assert r.stdout.count('"state"') == 1, "only rank 0 reports"
+    assert (out / "adapters" / "unlearned" / "adapter_model.safetensors").exists()
+    assert [p.name for p in (out / "adapters").iterdir()] and not list((out / "adapters").glob(".*"))
