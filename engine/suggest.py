@@ -597,6 +597,7 @@ def suggest_offline(wb, corpus: str, expert: str | None = None, top_k: int = 60,
     if not spans:
         raise UserError(f"no candidate term occurs {min_count} times or more in the corpus: "
                         "give a longer corpus or lower --min-count")
+    block = max(16, min(block, wb.max_length - context))  # a block and its context fit the model
     enc = wb.tokenizer(corpus, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     batches = math.ceil(len(enc["input_ids"]) / block) if expert else math.ceil(len(spans) / 64)
     steps = [0, batches + (math.ceil(top_k / 64) if translate else 0)]
@@ -652,8 +653,14 @@ def cmd_suggest(args) -> int:
     if args.offline:
         from .models import ModelConfig, Workbench
 
-        wb = Workbench.load(ModelConfig(args.llm_model or "embedded", args.precision, args.device))
-        expert = wb.add_adapter("expert", args.expert) if args.expert else None
+        model = args.llm_model or "embedded"
+        expert_path = args.expert
+        if args.reinforce_steps:
+            if args.expert:
+                raise UserError("give --expert or --reinforce-steps, not both")
+            expert_path = _reinforce(args.corpus, model, args.precision, args.device, args.reinforce_steps)
+        wb = Workbench.load(ModelConfig(model, args.precision, args.device))
+        expert = wb.add_adapter("expert", expert_path) if expert_path else None
         result = suggest_offline(wb, corpus, expert=expert, top_k=args.top_k, min_count=args.min_count,
                                  progress=_print_progress(args))
     else:
@@ -681,6 +688,27 @@ def cmd_suggest(args) -> int:
         print(f"wrote {len(anchors)} terms to {args.out}" + (f" ({len(skipped)} rows without a translation left out)"
                                                             if skipped else ""))
     return 0
+
+
+def _reinforce(corpus: str, model: str, precision: str, device: str, steps: int) -> str:
+    """A quick expert for the offline route: a reinforce_only run (LoRA, next-token loss on the corpus)
+    in OBLIVIATE_HOME/runs/suggest-reinforce-*, the same code path as `python -m engine reinforce`."""
+    import tempfile
+    from pathlib import Path
+
+    from .io import obliviate_home
+    from .runs import RunConfig, execute
+
+    cfg = RunConfig(corpus=str(Path(corpus).resolve()), method="reinforce_only", reinforce_steps=steps,
+                    model=model, precision=precision, device=device, block_size=256, batch_size=4)
+    root = obliviate_home() / "runs"
+    root.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix="suggest-reinforce-", dir=root))
+    print(f"reinforcing an expert for {steps} steps in {out}", file=sys.stderr)
+    status = execute(cfg, out, queue=False)
+    if status.get("state") != "finished":
+        raise UserError(f"the reinforcement did not finish ({status.get('state')}): see {out}/log.txt")
+    return str(out / "adapters" / "expert")
 
 
 def cmd_validate(args) -> int:
@@ -724,6 +752,9 @@ def add_commands(sub) -> None:
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
     p.add_argument("--expert", help="offline: expert LoRA adapter directory")
+    p.add_argument("--reinforce-steps", type=int, default=0,
+                   help="offline, no --expert: first reinforce an expert on the corpus for N LoRA steps "
+                        "(a reinforce_only run under OBLIVIATE_HOME/runs), then rank by its rise")
     p.add_argument("--top-k", type=int, default=60, help="offline: how many terms to suggest")
     p.add_argument("--min-count", type=int, default=2, help="offline: occurrences a term needs")
     p.add_argument("--precision", default="auto", choices=["auto", "nf4", "bf16", "fp32"])

@@ -350,6 +350,29 @@ def test_offline_route_on_the_embedded_model_finds_demo_terms(embedded_wb, demo_
     assert sum(bool(s.candidates) for s in r.items) >= 5  # the baseline proposes most translations
 
 
+def test_cli_offline_with_a_quick_reinforcement_and_validate(tmp_path, tiny_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text((CORPUS + "\n\n") * 3, encoding="utf-8")
+    out = tmp_path / "offline.csv"
+    r = run_cli("anchors", "suggest", "--corpus", str(corpus), "--offline", "--model", str(tiny_dir),
+                "--reinforce-steps", "2", "--top-k", "6", "--out", str(out), "--json",
+                env={"OBLIVIATE_HOME": str(tmp_path / "home")})
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["suggestions"]
+    assert len(rows) == 6 and all(row["source"] == "offline" and row["count"] >= 2 for row in rows)
+    expert = list((tmp_path / "home" / "runs").glob("suggest-reinforce-*/adapters/expert/adapter_config.json"))
+    assert len(expert) == 1  # the quick expert is a real reinforce_only run
+    written = AnchorDictionary.from_csv(out.read_text()) if out.exists() else AnchorDictionary()
+    assert set(written.entries) == {row["term"] for row in rows if row["translation"]}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"Harry": ["Harry"], "Harry Potter": ["Jon"], "Potter": ["Smith"]}')
+    r = run_cli("anchors", "validate", str(bad))
+    assert r.returncode == 2 and "translation equals the term" in r.stdout and "'Harry Potter'" in r.stdout
+    r = run_cli("anchors", "suggest", "--corpus", str(corpus), "--offline", "--expert", str(tmp_path),
+                "--reinforce-steps", "2", "--model", str(tiny_dir))
+    assert r.returncode == 2 and "not both" in r.stderr
+
+
 # -- the panel ---------------------------------------------------------------------------------------
 PANEL = '''
 import os, sys
