@@ -197,3 +197,23 @@ def test_an_example_prompt_fills_the_prompt_box(app_env):
     assert not at.exception, at.exception
     assert at.text_input(key="inspect_prompt").value == example
     assert any('class="obl-strip' in h.value for h in at.html)
+
+
+def test_rank_change_and_strip_metrics_on_a_hand_made_view():
+    from app.widgets import metric_values, rank_change, token_strip_html
+
+    base = [{"id": 1, "token": " a", "prob": 0.5}, {"id": 2, "token": " b", "prob": 0.3}]
+    assert [rank_change(2, 1, base), rank_change(1, 2, base), rank_change(1, 1, base), rank_change(9, 1, base)] \
+        == ["▲1", "▼1", "=", "new"]
+    pos = lambda i, tok, nxt, gen, aligned: {  # noqa: E731
+        "index": i, "token": tok, "next_token": nxt, "term": None, "aligned_to": aligned,
+        "baseline": base, "baseline_next": {"prob": 0.5, "rank": 1} if nxt else {"prob": None, "rank": None},
+        "generic": gen, "kl_baseline_generic": 0.25 if gen else None}
+    view = {"positions": [pos(0, "<b>", " a", [{"id": 1, "token": " a", "prob": 0.9}], 0),
+                          pos(1, " a", " b", [{"id": 1, "token": " a", "prob": 0.9}], 1),
+                          pos(2, " b", None, None, -1)]}
+    assert metric_values(view, "label_differs") == [0.0, 1.0, None]
+    assert metric_values(view, "kl") == [0.25, 0.25, None]
+    html = token_strip_html(view, "label_differs", selected=1)
+    assert "&lt;b&gt;" in html and "<b>" not in html.split("</style>")[1]  # tokens are escaped
+    assert 'class="tok sel" data-pos="1"' in html and 'class="tok nolabel" data-pos="2"' in html
