@@ -19,7 +19,6 @@ import math
 import os
 import re
 import sys
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed

@@ -4,7 +4,6 @@ embedded model with the demo corpus."""
 from __future__ import annotations
 
 import json
-import re
 import socket
 import threading
 import time
@@ -130,10 +129,11 @@ def test_llm_route_merges_chunks_consolidates_and_reports_progress():
     with FakeOpenAI(lambda n, chunk, body: (200, _reply(json.dumps(good_terms(chunk)))), delay=0.05) as srv:
         seen = []
         result = suggest_llm(CORPUS, cfg(srv.url, chunk_words=15, concurrency=2), api_key=KEY,
-                             progress=lambda d, t: seen.append((d, t)))
+                             progress=lambda d, t: seen.append((d, t, threading.current_thread())))
     n_chunks = len(split_chunks(CORPUS, 15))
     assert n_chunks == 4 and len(srv.calls) == 4
-    assert seen[0] == (0, 4) and seen[-1] == (4, 4) and [d for d, _ in seen] == list(range(5))
+    assert [(d, t) for d, t, _ in seen] == [(i, 4) for i in range(5)]
+    assert all(th is threading.main_thread() for _, _, th in seen)  # drawable by a UI
     assert srv.max_in_flight == 2  # bounded pool, and really concurrent
     assert all(a == f"Bearer {KEY}" for a in srv.auth)
     assert srv.calls[0]["response_format"] == {"type": "json_object"}
@@ -350,7 +350,9 @@ def test_offline_route_on_the_embedded_model_finds_demo_terms(embedded_wb, demo_
     assert sum(bool(s.candidates) for s in r.items) >= 5  # the baseline proposes most translations
 
 
-def test_cli_offline_with_a_quick_reinforcement_and_validate(tmp_path, tiny_dir):
+def test_cli_offline_with_a_quick_reinforcement_and_validate(tmp_path, tiny_dir, capsys):
+    from engine.cli import main
+
     corpus = tmp_path / "corpus.txt"
     corpus.write_text((CORPUS + "\n\n") * 3, encoding="utf-8")
     out = tmp_path / "offline.csv"
@@ -366,11 +368,12 @@ def test_cli_offline_with_a_quick_reinforcement_and_validate(tmp_path, tiny_dir)
     assert set(written.entries) == {row["term"] for row in rows if row["translation"]}
     bad = tmp_path / "bad.json"
     bad.write_text('{"Harry": ["Harry"], "Harry Potter": ["Jon"], "Potter": ["Smith"]}')
-    r = run_cli("anchors", "validate", str(bad))
-    assert r.returncode == 2 and "translation equals the term" in r.stdout and "'Harry Potter'" in r.stdout
-    r = run_cli("anchors", "suggest", "--corpus", str(corpus), "--offline", "--expert", str(tmp_path),
-                "--reinforce-steps", "2", "--model", str(tiny_dir))
-    assert r.returncode == 2 and "not both" in r.stderr
+    assert main(["anchors", "validate", str(bad)]) == 2
+    printed = capsys.readouterr().out
+    assert "translation equals the term" in printed and "'Harry Potter'" in printed
+    assert main(["anchors", "suggest", "--corpus", str(corpus), "--offline", "--expert", str(tmp_path),
+                 "--reinforce-steps", "2", "--model", str(tiny_dir)]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 # -- the panel ---------------------------------------------------------------------------------------
