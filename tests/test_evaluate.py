@@ -162,3 +162,47 @@ def test_eval_cli_table_and_errors(tiny_dir, probe_files, tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli(*_eval_args(tiny_dir, probe_files, "--adapter", str(tmp_path / "missing")))
     assert r.returncode == 2 and "adapter path does not exist" in r.stderr
+
+
+# -- the LLM judge, against a real OpenAI-compatible HTTP server on loopback ---------------------------
+def test_llm_judge_grades_completions_and_never_leaks_the_key(monkeypatch, tiny_wb):
+    from test_suggest import KEY, FakeOpenAI, _reply
+
+    from engine.evaluate import judge
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with FakeOpenAI(lambda n, msg, body: (200, _reply("3" if "Hogwarts" in msg else "Grade: 0"))) as srv:
+        assert judge([("The train to", " Hogwarts"), ("The train to", " the city")], "m", srv.url) == [3, 0]
+        assert all(a == f"Bearer {KEY}" for a in srv.auth)
+        result = evaluate(tiny_wb, {}, Probes.from_dict(PROBES), CORPUS, "", EvalSettings(
+            **{**FAST, "verbatim_passages": 0, "retain_max_tokens": 0}, robustness=False, judge_model="m",
+            judge_base_url=srv.url))
+        graded = result["examples"]["baseline"]["completion"]
+        assert all(e["judge"] in (0, 3) for e in graded)
+        assert result["models"]["baseline"]["familiarity_judge"] == sum(e["judge"] for e in graded) / len(graded)
+    with FakeOpenAI(lambda n, msg, body: (401, {"error": {"message": "bad key"}})) as srv:
+        with pytest.raises(UserError, match="refused the API key") as e:
+            judge([("a", "b")], "m", srv.url)
+        assert KEY not in str(e.value)
+    with FakeOpenAI(lambda n, msg, body: (200, _reply("I cannot say"))) as srv:
+        with pytest.raises(UserError, match="no 0-3 grade"):
+            judge([("a", "b")], "m", srv.url)
+
+
+@pytest.mark.slow
+def test_embedded_baseline_knows_the_demo_answers_and_not_by_chance(embedded_wb):
+    """The demo probes measure something on the embedded model: its answers to HP prompts and to the
+    retain prompts are far above chance (1 / 49152), and an HP summary in context helps it."""
+    from conftest import ASSETS
+
+    from engine.evaluate import load_probes
+
+    path = ASSETS / "probes.json"
+    if not path.exists():
+        pytest.skip("assets/probes.json not written yet")
+    probes = load_probes(path)
+    probes.probability, probes.retain, probes.completion = probes.probability[:16], probes.retain[:16], []
+    result = evaluate(embedded_wb, {}, probes, "", "", EvalSettings(verbatim_passages=0, retain_max_tokens=0))
+    base = result["models"]["baseline"]
+    assert base["familiarity_probability"] > 0.02 and base["retain_probability"] > 0.05
+    assert base["robust_summary"] > base["familiarity_probability"]
