@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from app import state, widgets
+from app.suggest_panel import render_suggest_panel
 from engine.anchors import AnchorDictionary, save_anchors
 from engine.coverage import coverage
 from engine.errors import UserError
@@ -135,6 +136,14 @@ with st.expander("Import and export"):
                            key="anchors_export_json", icon=":material/download:")
         st.download_button("anchors.csv", edited.to_csv(), "anchors.csv", "text/csv",
                            key="anchors_export_csv", icon=":material/download:")
+
+with st.expander("Suggest terms (an LLM, or offline from the models)"):
+    merged = render_suggest_panel(edited, ctx.wb, ctx.expert, state.demo_corpus())
+    if merged is not None:
+        added = len(merged) - len(edited)
+        load_into_editor(widgets.anchor_rows(merged.entries, merged.disabled), "suggestions")
+        st.session_state[FLASH] = f"Added {added} suggested term(s) to the editor: review, then Save."
+        st.rerun()
 
 # -- preview ---------------------------------------------------------------------------------------
 st.subheader("Preview")

@@ -137,3 +137,26 @@ def test_coverage_in_the_engine_and_the_cli(tmp_path, tokenizer):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["unused_terms"] == ["Quidditch"] and out["uncovered"][0]["word"] == "Neville"
+
+
+def test_accepted_suggestions_land_in_the_editor_not_the_file(anchors_file, monkeypatch):
+    """The suggest panel (app/suggest_panel.py, tested on its own) hands back a merged dictionary
+    on the click that accepts rows; the page puts it in the editor and leaves Save to the user."""
+    import app.suggest_panel
+    from engine.anchors import AnchorDictionary
+
+    clicks = []
+
+    def panel(current, wb=None, expert=None, corpus="", key="suggest"):
+        if clicks:
+            return None
+        clicks.append(len(current))
+        return AnchorDictionary({**current.entries, "Quidditch": ["Skyball"]}, set(current.disabled))
+
+    before = anchors_file.read_text()
+    monkeypatch.setattr(app.suggest_panel, "render_suggest_panel", panel)
+    at = _app()
+    assert clicks == [3]
+    assert at.data_editor[0].value["term"].tolist() == ["Harry", "Hogwarts", "Ron", "Quidditch"]
+    assert any("Added 1 suggested term" in s.value for s in at.success)
+    assert anchors_file.read_text() == before
