@@ -33,7 +33,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -41,7 +41,7 @@ import torch
 
 from . import metrics
 from .errors import UserError
-from .models import BASE, Workbench
+from .models import BASE, Workbench, adapter_name
 
 BASELINE = "baseline"
 PAPER_TASKS = ("arc_easy", "arc_challenge", "boolq", "hellaswag", "piqa", "winogrande", "openbookqa")
@@ -340,7 +340,7 @@ def _benchmarks(wb: Workbench, names: list[str | None], settings: EvalSettings) 
                     if name is None:
                         ctx = model.disable_adapter()
                     else:
-                        model.set_adapter(name)
+                        model.set_adapter(name, inference_mode=True)
                         ctx = _nullcontext()
                 else:
                     ctx = _nullcontext()
@@ -401,6 +401,9 @@ def evaluate(
     terms = sorted(getattr(anchors, "enabled", anchors) or [])
     tok = wb.tokenizer
     notes: list[str] = []
+    clash = len({adapter_name(n) for n in adapters}) < len(adapters)
+    if clash or any(adapter_name(n) == adapter_name(f"relearn_{m}") for n in adapters for m in (BASELINE, *adapters)):
+        raise UserError(f"adapter names must stay distinct after PEFT's renaming (letters, digits, _ and -): {list(adapters)}")
     loaded = {display: wb.add_adapter(display, path) for display, path in adapters.items()}
     models: dict[str, str | None] = {BASELINE: None, **loaded}  # display name -> adapter name
     results: dict[str, dict] = {m: {} for m in models}

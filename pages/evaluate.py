@@ -131,11 +131,11 @@ if st.button("Evaluate", type="primary", key="eval_start", disabled=bool(active)
             if not p.exists():
                 raise UserError(f"adapter path does not exist: {extra.strip()}")
             adapters[safe_name(p.name)] = str(p)
-        for f in (probes, corpus):
+        for f in (probes, corpus, *([retain] if retain.strip() else [])):
             if not Path(f).expanduser().is_file():
                 raise UserError(f"file not found: {f}")
         args = ["eval", "--model", model.strip(), "--precision", precision, "--device", device,
-                "--probes", probes, "--corpus", corpus, "--retain", retain if Path(retain).is_file() else "",
+                "--probes", probes, "--corpus", corpus, "--retain", retain.strip(),
                 "--max-new-tokens", str(int(max_new)), "--passages", str(int(passages)),
                 "--relearn-steps", str(int(relearn))]
         args += [] if robust else ["--no-robustness"]
