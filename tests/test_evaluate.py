@@ -121,6 +121,15 @@ def test_bad_probes_are_one_clear_error():
         EvalSettings(verbatim_prefix=0)
 
 
+def test_adapter_names_must_stay_distinct(tiny_wb, tiny_unlearned_dir):
+    probes = Probes.from_dict(PROBES)
+    with pytest.raises(UserError, match="distinct"):  # PEFT turns both into "run_1"
+        evaluate(tiny_wb, {"run 1": str(tiny_unlearned_dir), "run_1": str(tiny_unlearned_dir)}, probes, CORPUS, "")
+    with pytest.raises(UserError, match="baseline"):
+        evaluate(tiny_wb, {"baseline": str(tiny_unlearned_dir)}, probes, CORPUS, "")
+    assert tiny_wb.adapters == {}
+
+
 @pytest.fixture()
 def probe_files(tmp_path):
     (tmp_path / "probes.json").write_text(json.dumps(PROBES))
