@@ -268,6 +268,8 @@ def _ask(client, config: LLMConfig, chunk: str, state: dict, key: str) -> str | 
 
     delay = config.backoff
     for attempt in range(config.retries + 1):
+        if state["stop"]:  # another chunk hit a fatal error: give up without another request
+            raise _Fatal("stopped")
         kwargs = dict(model=config.model, temperature=config.temperature,
                       messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": chunk}])
         if state["json_mode"]:
@@ -301,6 +303,9 @@ def _ask(client, config: LLMConfig, chunk: str, state: dict, key: str) -> str | 
             last = f"the endpoint failed ({e.status_code}) after {config.retries} retries: {_scrub(e.message, key)}"
         except openai.APIStatusError as e:
             raise _Fatal(f"the endpoint answered {e.status_code}: {_scrub(e.message, key)}") from None
+        except (json.JSONDecodeError, openai.APIResponseValidationError):
+            raise _Fatal(f"{config.base_url} did not answer like an OpenAI-compatible chat endpoint (its reply "
+                         "is not a chat completion): check the base URL (it usually ends in /v1)") from None
         if attempt < config.retries:
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
@@ -318,7 +323,7 @@ def suggest_llm(corpus: str, config: LLMConfig, api_key: str | None = None,
         raise UserError("the corpus is empty: give a UTF-8 text file with the text to unlearn")
     chunks = split_chunks(corpus, config.chunk_words)
     client, key = _client(config, api_key)
-    state = {"json_mode": config.json_mode}
+    state = {"json_mode": config.json_mode, "stop": False}
 
     def work(i: int) -> tuple[list[tuple[str, str]], str | None]:
         failure = None
@@ -347,7 +352,8 @@ def suggest_llm(corpus: str, config: LLMConfig, api_key: str | None = None,
             if progress:
                 progress(len(done), len(chunks))
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # a fatal error: the queued chunks never start
+        state["stop"] = True  # on a fatal error, running chunks stop before their next request
+        pool.shutdown(wait=True, cancel_futures=True)  # and queued ones never start
         client.close()
     results = [done[i] for i in range(len(chunks))]
 
@@ -364,7 +370,8 @@ def suggest_llm(corpus: str, config: LLMConfig, api_key: str | None = None,
                 chunks_naming[term] += 1
                 seen.add(term)
     if not candidates and failures:
-        raise UserError(f"no usable reply from {config.model!r}: {failures[0]} (and {len(failures) - 1} more); "
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise UserError(f"no usable reply from {config.model!r}: {failures[0]}{more}; "
                         "try a stronger model or smaller chunks")
     items = []
     for term, c in candidates.items():

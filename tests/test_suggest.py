@@ -173,7 +173,8 @@ def test_401_is_a_clear_error_without_the_key(tmp_path):
 
     with FakeOpenAI(script) as srv:
         with pytest.raises(UserError) as e:
-            suggest_llm(CORPUS, cfg(srv.url), api_key=KEY)
+            suggest_llm(CORPUS, cfg(srv.url, chunk_words=15, concurrency=1), api_key=KEY)
+        assert len(srv.calls) == 1  # the queued chunks never start after a fatal error
         out = tmp_path / "anchors.json"
         r = run_cli("anchors", "suggest", "--corpus", str(_corpus_file(tmp_path)), "--base-url", srv.url,
                     "--model", "m", "--out", str(out), env={"OPENAI_API_KEY": KEY})
@@ -228,6 +229,16 @@ def test_unreachable_endpoint_and_empty_corpus(tmp_path):
         suggest_llm(" \n\n ", cfg(f"http://127.0.0.1:{port}/v1"), api_key=KEY)
     with pytest.raises(UserError, match="base URL"):
         LLMConfig("127.0.0.1:8000", "m")
+
+
+def test_replies_that_are_never_json_are_a_clear_error():
+    with FakeOpenAI(lambda n, c, b: (200, "<html>proxy login</html>")) as srv:
+        with pytest.raises(UserError, match=r"not a chat completion.*base URL"):
+            suggest_llm(CORPUS, cfg(srv.url, chunk_words=1000), api_key=KEY)
+    with FakeOpenAI(lambda n, c, b: (200, _reply("Here are some terms: Harry, Hogwarts."))) as srv:
+        with pytest.raises(UserError, match=r"no usable reply.*chunk 1 of 1.*not JSON"):
+            suggest_llm(CORPUS, cfg(srv.url, chunk_words=1000), api_key=KEY)
+    assert len(srv.calls) == 2  # retried once
 
 
 def _corpus_file(tmp_path: Path) -> Path:
