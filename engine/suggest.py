@@ -328,7 +328,11 @@ def suggest_llm(corpus: str, config: LLMConfig, api_key: str | None = None,
     def work(i: int) -> tuple[list[tuple[str, str]], str | None]:
         failure = None
         for _ in range(2):  # a malformed reply is retried once
-            content = _ask(client, config, chunks[i], state, key)
+            try:
+                content = _ask(client, config, chunks[i], state, key)
+            except _Fatal:
+                state["stop"] = True  # the other chunks give up before their next request
+                raise
             try:
                 return parse_reply(content, chunks[i])[0], None
             except ValueError as e:
