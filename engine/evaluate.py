@@ -253,6 +253,8 @@ def _relearn(wb: Workbench, name: str | None, blocks: list[list[int]], settings:
 
     tmp = f"relearn_{name or BASELINE}"
     with wb.lock:
+        # PEFT leaves a stale active adapter when the active one is deleted: give the old one back after.
+        previous = wb.model.active_adapter if isinstance(wb.model, PeftModel) else None
         if isinstance(wb.model, PeftModel) and tmp in wb.model.peft_config:
             wb.model.delete_adapter(tmp)
         torch.manual_seed(settings.seed)  # a fresh LoRA's A matrices are random
@@ -277,6 +279,8 @@ def _relearn(wb: Workbench, name: str | None, blocks: list[list[int]], settings:
                 train(wb.model, spec)
         finally:
             wb.model.eval()
+            if previous in wb.model.peft_config:
+                wb.model.set_adapter(previous, inference_mode=True)
             for p in wb.model.parameters():
                 p.requires_grad_(False)
     return tmp

@@ -97,14 +97,30 @@ def test_greedy_ids_mixed_batch_equals_step_by_step_argmax(tiny_wb, tiny_unlearn
         assert gen == seq[len(prefix):]
 
 
-def test_relearning_attack_brings_a_trained_answer_back(tiny_wb):
+def _qv_lora(path, model_dir):
+    """A LoRA on the top layer's q/v only (runs adapt the top layers): the all-linear relearning copy of
+    the baseline then covers layers this adapter lacks, which once left PEFT with a stale active adapter."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(
+        r=4, target_modules=["q_proj", "v_proj"], layers_to_transform=[1], init_lora_weights=False,
+        task_type="CAUSAL_LM"))
+    model.save_pretrained(path)
+    return path
+
+
+def test_relearning_attack_brings_a_trained_answer_back(tiny_wb, tiny_dir, tmp_path):
     """A few LoRA steps on a slice saying "Ron and Hermione" raise P(" Herm" | "... Ron and")."""
     probes = Probes.from_dict({"probability": PROBES["probability"][:1], "completion": [], "retain": []})
-    result = evaluate(tiny_wb, {}, probes, CORPUS, "", EvalSettings(
+    adapter = _qv_lora(tmp_path / "qv", tiny_dir)
+    result = evaluate(tiny_wb, {"unlearned": str(adapter)}, probes, CORPUS, "", EvalSettings(
         verbatim_passages=0, retain_max_tokens=0, robustness=False, relearn_steps=16, relearn_lr=1e-2,
         relearn_tokens=128))
-    base = result["models"]["baseline"]
+    base, unl = result["models"]["baseline"], result["models"]["unlearned"]
     assert base["robust_relearn"] > 1.4 * base["familiarity_probability"]  # width 32: learns slowly (1.64x)
+    assert unl["robust_relearn"] != pytest.approx(unl["familiarity_probability"], rel=1e-3)  # its own copy trained
     assert tiny_wb.adapters == {} and any("relearning attack" in n for n in result["notes"])
     # the relearning copy is gone: the baseline is the baseline again
     again = evaluate(tiny_wb, {}, probes, CORPUS, "", EvalSettings(verbatim_passages=0, retain_max_tokens=0,
