@@ -82,6 +82,8 @@ class FakeOpenAI:
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up first (the timeout test)
                 finally:
                     with fake.lock:
                         fake.in_flight -= 1
