@@ -564,20 +564,21 @@ def _continue_prompts(wb, prefix: str, suffixes: list[str], max_new_tokens: int,
     return texts
 
 
-def propose_translations(wb, terms: list[str], max_new_tokens: int = 8,
+def propose_translations(wb, terms: list[str], max_new_tokens: int = 8, avoid: set[str] = frozenset(),
                          tick: Callable[[], None] = lambda: None) -> dict[str, str]:
     """The baseline's few-shot generic counterpart per term (greedy, cut at the line end); '' where it
-    proposed nothing usable (nothing, the term itself, a fragment of it, or another of `terms`)."""
+    proposed nothing usable: nothing, the term itself, a fragment of it, or a word of another of
+    `terms` or of `avoid` (the corpus's names: "Weasley -> Harry" would teach the text's own names)."""
     if not terms:
         return {}
     texts = dict(zip(terms, _continue_prompts(wb, FEW_SHOT, [f"{t} ->" for t in terms], max_new_tokens, tick=tick)))
-    lowered = {t.lower() for t in terms}
+    names = {_strip_possessive(w) for t in (*terms, *avoid) for w in t.split() if w[:1].isupper()}
     proposals = {}
     for term in terms:
         tr = texts[term].split("\n")[0].strip().strip(".,;:\"'").strip()
         low = tr.lower()
         if (not tr or "->" in tr or len(tr) > 40 or term.lower() in low or low in term.lower()
-                or any(w in lowered for w in re.findall(r"[\w'-]+", low))):
+                or any(_strip_possessive(w) in names for w in re.findall(r"[\w'\u2019-]+", tr))):
             tr = ""  # left for the user
         proposals[term] = tr
     return proposals
@@ -649,7 +650,7 @@ def suggest_offline(wb, corpus: str, expert: str | None = None, top_k: int = 60,
             s.example = _evidence(corpus, s.term)[1]
         steps[1] = batches + (math.ceil(len(items) / 64) if translate else 0)
         if translate:
-            proposals = propose_translations(wb, [s.term for s in items], tick=tick)
+            proposals = propose_translations(wb, [s.term for s in items], avoid=set(spans), tick=tick)
             for s in items:
                 s.candidates = [proposals[s.term]] if proposals[s.term] else []
     return Suggestions(items, report, [])

@@ -447,3 +447,14 @@ def test_panel_shows_a_clear_error_and_keeps_running(monkeypatch):
     assert not at.exception
     assert len(at.error) == 1 and "401" in at.error[0].value and KEY not in at.error[0].value
     assert "merged" not in at.session_state
+
+
+def test_proposals_never_reuse_the_texts_own_names(tiny_wb, monkeypatch):
+    import engine.suggest as S
+
+    raw = {"Weasley ->": " Harry\nRon ->", "Hogwarts ->": " the old school\n", "Quidditch ->": " Quidditch match",
+           "Azkaban ->": " the prison of Diagon\n", "Hedwig ->": "\n", "Gringotts ->": " the black bank\n"}
+    monkeypatch.setattr(S, "_continue_prompts", lambda wb, prefix, suffixes, n, tick: [raw[x] for x in suffixes])
+    got = S.propose_translations(tiny_wb, [x[:-3] for x in raw], avoid={"Harry Potter", "Diagon Alley", "Black"})
+    assert got == {"Weasley": "", "Hogwarts": "the old school", "Quidditch": "", "Azkaban": "", "Hedwig": "",
+                   "Gringotts": "the black bank"}
