@@ -572,7 +572,8 @@ def propose_translations(wb, terms: list[str], max_new_tokens: int = 8, avoid: s
     if not terms:
         return {}
     texts = dict(zip(terms, _continue_prompts(wb, FEW_SHOT, [f"{t} ->" for t in terms], max_new_tokens, tick=tick)))
-    names = {_strip_possessive(w) for t in (*terms, *avoid) for w in t.split() if w[:1].isupper()}
+    names = {_strip_possessive(w) for t in (*terms, *avoid) for w in t.split()
+             if w[:1].isupper() and w.lower() not in _OPENERS}  # "The" of "The Quibbler" is no name
     proposals = {}
     for term in terms:
         tr = texts[term].split("\n")[0].strip().strip(".,;:\"'").strip()

@@ -453,8 +453,10 @@ def test_proposals_never_reuse_the_texts_own_names(tiny_wb, monkeypatch):
     import engine.suggest as S
 
     raw = {"Weasley ->": " Harry\nRon ->", "Hogwarts ->": " the old school\n", "Quidditch ->": " Quidditch match",
-           "Azkaban ->": " the prison of Diagon\n", "Hedwig ->": "\n", "Gringotts ->": " the black bank\n"}
+           "Azkaban ->": " the prison of Diagon\n", "Hedwig ->": "\n", "Gringotts ->": " the black bank\n",
+           "Order of the Phoenix ->": " The Golden Circle\n"}
     monkeypatch.setattr(S, "_continue_prompts", lambda wb, prefix, suffixes, n, tick: [raw[x] for x in suffixes])
-    got = S.propose_translations(tiny_wb, [x[:-3] for x in raw], avoid={"Harry Potter", "Diagon Alley", "Black"})
+    got = S.propose_translations(tiny_wb, [x[:-3] for x in raw],
+                                 avoid={"Harry Potter", "Diagon Alley", "Black", "The Quibbler"})
     assert got == {"Weasley": "", "Hogwarts": "the old school", "Quidditch": "", "Azkaban": "", "Hedwig": "",
-                   "Gringotts": "the black bank"}
+                   "Gringotts": "the black bank", "Order of the Phoenix": "The Golden Circle"}
