@@ -545,13 +545,16 @@ def evaluate(
         else:
             tick("relearning", len(models) + 1)
 
-        # 7. The paper's benchmarks, when lm-eval can run here.
+        # 7. The paper's benchmarks, when lm-eval can run here (asked for: they take long on a CPU).
         if settings.benchmarks:
             bench, why = _benchmarks(wb, list(models.values()), settings)
             for m, vals in bench.items():
                 results[m].update(vals)
             if why:
                 notes.append(why)
+        elif importlib.util.find_spec("lm_eval") is None:
+            notes.append("benchmarks skipped: lm-eval not installed (the paper's ARC/BoolQ/HellaSwag/PIQA/"
+                         "WinoGrande/OpenBookQA need it and its datasets cached)")
     finally:
         for name in loaded.values():
             wb.remove_adapter(name)
