@@ -153,7 +153,5 @@ def render_suggest_panel(current: AnchorDictionary, wb=None, expert: str | None 
         return None
     merged, skipped = accept_rows(chosen, current)
     _clear(key)
-    added = len(set(merged.entries) - set(current.entries))
-    st.session_state[f"{key}_notes"] = [f"Added {added} new term(s) to the editor, merged the rest; review and Save."] + [
-        f"Not added: {s}" for s in skipped]
+    st.session_state[f"{key}_notes"] = [f"Not added: {s}" for s in skipped]  # the page says what was added
     return merged
