@@ -352,6 +352,10 @@ def execute(cfg: RunConfig, out: str | os.PathLike, resume: bool = False, queue:
         job.log("cancelled")
         job.cancelled(done_phases=done_phases)
         return jobs.read_status(out) if main else {"state": "cancelled", "dir": str(out)}
+    except KeyboardInterrupt:  # Ctrl-C in a terminal: like a cancel, from the last periodic checkpoint
+        job.log("interrupted (Ctrl-C): --resume continues from the last checkpoint")
+        job.cancelled(done_phases=done_phases)
+        raise
     except UserError as e:
         job.log(f"error: {e}")
         job.fail(str(e))
