@@ -118,7 +118,7 @@ def load_model(cfg: ModelConfig):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs["dtype"] = torch.bfloat16
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}  # one GPU per rank under accelerate
     else:
         kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float32
     try:
