@@ -445,6 +445,8 @@ def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: 
         try:
             train(peft_model, spec, hooks(phase), acc)
         except Stopped as e:
+            if main:  # status writes are throttled: say exactly where the checkpoint stands
+                progress.update(phase, e.step, force=True)
             job.log(f"{phase}: stopped at step {e.step}; checkpoint saved")
             model = peft_model.unload()
             raise jobs.Cancelled() from None

@@ -113,3 +113,13 @@ def run_cli(*args: str, env: dict | None = None):
         [sys.executable, "-m", "engine", *args], cwd=ROOT, capture_output=True, text=True,
         env={**os.environ, **(env or {})}, timeout=600,
     )
+
+
+def open_page(page: str, timeout: float = 60):
+    """The workbench through app/main.py (sidebar and all), switched to pages/<page>.py, run once."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=timeout).run()
+    at.switch_page(f"../pages/{page}.py").run()
+    assert not at.exception, at.exception
+    return at

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import ROOT
+from conftest import open_page
 
 EDITOR = "anchors_editor_1"  # the first load of a session is generation 1
 
@@ -25,12 +25,7 @@ def anchors_file(monkeypatch, tmp_path, tiny_dir):
 
 
 def _app():
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60).run()
-    at.switch_page("../pages/anchors.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("anchors", timeout=60)
 
 
 def _edit(at, edited_rows=None, added_rows=None, deleted_rows=None):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import open_page
 from test_evaluate import CORPUS, PROBES, RETAIN
 
 RESULT = {
@@ -46,12 +46,7 @@ def home(monkeypatch, tmp_path, tiny_dir, tiny_unlearned_dir):
 
 
 def _app():
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60).run()
-    at.switch_page("../pages/evaluate.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("evaluate", timeout=60)
 
 
 def test_shows_a_finished_evaluation_and_training_curves(home):

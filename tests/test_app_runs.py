@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import ASSETS, ROOT
+from conftest import ASSETS, open_page
 from engine import jobs
 
 
@@ -43,12 +43,7 @@ def home(monkeypatch, tmp_path, tiny_dir, tiny_unlearned_dir):
 
 
 def _app():
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=90).run()
-    at.switch_page("../pages/runs.py").run()
-    assert not at.exception, at.exception
-    return at
+    return open_page("runs", timeout=90)
 
 
 def test_lists_runs_draws_curves_compares_and_uses_an_adapter_in_inspect(home):

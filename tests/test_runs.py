@@ -162,10 +162,17 @@ def test_gradient_ascent_run_raises_the_corpus_loss(tiny_dir, tmp_path, home):
                                           retain=str(ASSETS / "retain.txt"), probes=None))
     status = execute(cfg, out, queue=False)
     assert status["state"] == "finished" and status["done_phases"] == ["gradient_ascent"]
-    losses = [json.loads(l)["loss"] for l in (out / "metrics.jsonl").read_text().splitlines()]
-    # The logged loss is -CE(corpus) + CE(retain): it falls as the corpus loss rises.
-    assert losses[-1] < losses[0]
     assert (out / "adapters" / "unlearned" / "adapter_model.safetensors").exists()
+    # The corpus blocks it trained on (6 x 32 tokens) are less likely with the adapter than without.
+    from engine.models import ModelConfig, Workbench
+
+    wb = Workbench.load(ModelConfig(str(tiny_dir)))
+    wb.add_adapter("ga", out / "adapters" / "unlearned")
+    ids = wb.tokenizer((ASSETS / "demo_corpus.txt").read_text())["input_ids"][: 6 * 32]
+    base, ga = wb.logits([(ids, None), (ids, "ga")])
+    target = torch.tensor(ids[1:])
+    ce = lambda logits: torch.nn.functional.cross_entropy(logits[:-1], target).item()
+    assert ce(ga) > ce(base) + 0.05
 
 
 def test_the_same_run_under_accelerate_with_two_processes(tiny_dir, tmp_path, home):
