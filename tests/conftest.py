@@ -123,3 +123,19 @@ def open_page(page: str, timeout: float = 60):
     at.switch_page(f"../pages/{page}.py").run()
     assert not at.exception, at.exception
     return at
+
+
+@pytest.fixture()
+def app_env(monkeypatch, tmp_path, tiny_dir):
+    """The workbench's environment for AppTests: the tiny model, a fresh OBLIVIATE_HOME (yielded)."""
+    import streamlit as st
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("OBLIVIATE_MODEL", str(tiny_dir))
+    monkeypatch.setenv("OBLIVIATE_HOME", str(home))
+    monkeypatch.delenv("OBLIVIATE_ANCHORS", raising=False)
+    st.cache_resource.clear()  # the Workbench and inspections are process-wide: start each test clean
+    st.cache_data.clear()
+    yield home
+    st.cache_resource.clear()

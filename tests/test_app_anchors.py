@@ -11,17 +11,11 @@ EDITOR = "anchors_editor_1"  # the first load of a session is generation 1
 
 
 @pytest.fixture()
-def anchors_file(monkeypatch, tmp_path, tiny_dir):
-    import streamlit as st
-
+def anchors_file(app_env, monkeypatch, tmp_path):
     path = tmp_path / "anchors.json"
     path.write_text(json.dumps({"Harry": ["Jon", "Ben"], "Hogwarts": ["Mystic Academy"], "Ron": "Mark"}))
-    monkeypatch.setenv("OBLIVIATE_MODEL", str(tiny_dir))
-    monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OBLIVIATE_ANCHORS", str(path))
-    st.cache_resource.clear()
-    yield path
-    st.cache_resource.clear()
+    return path
 
 
 def _app():

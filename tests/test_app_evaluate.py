@@ -27,10 +27,8 @@ RESULT = {
 
 
 @pytest.fixture()
-def home(monkeypatch, tmp_path, tiny_dir, tiny_unlearned_dir):
-    import streamlit as st
-
-    home = tmp_path / "home"
+def home(app_env, tiny_unlearned_dir):
+    home = app_env
     run = home / "runs" / "r1"
     shutil.copytree(tiny_unlearned_dir, run / "adapters" / "unlearned")
     (run / "config.json").write_text(json.dumps({"method": "whp"}))
@@ -38,11 +36,7 @@ def home(monkeypatch, tmp_path, tiny_dir, tiny_unlearned_dir):
     rows = [{"step": s, "phase": "unlearn", "loss": 1.0, "familiarity": 0.4 / (s + 1), "retain": 0.3,
              "probes": {"P(' Hermione' | …Ron and)": 0.5 / (s + 1), "P(' Doom' | …to Mount)": 0.3}} for s in (0, 10, 20)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setenv("OBLIVIATE_MODEL", str(tiny_dir))
-    monkeypatch.setenv("OBLIVIATE_HOME", str(home))
-    st.cache_resource.clear()
-    yield home
-    st.cache_resource.clear()
+    return home
 
 
 def _app():

@@ -10,18 +10,6 @@ from conftest import ROOT
 PROMPT = "Harry Potter's two best friends are Ron and"
 
 
-@pytest.fixture()
-def app_env(monkeypatch, tmp_path, tiny_dir):
-    import streamlit as st
-
-    monkeypatch.setenv("OBLIVIATE_MODEL", str(tiny_dir))
-    monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("OBLIVIATE_ANCHORS", raising=False)
-    st.cache_resource.clear()  # the Workbench and inspections are process-wide: start each test clean
-    st.cache_data.clear()
-    yield tmp_path
-    st.cache_resource.clear()
-
 
 def _app(prompt: str | None = None):
     from streamlit.testing.v1 import AppTest

@@ -29,17 +29,11 @@ def _fake_run(home, name, tiny_unlearned_dir, fam=0.4):
 
 
 @pytest.fixture()
-def home(monkeypatch, tmp_path, tiny_dir, tiny_unlearned_dir):
-    import streamlit as st
-
-    home = tmp_path / "home"
+def home(app_env, tiny_unlearned_dir):
+    home = app_env
     _fake_run(home, "r1", tiny_unlearned_dir)
     _fake_run(home, "r22", tiny_unlearned_dir, fam=0.2)
-    monkeypatch.setenv("OBLIVIATE_MODEL", str(tiny_dir))
-    monkeypatch.setenv("OBLIVIATE_HOME", str(home))
-    st.cache_resource.clear()
-    yield home
-    st.cache_resource.clear()
+    return home
 
 
 def _app():
