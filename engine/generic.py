@@ -45,6 +45,18 @@ class GenericParts:
         out[self.rows] = self.logits(alpha).argmax(-1)
         return out
 
+    def soft(self, alpha: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft labels: the top-k tokens of the generic distribution and their log-probabilities.
+
+        ((Ta, k) token ids, (Ta, k) log-probs under softmax(generic) over the whole vocabulary), for
+        rows `self.rows`. Training on them (cross-entropy to the renormalised top-k) instead of the
+        argmax is the reference's suggested improvement: it keeps the baseline's uncertainty at the
+        many positions where nothing is forgotten, so the model is not sharpened there.
+        """
+        logp = self.logits(alpha).float().log_softmax(-1)
+        top = logp.topk(min(k, logp.shape[-1]), dim=-1)
+        return top.indices, top.values
+
 
 def generic_parts(
     translation: Translation,

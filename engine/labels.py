@@ -3,7 +3,8 @@
 Per block of `block_size` tokens: translate through the anchored terms with seed f"{seed}:{i}",
 then ONE batched forward per group of blocks gives baseline(translated) and expert(original) for
 every block of the group, and `GenericParts` turns them into hard labels for several alphas at
-once (default 2.5, 5 and 10, as the original stored them).
+once (default 2.5, 5 and 10, as the original stored them), and, when top_k > 0, soft labels: the
+top-k tokens of the generic distribution with their log-probabilities.
 
 The dataset lives under OBLIVIATE_HOME/labels/<key>, where the key hashes the model, the expert
 adapter's weights, the dictionary version, the corpus tokens and the settings: the same inputs
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -30,7 +32,7 @@ from .models import Workbench, resolve_model_path
 from .train import pad_blocks
 from .translation import Translator
 
-LABELS_VERSION = 1  # bump when the label computation changes: old caches stop matching
+LABELS_VERSION = 2  # bump when the label computation changes: old caches stop matching
 DEFAULT_ALPHAS = (2.5, 5.0, 10.0)
 
 
@@ -43,11 +45,19 @@ class LabelSet:
     path: Path
     cached: bool = False  # True when read from disk without running the model
     stats: dict = field(default_factory=dict)
+    # alpha -> ((N, T, k) int32 token ids, (N, T, k) float16 log-probs); only when built with top_k > 0.
+    # Rows without a label hold token 0 and log-prob -inf.
+    soft: dict[float, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def for_alpha(self, alpha: float) -> torch.Tensor:
         if float(alpha) not in self.labels:
             raise UserError(f"no labels for alpha {alpha}: these were built for {sorted(self.labels)}")
         return self.labels[float(alpha)]
+
+    def soft_for_alpha(self, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if float(alpha) not in self.soft:
+            raise UserError(f"no soft labels for alpha {alpha}: build the labels with top_k > 0")
+        return self.soft[float(alpha)]
 
 
 def _sha(*parts: bytes) -> str:
@@ -78,10 +88,10 @@ def adapter_fingerprint(path: str | os.PathLike) -> str:
 
 
 def label_key(wb: Workbench, expert: str | None, anchors: AnchorDictionary, blocks: list[list[int]],
-              alphas, seed) -> str:
+              alphas, seed, top_k: int = 0) -> str:
     corpus = json.dumps(blocks, separators=(",", ":")).encode()
     settings = json.dumps({"v": LABELS_VERSION, "alphas": sorted(map(float, alphas)), "seed": str(seed),
-                           "block_lengths": [len(b) for b in blocks]}).encode()
+                           "top_k": int(top_k), "block_lengths": [len(b) for b in blocks]}).encode()
     expert_fp = adapter_fingerprint(wb.adapters[expert]) if expert else "none"
     return _sha(model_fingerprint(wb).encode(), expert_fp.encode(), anchors.version().encode(), corpus, settings)[:24]
 
@@ -95,7 +105,9 @@ def _load(path: Path, key: str) -> LabelSet | None:
     meta = json.loads(meta_file.read_text())
     t = load_file(str(tensors_file))
     labels = {float(a): t[f"labels_{a}"].long() for a in meta["alphas"]}
-    return LabelSet(t["ids"].long(), t["lengths"].long(), labels, key, path, cached=True, stats=meta["stats"])
+    soft = {float(a): (t[f"soft_ids_{a}"], t[f"soft_logp_{a}"]) for a in meta["alphas"] if f"soft_ids_{a}" in t}
+    return LabelSet(t["ids"].long(), t["lengths"].long(), labels, key, path, cached=True, stats=meta["stats"],
+                    soft=soft)
 
 
 def _save(ls: LabelSet) -> None:
@@ -105,6 +117,8 @@ def _save(ls: LabelSet) -> None:
     tmp = Path(tempfile.mkdtemp(dir=ls.path.parent, prefix=f".{ls.key}."))
     tensors = {"ids": ls.ids.int().contiguous(), "lengths": ls.lengths.int().contiguous()}
     tensors.update({f"labels_{a}": v.int().contiguous() for a, v in ls.labels.items()})
+    for a, (sid, slp) in ls.soft.items():
+        tensors.update({f"soft_ids_{a}": sid.contiguous(), f"soft_logp_{a}": slp.contiguous()})
     save_file(tensors, str(tmp / "labels.safetensors"))
     atomic_write_json(tmp / "meta.json", {"key": ls.key, "alphas": list(ls.labels), "stats": ls.stats})
     try:
@@ -123,18 +137,20 @@ def generic_labels(
     group: int = 4,
     cache: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    top_k: int = 0,
 ) -> LabelSet:
     """Generic labels for every block and alpha; read from the cache when the inputs match.
 
     expert: the name of a loaded adapter on `wb` (None: anchored-term translation alone).
     group: blocks per batched forward (2 * group sequences per forward).
+    top_k: also keep soft labels, the top_k tokens of the generic distribution (0: hard labels only).
     """
     if not blocks:
         raise UserError("the corpus gave no blocks")
     if expert is not None and expert not in wb.adapters:
         raise UserError(f"no adapter named {expert!r} is loaded")
     alphas = sorted({float(a) for a in alphas})
-    key = label_key(wb, expert, anchors, blocks, alphas, seed)
+    key = label_key(wb, expert, anchors, blocks, alphas, seed, top_k)
     path = obliviate_home() / "labels" / key
     if cache and (hit := _load(path, key)) is not None:
         if on_progress:
@@ -145,6 +161,9 @@ def generic_labels(
     limit = wb.max_length
     ids, lengths = pad_blocks(blocks, wb.tokenizer.pad_token_id or 0)
     labels = {a: torch.full_like(ids, IGNORE) for a in alphas}
+    N, T = ids.shape
+    soft = {a: (torch.zeros((N, T, top_k), dtype=torch.int32),
+                torch.full((N, T, top_k), -math.inf, dtype=torch.float16)) for a in alphas} if top_k else {}
     occurrences = 0
     for g0 in range(0, len(blocks), group):
         chunk = list(range(g0, min(g0 + group, len(blocks))))
@@ -167,6 +186,11 @@ def generic_labels(
             parts = generic_parts(tr, logits[per * k], logits[per * k + 1] if expert else None)
             for a in alphas:
                 labels[a][i, : len(blocks[i])] = parts.labels(a).cpu()
+                if top_k:
+                    top_ids, top_logp = parts.soft(a, top_k)
+                    rows = parts.rows.cpu()
+                    soft[a][0][i, rows] = top_ids.int().cpu()
+                    soft[a][1][i, rows] = top_logp.half().cpu()
         del logits
         if on_progress:
             on_progress(chunk[-1] + 1, len(blocks))
@@ -184,7 +208,7 @@ def generic_labels(
         "changed": {str(a): float(((labels[a] != nxt) & real_next).sum() / max(int(real_next.sum()), 1))
                     for a in alphas},
     }
-    out = LabelSet(ids, lengths, labels, key, path, cached=False, stats=stats)
+    out = LabelSet(ids, lengths, labels, key, path, cached=False, stats=stats, soft=soft)
     if cache:
         _save(out)
     return out

@@ -45,8 +45,15 @@ class RunConfig:
     expert: str | None = None
     """An existing expert (LoRA adapter dir or full checkpoint): whp then skips reinforce."""
     retain: str | None = None
-    """A retain text for gradient_ascent's retain term (next-token loss, added with retain_weight)."""
+    """A retain text: the unlearning phase (whp or gradient_ascent) adds retain_weight x a retain term on it."""
     retain_weight: float = 1.0
+    retain_loss: str = "kl"
+    """kl: KL(baseline || model) on the retain text (keeps what the baseline said there);
+    ce: next-token cross-entropy on it (gradient difference)."""
+    labels: str = "hard"
+    """hard: argmax of the generic logits (the paper); soft: cross-entropy to the top soft_top_k tokens
+    of the generic distribution (the reference's suggested improvement: no sharpening where nothing changes)."""
+    soft_top_k: int = 32
     model: str = "embedded"
     """'embedded' (SmolLM2-135M-Instruct), a local path or a hub id."""
     precision: str = "auto"
@@ -142,6 +149,11 @@ class RunConfig:
         num("reinforce_lr", float, 0, 1, optional=True, lo_open=True)
         num("alpha", float, 0)
         num("retain_weight", float, 0)
+        num("soft_top_k", int, 1, 1024)
+        if self.retain_loss not in ("kl", "ce"):
+            p.append(f"retain_loss: must be kl or ce, got {self.retain_loss!r}")
+        if self.labels not in ("hard", "soft"):
+            p.append(f"labels: must be hard or soft, got {self.labels!r}")
         num("lora_rank", int, 1, 1024)
         num("lora_layers", int, 1, optional=True)
         num("batch_size", int, 1, 4096)
@@ -460,6 +472,20 @@ def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: 
         job.log(f"{phase}: adapter saved to {adapter_dir}")
 
     next_labels = apply_goldfish(next_token_labels(ids, lengths), cfg.goldfish_spec())
+    top_k = cfg.soft_top_k if cfg.labels == "soft" else 0
+
+    def retain_term() -> dict:
+        """TrainSpec fields of the retain term (none without a retain text)."""
+        if not cfg.retain:
+            return {}
+        text = Path(cfg.retain).read_text(encoding="utf-8")
+        if not text.strip():
+            raise UserError(f"retain: {cfg.retain} is empty")
+        r_blocks = corpus_blocks(tok, text, cfg.block_size)
+        r_ids, r_len = pad_blocks(r_blocks, pad)
+        return {"retain_ids": r_ids, "retain_lengths": r_len, "retain_weight": cfg.retain_weight,
+                "retain_loss": cfg.retain_loss,
+                "retain_labels": apply_goldfish(next_token_labels(r_ids, r_len), cfg.goldfish_spec())}
     expert_dir = Path(cfg.expert) if cfg.expert else out / "adapters" / "expert"
     labels = None
     for phase in plan:
@@ -477,12 +503,12 @@ def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: 
             t0 = time.time()
             # Rank 0 builds (or reads) the cache; the other ranks then read it.
             if main:
-                labels = generic_labels(wb, "expert", anchors, blocks, alphas, cfg.seed, cfg.label_batch,
+                labels = generic_labels(wb, "expert", anchors, blocks, alphas, cfg.seed, cfg.label_batch, top_k=top_k,
                                         on_progress=lambda d, n: progress.update(
                                             "labels", math.ceil(d / cfg.label_batch)))
             acc.wait_for_everyone()
             if not main:
-                labels = generic_labels(wb, "expert", anchors, blocks, alphas, cfg.seed, cfg.label_batch)
+                labels = generic_labels(wb, "expert", anchors, blocks, alphas, cfg.seed, cfg.label_batch, top_k=top_k)
             model = wb.model.unload()
             info = {"key": labels.key, "path": str(labels.path), "cached": labels.cached,
                     "seconds": time.time() - t0, "alpha": cfg.alpha, **labels.stats}
@@ -501,21 +527,17 @@ def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: 
                 wb = Workbench(model, tok, cfg.model_config())
                 wb.add_adapter("expert", expert_dir)
                 alphas = sorted({float(a) for a in cfg.alphas} | {float(cfg.alpha)})
-                labels = generic_labels(wb, "expert", anchors, blocks, alphas, cfg.seed, cfg.label_batch)
+                labels = generic_labels(wb, "expert", anchors, blocks, alphas, cfg.seed, cfg.label_batch, top_k=top_k)
                 model = wb.model.unload()
+            soft_ids, soft_logp = labels.soft_for_alpha(cfg.alpha) if cfg.labels == "soft" else (None, None)
             fit(phase, TrainSpec("unlearn", labels.ids, labels.lengths, labels.for_alpha(cfg.alpha), cfg.steps,
-                                 cfg.lr, cfg.batch_size, cfg.grad_accum, seed=cfg.seed, warmup=cfg.warmup),
+                                 cfg.lr, cfg.batch_size, cfg.grad_accum, soft_ids=soft_ids, soft_logp=soft_logp,
+                                 seed=cfg.seed, warmup=cfg.warmup, **retain_term()),
                 out / "adapters" / "unlearned")
         elif phase == "gradient_ascent":
-            r_ids = r_len = r_lab = None
-            if cfg.retain:
-                r_blocks = corpus_blocks(tok, Path(cfg.retain).read_text(encoding="utf-8"), cfg.block_size)
-                r_ids, r_len = pad_blocks(r_blocks, pad)
-                r_lab = apply_goldfish(next_token_labels(r_ids, r_len), cfg.goldfish_spec())
             fit(phase, TrainSpec("gradient_ascent", ids, lengths, next_token_labels(ids, lengths), cfg.steps,
-                                 cfg.lr, cfg.batch_size, cfg.grad_accum, sign=-1.0, retain_ids=r_ids,
-                                 retain_lengths=r_len, retain_labels=r_lab, retain_weight=cfg.retain_weight,
-                                 seed=cfg.seed, warmup=cfg.warmup), out / "adapters" / "unlearned")
+                                 cfg.lr, cfg.batch_size, cfg.grad_accum, sign=-1.0, seed=cfg.seed, warmup=cfg.warmup,
+                                 **retain_term()), out / "adapters" / "unlearned")
     acc.wait_for_everyone()
     summary["elapsed_s"] = time.time() - t_start + float(prev.get("elapsed_s", 0) if done_phases else 0)
     return summary
@@ -586,7 +608,8 @@ def _step_config(args, method: str) -> RunConfig:
     if args.config:
         data = json.loads(json.dumps(load_config(args.config).to_dict()))
     flags = {"corpus": args.corpus, "anchors": getattr(args, "anchors", None), "expert": getattr(args, "expert", None),
-             "retain": getattr(args, "retain", None), "model": args.model, "precision": args.precision,
+             "retain": getattr(args, "retain", None), "retain_loss": getattr(args, "retain_loss", None),
+             "retain_weight": getattr(args, "retain_weight", None), "labels": getattr(args, "labels", None), "model": args.model, "precision": args.precision,
              "device": args.device, "steps": args.steps, "lr": args.lr, "alpha": getattr(args, "alpha", None),
              "lora_rank": args.lora_rank, "batch_size": args.batch_size, "block_size": args.block_size,
              "max_blocks": args.max_blocks, "seed": args.seed, "probes": args.probes}
@@ -627,7 +650,8 @@ def _cmd_labels(args) -> int:
     expert = wb.add_adapter("expert", cfg.expert) if cfg.expert else None
     blocks = corpus_blocks(wb.tokenizer, Path(cfg.corpus).read_text(encoding="utf-8"), cfg.block_size, cfg.max_blocks)
     alphas = sorted({float(a) for a in cfg.alphas} | {float(cfg.alpha)})
-    ls = generic_labels(wb, expert, load_anchors(cfg.anchors).check(), blocks, alphas, cfg.seed, cfg.label_batch)
+    ls = generic_labels(wb, expert, load_anchors(cfg.anchors).check(), blocks, alphas, cfg.seed, cfg.label_batch,
+                        top_k=cfg.soft_top_k if cfg.labels == "soft" else 0)
     print(json.dumps({"key": ls.key, "path": str(ls.path), "cached": ls.cached, **ls.stats}, indent=2))
     return 0
 
@@ -673,6 +697,8 @@ def add_commands(sub) -> None:
             p.add_argument("--expert", help="expert adapter directory")
         if retain:
             p.add_argument("--retain", help="retain text for the retain term")
+            p.add_argument("--retain-loss", choices=["kl", "ce"], help="kl: KL to the baseline (default); ce: next-token loss")
+            p.add_argument("--retain-weight", type=float)
         if alpha:
             p.add_argument("--alpha", type=float)
         p.add_argument("--model", default=None)
@@ -696,9 +722,11 @@ def add_commands(sub) -> None:
     p.set_defaults(func=_cmd_step("reinforce_only"))
     p = sub.add_parser("labels", help="build (or find cached) generic labels of a corpus")
     step_args(p, anchors=True, expert=True, alpha=True, out=False)
+    p.add_argument("--labels", choices=["hard", "soft"], help="soft: also keep the top-k generic distribution")
     p.set_defaults(func=_cmd_labels)
     p = sub.add_parser("unlearn", help="fine-tune on generic labels -> RUN_DIR/adapters/unlearned")
-    step_args(p, anchors=True, expert=True, alpha=True)
+    step_args(p, anchors=True, expert=True, alpha=True, retain=True)
+    p.add_argument("--labels", choices=["hard", "soft"], help="hard: argmax (the paper, default); soft: top-k distribution")
     p.set_defaults(func=_cmd_step("whp"))
     p = sub.add_parser("gradient-ascent", help="baseline: negated next-token loss (+ retain) -> RUN_DIR/adapters/unlearned")
     step_args(p, retain=True)

@@ -1,5 +1,7 @@
-"""One LoRA training loop for every objective: reinforce (next token), unlearn (generic labels),
-gradient ascent (negated next token, optional retain term), with optional goldfish masks.
+"""One LoRA training loop for every objective: reinforce (next token), unlearn (hard or soft generic
+labels), gradient ascent (negated next token), each with an optional retain term (next-token
+cross-entropy, or KL to the baseline, i.e. the same model with the adapter switched off) and
+optional goldfish masks.
 
 Label convention everywhere: `labels[i]` is the target of the prediction made AT position i (the
 token that should follow position i), IGNORE=-100 for no target. Next-token labels are the inputs
@@ -218,10 +220,13 @@ class TrainSpec:
     batch_size: int
     grad_accum: int = 1
     sign: float = 1.0  # -1: gradient ascent on this data
-    retain_ids: torch.Tensor | None = None  # (M, T') optional retain term (next-token, sign +1)
+    soft_ids: torch.Tensor | None = None  # (N, T, k) soft labels: top-k target tokens ...
+    soft_logp: torch.Tensor | None = None  # (N, T, k) ... and their log-probs; used where labels != IGNORE
+    retain_ids: torch.Tensor | None = None  # (M, T') optional retain term (sign +1)
     retain_lengths: torch.Tensor | None = None
-    retain_labels: torch.Tensor | None = None
+    retain_labels: torch.Tensor | None = None  # (M, T') next-token labels (used by "ce")
     retain_weight: float = 1.0
+    retain_loss: str = "kl"  # kl: KL(baseline || model) per token; ce: next-token cross-entropy
     seed: int = 0
     warmup: int = 0
     max_grad_norm: float = 1.0
@@ -259,16 +264,46 @@ def _batch_indices(n: int, step: int, micro: int, spec: TrainSpec, rank: int, wo
     return out
 
 
-def _loss(model, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over the kept label positions; no shift (see module docstring)."""
+def soft_cross_entropy(logits: torch.Tensor, top_ids: torch.Tensor, top_logp: torch.Tensor,
+                       keep: torch.Tensor) -> torch.Tensor:
+    """Mean over kept positions of -sum_j q_j log p(top_ids_j), q = softmax(top_logp) (the top-k renormalised).
+
+    logits (B, T, V); top_ids, top_logp (B, T, k); keep (B, T) bool.
+    """
+    logp = logits.float().log_softmax(-1).gather(-1, top_ids.long())  # (B, T, k)
+    q = torch.where(keep[..., None], top_logp.float(), 0.0).softmax(-1)  # unkept rows: finite, then dropped
+    return -(q * logp).sum(-1)[keep].sum() / keep.sum().clamp(min=1)
+
+
+def _loss(model, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
+          soft: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the kept label positions (to soft labels when given); no shift (see module docstring)."""
     T = int(lengths.max())
     ids, labels = ids[:, :T], labels[:, :T]  # drop padding columns no row of this batch uses
     mask = torch.arange(T, device=ids.device)[None, :] < lengths[:, None].to(ids.device)  # (B, T)
     logits = model(input_ids=ids, attention_mask=mask.long()).logits  # (B, T, V)
+    if soft is not None:
+        keep = labels != IGNORE
+        return soft_cross_entropy(logits, soft[0][:, :T].to(ids.device), soft[1][:, :T].to(ids.device), keep), int(mask.sum())
     n = int((labels != IGNORE).sum())
     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                            ignore_index=IGNORE, reduction="sum") / max(n, 1)
     return loss, int(mask.sum())
+
+
+def kl_to_baseline(model, unwrapped, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean per-token KL(baseline || model) on real positions; the baseline is `unwrapped` with its adapter off.
+
+    A fresh LoRA adapter (B = 0) gives exactly 0: the term only pulls back what training moved.
+    """
+    T = int(lengths.max())
+    ids = ids[:, :T]
+    mask = torch.arange(T, device=ids.device)[None, :] < lengths[:, None].to(ids.device)  # (B, T)
+    with torch.no_grad(), unwrapped.disable_adapter():
+        base = unwrapped(input_ids=ids, attention_mask=mask.long()).logits.float().log_softmax(-1)  # (B, T, V)
+    logp = model(input_ids=ids, attention_mask=mask.long()).logits.float().log_softmax(-1)
+    kl = (base.exp() * (base - logp)).sum(-1)  # (B, T)
+    return kl[mask].mean(), int(mask.sum())
 
 
 def memory_mib(device) -> float:
@@ -331,14 +366,18 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
         total = torch.zeros((), device=device)
         for micro in range(spec.grad_accum):
             idx = _batch_indices(n, step, micro, spec, rank, world)
-            loss, ntok = _loss(ddp_model, spec.ids[idx].to(device), spec.lengths[idx], spec.labels[idx].to(device))
+            soft = None if spec.soft_ids is None else (spec.soft_ids[idx], spec.soft_logp[idx])
+            loss, ntok = _loss(ddp_model, spec.ids[idx].to(device), spec.lengths[idx], spec.labels[idx].to(device), soft)
             loss = spec.sign * loss
             tokens += ntok
             if spec.retain_ids is not None:
                 m = spec.retain_ids.shape[0]
                 ridx = _batch_indices(m, step, micro, spec, rank, world)
-                rloss, rtok = _loss(ddp_model, spec.retain_ids[ridx].to(device), spec.retain_lengths[ridx],
-                                    spec.retain_labels[ridx].to(device))
+                r_ids, r_len = spec.retain_ids[ridx].to(device), spec.retain_lengths[ridx]
+                if spec.retain_loss == "kl":
+                    rloss, rtok = kl_to_baseline(ddp_model, unwrapped, r_ids, r_len)
+                else:
+                    rloss, rtok = _loss(ddp_model, r_ids, r_len, spec.retain_labels[ridx].to(device))
                 loss = loss + spec.retain_weight * rloss
                 tokens += rtok
             acc.backward(loss / spec.grad_accum)

@@ -80,8 +80,19 @@ with st.expander("New run", expanded=not all_runs()):
                                help="Drops ~1/k label positions of next-token phases (reinforce, retain term).")
         gf_k = c2.number_input("goldfish k", 2, 1024, 4, key="run_gf_k")
         gf_h = c3.number_input("goldfish h", 1, 1024, 13, key="run_gf_h")
-        retain = c4.text_input("Retain text (gradient ascent)", str(ASSETS / "retain.txt"), key="run_retain",
-                               disabled=method != "gradient_ascent")
+        c1, c2, c3, c4 = st.columns(4)
+        label_kind = c1.selectbox("Labels", ("hard", "soft"), index=("hard", "soft").index(d.get("labels", "hard")),
+                                  key="run_labels", disabled=method != "whp",
+                                  help="hard: argmax of the generic logits (the paper). soft: cross-entropy to the "
+                                       "top-k generic distribution, which keeps the baseline's uncertainty elsewhere.")
+        retain = c2.text_input("Retain text", d.get("retain") or "", key="run_retain",
+                               disabled=method == "reinforce_only",
+                               help="Text whose predictions must not move: a retain term is added to the unlearning loss.")
+        retain_loss = c3.selectbox("Retain loss", ("kl", "ce"), index=("kl", "ce").index(d.get("retain_loss", "kl")),
+                                   key="run_retain_loss", disabled=method == "reinforce_only",
+                                   help="kl: KL to the baseline on the retain text; ce: next-token loss on it.")
+        retain_weight = c4.number_input("Retain weight", 0.0, 1000.0, float(d.get("retain_weight", 1.0)), 0.5,
+                                        key="run_retain_weight", disabled=method == "reinforce_only")
     if st.button("Start run", type="primary", key="run_start"):
         config = {
             "method": method, "corpus": corpus.strip(), "anchors": anchors.strip() if method == "whp" else None,
@@ -90,7 +101,8 @@ with st.expander("New run", expanded=not all_runs()):
             "batch_size": int(batch), "block_size": int(block), "max_blocks": int(max_blocks) or None,
             "lora_layers": int(lora_layers) or None, "seed": int(seed), "gradient_checkpointing": bool(ckpt),
             "goldfish": {"kind": gf_kind, "k": int(gf_k), "h": int(gf_h)},
-            "retain": retain.strip() if method == "gradient_ascent" and retain.strip() else None,
+            "retain": retain.strip() if method != "reinforce_only" and retain.strip() else None,
+            "retain_loss": retain_loss, "retain_weight": float(retain_weight), "labels": label_kind,
             "model": (st.session_state.get(state.MODEL) or state.default_model()).strip(),
             "precision": st.session_state.get(state.PRECISION) or "auto",
             "device": st.session_state.get(state.DEVICE) or "auto",

@@ -58,6 +58,34 @@ def test_labels_match_per_block_generic_parts_for_every_alpha(tiny_wb, tiny_expe
     assert ls.stats["changed"]["10.0"] >= ls.stats["changed"]["2.5"] - 0.05
 
 
+def test_soft_labels_are_the_top_k_of_the_generic_distribution_and_survive_the_cache(
+        tiny_wb, tiny_expert_dir, demo_anchors, home):
+    wb = tiny_wb
+    expert = wb.add_adapter("expert", tiny_expert_dir)
+    blocks = corpus_blocks(wb.tokenizer, TEXT, 48)[:2]
+    hard = generic_labels(wb, expert, demo_anchors, blocks, alphas=(5,), seed=3)
+    ls = generic_labels(wb, expert, demo_anchors, blocks, alphas=(5,), seed=3, top_k=8)
+    assert ls.key != hard.key and not ls.cached and hard.soft == {}
+    top_ids, top_logp = ls.soft_for_alpha(5)
+    assert top_ids.shape == top_logp.shape == (2, 48, 8)
+    translator = Translator(wb.tokenizer, demo_anchors)
+    for i, block in enumerate(blocks):
+        tr = translator.translate(block, f"3:{i}")
+        parts = generic_parts(tr, *wb.logits([(tr.translated_ids, None), (block, expert)]))
+        want = parts.logits(5.0).double().log_softmax(-1).topk(8, -1)
+        rows = parts.rows
+        assert torch.allclose(top_logp[i, rows].double(), want.values, atol=2e-2)  # stored as float16
+        assert (top_ids[i, rows, 0] == want.indices[:, 0]).float().mean() > 0.99
+        # The first soft token is the hard label; unlabelled rows hold -inf.
+        assert torch.equal(top_ids[i, rows, 0].long(), ls.labels[5.0][i, rows])
+        unlabelled = ls.labels[5.0][i] == IGNORE
+        assert torch.isinf(top_logp[i][unlabelled]).all()
+    again = generic_labels(wb, expert, demo_anchors, blocks, alphas=(5,), seed=3, top_k=8)
+    assert again.cached and all(torch.equal(a, b) for a, b in zip(again.soft_for_alpha(5), (top_ids, top_logp)))
+    with pytest.raises(Exception, match="soft labels"):
+        hard.soft_for_alpha(5)
+
+
 def test_second_call_is_a_cache_hit_without_any_forward(tiny_wb, tiny_expert_dir, demo_anchors, home):
     wb = tiny_wb
     expert = wb.add_adapter("expert", tiny_expert_dir)

@@ -45,11 +45,13 @@ def wait_for(out, pred, timeout=240):
 
 def test_invalid_config_lists_every_bad_field_and_starts_nothing(tmp_path, home):
     bad = {"corpus": "missing.txt", "method": "magic", "steps": 0, "lr": -1, "batch_size": "8",
-           "goldfish": {"kind": "hash", "k": 1}, "probes": [{"prompt": "x"}], "colour": "blue"}
+           "goldfish": {"kind": "hash", "k": 1}, "probes": [{"prompt": "x"}], "colour": "blue",
+           "labels": "fuzzy", "retain_loss": "l2", "soft_top_k": 0}
     with pytest.raises(UserError) as e:
         RunConfig.from_dict(bad, tmp_path)
     msg = str(e.value)
-    for field in ("corpus", "method", "steps", "lr", "batch_size", "goldfish.k", "probes[0]", "colour"):
+    for field in ("corpus", "method", "steps", "lr", "batch_size", "goldfish.k", "probes[0]", "colour",
+                  "labels", "retain_loss", "soft_top_k"):
         assert field in msg, field
     cfg_file = tmp_path / "bad.yaml"
     cfg_file.write_text("corpus: missing.txt\nsteps: -3\nlora_rank: 0\n")
@@ -69,6 +71,18 @@ def test_paths_resolve_against_the_config_folder(tmp_path):
     assert cfg.corpus == str((tmp_path / "data" / "c.txt").resolve())
     demo = load_config(ASSETS / "demo.yaml")  # the shipped demo config is valid
     assert demo.method == "whp" and Path(demo.corpus).exists()
+
+
+def test_the_demo_retain_text_names_no_retain_probe_answer():
+    # The demo trains its KL retain term on retain_train.txt: a retain probe's answer in it would let
+    # the retain probes measure what was trained on, not what was spared.
+    from engine.metrics import mentions
+
+    text = (ASSETS / "retain_train.txt").read_text()
+    probes = json.loads((ASSETS / "probes.json").read_text())
+    names = {p["target"].strip() for p in probes["retain"] if p["target"].strip()[:1].isupper()}
+    assert len(names) > 20 and not [n for n in names if mentions(text, n)]
+    assert load_config(ASSETS / "demo.yaml").retain.endswith("retain_train.txt")
 
 
 def test_whp_pipeline_via_cli_writes_a_complete_run_dir(tiny_dir, tmp_path, home):
@@ -104,6 +118,16 @@ def test_whp_pipeline_via_cli_writes_a_complete_run_dir(tiny_dir, tmp_path, home
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out2 / "labels.json").read_text())["cached"] is True
     assert json.loads((out2 / "status.json").read_text())["done_phases"] == ["labels", "unlearn"]
+    # Soft labels are a new label set (built once); the KL retain term runs on the retain text.
+    out3 = tmp_path / "run3"
+    r = run_cli("unlearn", "--config", str(cfg_file), "--expert", str(out / "adapters" / "expert"), "--steps", "2",
+                "--labels", "soft", "--retain", str(ASSETS / "retain_train.txt"), "--out", str(out3),
+                env={"OBLIVIATE_HOME": str(home)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((out3 / "labels.json").read_text())["cached"] is False
+    cfg3 = json.loads((out3 / "config.json").read_text())
+    assert cfg3["labels"] == "soft" and cfg3["retain_loss"] == "kl" and cfg3["retain"].endswith("retain_train.txt")
+    assert (out3 / "adapters" / "unlearned" / "adapter_model.safetensors").exists()
 
 
 def test_cancel_then_resume_continues_from_the_checkpoint_and_the_queue_holds_one_job(tiny_dir, tmp_path, home):

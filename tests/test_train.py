@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.generic import IGNORE
-from engine.train import (Goldfish, Hooks, Stopped, TrainSpec, _loss, apply_goldfish, corpus_blocks,
-                          lora_model, next_token_labels, pad_blocks, save_adapter, train)
+from engine.train import (Goldfish, Hooks, Stopped, TrainSpec, _loss, apply_goldfish, corpus_blocks, kl_to_baseline,
+                          lora_model, next_token_labels, pad_blocks, save_adapter, soft_cross_entropy, train)
 
 TEXT = ("Harry Potter walked to Hogwarts with Ron and Hermione. The castle was dark and the owls were "
         "quiet. Harry told Ron that Hermione had gone to the library again. ") * 6
@@ -42,6 +42,44 @@ def test_loss_is_cross_entropy_at_the_same_position_over_kept_tokens(tiny_wb, to
     assert torch.allclose(loss, expected, atol=1e-4)
     shifted = F.cross_entropy(logits[:, :-1][keep[:, 1:]], labels[:, 1:][keep[:, 1:]])
     assert not torch.allclose(loss, shifted, atol=1e-3)
+
+
+def test_soft_cross_entropy_is_cross_entropy_to_the_renormalised_top_k():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=g, dtype=torch.float64)  # (B, T, V)
+    top_logp, top_ids = torch.randn(2, 5, 11, generator=g).log_softmax(-1).topk(3, -1)  # (B, T, k)
+    top_logp[0, 1] = float("-inf")  # an unlabelled row holds -inf: it must neither count nor give NaN
+    keep = torch.ones(2, 5, dtype=torch.bool)
+    keep[0, 1] = keep[1, 4] = False
+    got = soft_cross_entropy(logits, top_ids, top_logp, keep)
+    logp = logits.log_softmax(-1)
+    want = [-(top_logp[b, t].double().exp() / top_logp[b, t].double().exp().sum() * logp[b, t, top_ids[b, t]]).sum()
+            for b in range(2) for t in range(5) if keep[b, t]]
+    assert torch.isfinite(got) and abs(float(got) - float(torch.stack(want).mean())) < 1e-5
+    # k = 1 is the hard label: plain cross-entropy to the argmax.
+    hard = soft_cross_entropy(logits, top_ids[..., :1], top_logp[..., :1], keep)
+    assert abs(float(hard) - float(F.cross_entropy(logits[keep], top_ids[..., 0][keep]))) < 1e-5
+
+
+def test_kl_retain_term_starts_at_zero_and_holds_the_retain_text_under_gradient_ascent(tiny_dir, tokenizer):
+    from engine.models import ModelConfig, load_model
+
+    ids, lengths, labels = _data(tokenizer)
+    r_blocks = corpus_blocks(tokenizer, "The weather in the valley was mild and the farmers sowed wheat. " * 8, 32)
+    r_ids, r_len = pad_blocks(r_blocks, 0)
+    drift = {}
+    for weight in (0.0, 5.0):
+        base, _ = load_model(ModelConfig(str(tiny_dir)))
+        model = lora_model(base, rank=8)
+        with torch.no_grad():
+            assert float(kl_to_baseline(model, model, r_ids, r_len)[0]) < 1e-6  # fresh LoRA: B = 0
+        spec = TrainSpec("ga", ids, lengths, labels, steps=12, lr=2e-2, batch_size=4, sign=-1.0, retain_ids=r_ids,
+                         retain_lengths=r_len, retain_weight=weight, retain_loss="kl")
+        train(model, spec)
+        with torch.no_grad():
+            drift[weight] = float(kl_to_baseline(model, model, r_ids, r_len)[0])
+    # The KL term at least halves how far the retain-text predictions drift from the baseline (2.4x measured).
+    assert drift[5.0] * 2 < drift[0.0], drift
 
 
 def test_reinforce_lowers_and_gradient_ascent_raises_the_corpus_loss(tiny_dir, tokenizer):
