@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 PORT   ?= 8501
 
-.PHONY: setup run test bench browser demo clean
+.PHONY: setup run test bench browser demo forgetting clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ bench: setup
 
 demo: setup
 	$(PY) -m engine run assets/demo.yaml --out runs/demo
+
+forgetting: setup
+	$(PY) bench/forgetting.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts
