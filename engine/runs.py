@@ -196,6 +196,10 @@ class RunConfig:
             return [f"probes: expected a list of {{prompt, target}} or a probes.json path, got {self.probes!r}"]
         return [f"probes[{i}]: {m}" for i, pr in enumerate(self.probes) if (m := _probe_problem(pr))]
 
+    def label_top_k(self) -> int:
+        """Soft-label width the generic labels are built with (0: hard labels only)."""
+        return self.soft_top_k if self.labels == "soft" else 0
+
     def goldfish_spec(self):
         from .train import Goldfish
 
@@ -472,7 +476,7 @@ def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: 
         job.log(f"{phase}: adapter saved to {adapter_dir}")
 
     next_labels = apply_goldfish(next_token_labels(ids, lengths), cfg.goldfish_spec())
-    top_k = cfg.soft_top_k if cfg.labels == "soft" else 0
+    top_k = cfg.label_top_k()
 
     def retain_term() -> dict:
         """TrainSpec fields of the retain term (none without a retain text)."""
@@ -651,7 +655,7 @@ def _cmd_labels(args) -> int:
     blocks = corpus_blocks(wb.tokenizer, Path(cfg.corpus).read_text(encoding="utf-8"), cfg.block_size, cfg.max_blocks)
     alphas = sorted({float(a) for a in cfg.alphas} | {float(cfg.alpha)})
     ls = generic_labels(wb, expert, load_anchors(cfg.anchors).check(), blocks, alphas, cfg.seed, cfg.label_batch,
-                        top_k=cfg.soft_top_k if cfg.labels == "soft" else 0)
+                        top_k=cfg.label_top_k())
     print(json.dumps({"key": ls.key, "path": str(ls.path), "cached": ls.cached, **ls.stats}, indent=2))
     return 0
 

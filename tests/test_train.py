@@ -95,7 +95,7 @@ def test_reinforce_lowers_and_gradient_ascent_raises_the_corpus_loss(tiny_dir, t
         assert (after < before - 0.2) if sign > 0 else (after > before + 0.2), (sign, before, after)
 
 
-def test_gradient_ascent_with_retain_term_keeps_the_retain_loss(tiny_dir, tokenizer):
+def test_gradient_ascent_with_a_next_token_retain_term_keeps_the_retain_loss(tiny_dir, tokenizer):
     from engine.models import ModelConfig, load_model
 
     ids, lengths, labels = _data(tokenizer)
@@ -106,7 +106,8 @@ def test_gradient_ascent_with_retain_term_keeps_the_retain_loss(tiny_dir, tokeni
     model = lora_model(base, rank=8)
     r_before = _corpus_loss(model, r_ids, r_len, r_lab)
     train(model, TrainSpec("ga", ids, lengths, labels, steps=12, lr=2e-2, batch_size=4, sign=-1.0,
-                           retain_ids=r_ids, retain_lengths=r_len, retain_labels=r_lab, retain_weight=1.0))
+                           retain_ids=r_ids, retain_lengths=r_len, retain_labels=r_lab, retain_weight=1.0,
+                           retain_loss="ce"))
     with model.disable_adapter():
         forget_before = _corpus_loss(model, ids, lengths, labels)
     assert _corpus_loss(model, ids, lengths, labels) > forget_before + 0.2
