@@ -13,11 +13,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .io import atomic_write_text
+from .io import atomic_write_text, parse_json, read_bytes_file, short
+
+MAX_DICTIONARY_BYTES = 16 << 20  # the paper's 1,676-term dictionary is ~100 kB
+MAX_TERM_CHARS = 200
+
+
+def _control(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
 @dataclass
@@ -61,12 +69,21 @@ class AnchorDictionary:
                 continue
             if term != term.strip():
                 problems.append(Problem(term, "term has leading or trailing spaces"))
+            if len(term) > MAX_TERM_CHARS:
+                problems.append(Problem(term[:40] + "…", f"term longer than {MAX_TERM_CHARS} characters"))
+                continue
+            if _control(term):
+                problems.append(Problem(term, "term contains a control character (a NUL, a tab, a line break...)"))
             if not isinstance(cands, list) or not cands:
                 problems.append(Problem(term, "no translation"))
                 continue
             for c in cands:
                 if not isinstance(c, str):
-                    problems.append(Problem(term, f"translation {c!r} is not text"))
+                    problems.append(Problem(term, f"translation {short(c)} is not text"))
+                elif len(c) > MAX_TERM_CHARS:
+                    problems.append(Problem(term, f"translation longer than {MAX_TERM_CHARS} characters"))
+                elif _control(c):
+                    problems.append(Problem(term, "translation contains a control character"))
                 elif not c.strip():
                     problems.append(Problem(term, "empty translation"))
                 elif c.strip() == term.strip():
@@ -128,19 +145,18 @@ class AnchorDictionary:
         return buf.getvalue()
 
     @classmethod
-    def from_json(cls, text: str) -> "AnchorDictionary":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"anchor dictionary is not valid JSON (line {e.lineno}: {e.msg})") from None
+    def from_json(cls, text: str, name: str = "anchor dictionary") -> "AnchorDictionary":
+        obj = parse_json(text, name)  # duplicate keys, deep nesting and huge numbers: one line each
         if not isinstance(obj, dict):
-            raise UserError('anchor dictionary must be a JSON object {"term": ["translation", ...]}')
+            raise UserError(f'{name} must be a JSON object {{"term": ["translation", ...]}}')
         entries: dict[str, list] = {}
         disabled: set[str] = set()
         for term, value in obj.items():
             enabled = True
             if isinstance(value, dict):
-                enabled = bool(value.get("enabled", True))
+                enabled = value.get("enabled", True)
+                if not isinstance(enabled, bool):  # "false" as a string would leave the term on
+                    raise UserError(f"{name}: {short(term)}: enabled must be true or false, not {short(enabled)}")
                 value = value.get("translations", [])
             if isinstance(value, str):
                 value = [value]
@@ -152,40 +168,45 @@ class AnchorDictionary:
         return cls(entries, disabled)
 
     @classmethod
-    def from_csv(cls, text: str) -> "AnchorDictionary":
+    def from_csv(cls, text: str, name: str = "anchor dictionary") -> "AnchorDictionary":
         entries: dict[str, list[str]] = {}
-        for i, row in enumerate(csv.reader(io.StringIO(text))):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if i == 0 and [c.strip().lower() for c in row[:2]] == ["term", "translation"]:
-                continue
-            if len(row) < 2:
-                raise UserError(f"CSV row {i + 1} has no translation column (expected term,translation)")
-            term, translation = row[0].strip(), row[1].strip()
-            cands = entries.setdefault(term, [])
-            if translation not in cands:
-                cands.append(translation)
+        # strict: an unterminated quote is an error, not a field that silently swallows the rows after it
+        reader = csv.reader(io.StringIO(text), strict=True)
+        try:
+            for i, row in enumerate(reader):
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if i == 0 and [c.strip().lower() for c in row[:2]] == ["term", "translation"]:
+                    continue
+                if len(row) < 2:
+                    raise UserError(f"{name}: CSV row {reader.line_num} has no translation column "
+                                    "(expected term,translation)")
+                term, translation = row[0].strip(), row[1].strip()
+                if len(term) > MAX_TERM_CHARS or len(translation) > MAX_TERM_CHARS:
+                    raise UserError(f"{name}: CSV row {reader.line_num} has a cell over {MAX_TERM_CHARS} characters")
+                cands = entries.setdefault(term, [])
+                if translation not in cands:
+                    cands.append(translation)
+        except csv.Error as e:  # a field over the csv module's limit, an unterminated quote, a NUL byte
+            raise UserError(f"{name}: CSV line {reader.line_num}: {e}") from None
         return cls(entries)
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str = "anchors.json") -> "AnchorDictionary":
         """Parse an upload or a file's bytes; the format follows the name's suffix."""
+        if len(data) > MAX_DICTIONARY_BYTES:
+            raise UserError(f"{name} is {len(data) / 2**20:.0f} MiB; a dictionary is at most "
+                            f"{MAX_DICTIONARY_BYTES / 2**20:.0f} MiB")
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise UserError(f"{name} is not UTF-8 text; save it as UTF-8 and try again") from None
-        return cls.from_csv(text) if name.lower().endswith(".csv") else cls.from_json(text)
+        return cls.from_csv(text, name) if name.lower().endswith(".csv") else cls.from_json(text, name)
 
 
 def load_anchors(path: str | Path) -> AnchorDictionary:
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"anchor dictionary not found: {path}") from None
-    except OSError as e:
-        raise UserError(f"cannot read anchor dictionary {path}: {e.strerror}") from None
-    return AnchorDictionary.from_bytes(data, path.name)
+    return AnchorDictionary.from_bytes(read_bytes_file(path, "anchor dictionary", MAX_DICTIONARY_BYTES), path.name)
 
 
 def save_anchors(anchors: AnchorDictionary, path: str | Path, backup: bool = True) -> None:

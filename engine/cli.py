@@ -5,23 +5,16 @@ Bad input prints one line on stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
-from pathlib import Path
 
-from .errors import UserError
+from .errors import OOM_HINT, UserError, is_oom
+from .io import dumps, read_text_file
+from .secrets import scrub
 
 
-def _read_text(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
+def _read_text(path: str, what: str = "file") -> str:
+    return read_text_file(path, what)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -38,8 +31,9 @@ def _workbench(args):
 
 def cmd_inspect(args) -> int:
     from .anchors import load_anchors
-    from .inspection import inspect
+    from .inspection import check_alpha, inspect
 
+    check_alpha(args.alpha)  # before loading anything: nan, inf or a negative alpha is refused at once
     anchors = load_anchors(args.anchors).check() if args.anchors else None
     wb = _workbench(args)
     expert = wb.add_adapter("expert", args.expert) if args.expert else None
@@ -47,7 +41,7 @@ def cmd_inspect(args) -> int:
     result = inspect(wb, args.prompt, anchors, expert, unlearned, top_k=args.top_k, track=args.track or ())
     view = result.view(args.alpha)
     if args.json:
-        print(json.dumps(view, ensure_ascii=False))
+        print(dumps(view))
         return 0
     for note in view["notes"]:
         print(f"note: {note}")
@@ -74,7 +68,7 @@ def cmd_translate(args) -> int:
     from .translation import Translator
 
     anchors = load_anchors(args.anchors).check()
-    text = _read_text(args.text)
+    text = _read_text(args.text, "--text")
     try:
         tok = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
     except (OSError, ValueError) as e:
@@ -93,7 +87,7 @@ def cmd_translate(args) -> int:
         out["unused_terms"] = cov.unused_terms
         out["uncovered"] = [{"word": w, "count": c, "example": e} for w, c, e in cov.uncovered]
     if args.json:
-        print(json.dumps(out, ensure_ascii=False))
+        print(dumps(out))
         return 0
     print(out["translated_text"])
     print(f"\n{len(tr.occurrences)} anchored-term occurrences, {len(tr.dropped)} of {len(tr.mapping)} positions without a label")
@@ -149,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {scrub(e, limit=2000)}", file=sys.stderr)
         return 2
-    except MemoryError:
-        print("error: out of memory: try a shorter prompt, a smaller model or NF4 on a GPU", file=sys.stderr)
+    except (MemoryError, RuntimeError) as e:
+        if not is_oom(e):
+            raise
+        print(f"error: {OOM_HINT}", file=sys.stderr)
         return 2

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import math
 import os
 import re
@@ -40,8 +39,11 @@ from typing import Callable
 import torch
 
 from . import metrics
-from .errors import UserError
+from .errors import UserError, is_oom, oom_error
 from .models import BASE, Workbench, adapter_name
+from .secrets import api_key as resolve_key
+from .secrets import scrub
+from .io import check_out_dir, dumps, parse_json, read_text_file
 
 BASELINE = "baseline"
 PAPER_TASKS = ("arc_easy", "arc_challenge", "boolq", "hellaswag", "piqa", "winogrande", "openbookqa")
@@ -92,13 +94,7 @@ class Probes:
 
 
 def load_probes(path: str | os.PathLike) -> Probes:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"probes file not found: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
-    return Probes.from_dict(data, str(path))
+    return Probes.from_dict(parse_json(read_text_file(path, "probes"), str(path)), str(path))
 
 
 @dataclass
@@ -294,13 +290,15 @@ JUDGE_SYSTEM = (
     "3 = clearly specific Harry Potter knowledge (names, places, events of the books). Answer with the digit only.")
 
 
-def judge(items: list[tuple[str, str]], model: str, base_url: str | None = None) -> list[int]:
+def judge(items: list[tuple[str, str]], model: str, base_url: str | None = None, key: str | None = None) -> list[int]:
     """0-3 familiarity grade per (prompt, completion) from an OpenAI-compatible chat endpoint.
 
-    The key comes from OPENAI_API_KEY and never appears in messages or errors."""
+    The key: `key` (or OBLIVIATE_JUDGE_API_KEY, how a page hands its key field to an evaluation job),
+    else OPENAI_API_KEY only when base_url is the endpoint it was configured for (engine.secrets).
+    It never appears in messages or errors: every server text is scrubbed."""
     import openai
 
-    key = os.environ.get("OPENAI_API_KEY")
+    key = resolve_key(base_url, key or os.environ.get("OBLIVIATE_JUDGE_API_KEY"))
     if not key and base_url is None:
         raise UserError("the LLM judge needs OPENAI_API_KEY (or a --judge-base-url of a local server)")
     client = openai.OpenAI(api_key=key or "none", base_url=base_url, timeout=60, max_retries=3)
@@ -312,18 +310,18 @@ def judge(items: list[tuple[str, str]], model: str, base_url: str | None = None)
             {"role": "user", "content": f"Prompt: {prompt}\nCompletion: {completion}\nGrade (0-3):"}])
         m = re.search(r"[0-3]", reply.choices[0].message.content or "")
         if not m:
-            raise UserError(f"the judge's reply has no 0-3 grade: {(reply.choices[0].message.content or '')[:60]!r}")
+            raise UserError(f"the judge's reply has no 0-3 grade: {scrub(reply.choices[0].message.content or '', 60)!r}")
         return int(m.group())
 
     try:
         with ThreadPoolExecutor(4) as pool:
             return list(pool.map(grade, items))
     except openai.AuthenticationError:
-        raise UserError("the judge endpoint refused the API key (401): check OPENAI_API_KEY") from None
+        raise UserError("the judge endpoint refused the API key (401): check the key for this endpoint") from None
     except openai.APIConnectionError:
         raise UserError(f"cannot reach the judge endpoint {base_url or 'api.openai.com'}") from None
     except openai.APIError as e:
-        raise UserError(f"the judge endpoint failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
+        raise UserError(f"the judge endpoint failed: {type(e).__name__}: {scrub(e, 160)}") from None
 
 
 # -- benchmarks (lm-evaluation-harness, optional) -------------------------------------------------------
@@ -599,8 +597,10 @@ def cmd_eval(args) -> int:
         robustness=not args.no_robustness, relearn_steps=args.relearn_steps, judge_model=args.judge_model,
         judge_base_url=args.judge_base_url, benchmarks=args.benchmarks)
     probes = load_probes(args.probes)
-    corpus = _read_text(args.corpus)
-    retain = _read_text(args.retain) if args.retain else ""
+    corpus = _read_text(args.corpus, "--corpus")
+    retain = _read_text(args.retain, "--retain") if args.retain else ""
+    if args.out:
+        check_out_dir(args.out)
     anchors = load_anchors(args.anchors) if args.anchors else None
     if not args.out:
         result = _run_eval(args, adapters, probes, corpus, retain, settings, anchors, None)
@@ -621,12 +621,16 @@ def cmd_eval(args) -> int:
             job.fail(str(e))
             raise
         except BaseException as e:
+            if is_oom(e):
+                err = oom_error("the evaluation")
+                job.fail(str(err))
+                raise err from None
             job.fail(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
             raise
         atomic_write_json(Path(args.out) / "eval.json", result)
         job.finish(phase="done")
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        print(dumps(result))
     else:
         print(format_table(result))
     return 0

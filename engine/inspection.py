@@ -19,6 +19,17 @@ from .models import Workbench
 from .translation import Translation, Translator
 
 MODELS = ("baseline", "expert", "generic", "unlearned")
+LOGITS_BUDGET = 4 << 30  # bytes of float32 logits one inspection may hold: (rows x T x V x 4)
+MAX_ALPHA = 1000.0
+MAX_PROMPT_CHARS = 200_000  # far beyond any context window; a 50 MB paste would stall the tokenizer
+
+
+def check_alpha(alpha) -> float:
+    """alpha must be a finite number in [0, MAX_ALPHA]: nan or a negative alpha is no generic prediction."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
+            or not 0 <= alpha <= MAX_ALPHA:
+        raise UserError(f"alpha must be a number from 0 to {MAX_ALPHA:g}, not {alpha!r}")
+    return float(alpha)
 
 
 @dataclass
@@ -74,6 +85,7 @@ class Inspection:
 
     def generic_stats(self, alpha: float) -> tuple[_Stats, list[float | None]]:
         """Generic statistics for one alpha and KL(baseline || generic), per original position."""
+        alpha = check_alpha(alpha)
         if alpha in self._views:
             return self._views[alpha]
         rows = self.parts.rows
@@ -82,7 +94,7 @@ class Inspection:
         s = _stats(g, nxt, self.top_k, list(self.tracked_ids.values()))
         kl_rows = (self.baseline_logp.exp() * (self.baseline_logp - g.log_softmax(-1))).sum(-1).tolist()
         T = len(self.ids)
-        full = _Stats([[]] * T, [[]] * T, [None] * T, [None] * T, {t: [math.nan] * T for t in s.tracked})
+        full = _Stats([[]] * T, [[]] * T, [None] * T, [None] * T, {t: [None] * T for t in s.tracked})
         kl: list[float | None] = [None] * T
         for j, i in enumerate(rows.tolist()):
             full.top_ids[i], full.top_probs[i] = s.top_ids[j], s.top_probs[j]
@@ -96,6 +108,7 @@ class Inspection:
     def view(self, alpha: float = 5.0) -> dict:
         """A JSON-ready view: per position the input token, each model's top-k with probabilities,
         the probability and rank of the token that follows, KL(baseline || generic)."""
+        alpha = check_alpha(alpha)
         gstats, kl = self.generic_stats(alpha)
         all_stats = dict(self.stats, generic=gstats)
         in_term = {}
@@ -141,6 +154,8 @@ def inspect(
     """Run the prompt once through every model and keep what any alpha's view needs."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError("the prompt is empty: type some text to inspect")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise UserError(f"the prompt is {len(prompt):,} characters; inspect takes at most {MAX_PROMPT_CHARS:,}")
     if not 1 <= top_k <= 100:
         raise UserError("top-k must be between 1 and 100")
     tok = wb.tokenizer
@@ -148,6 +163,12 @@ def inspect(
     notes: list[str] = []
     truncated = 0
     limit = wb.max_length
+    rows = 1 + (anchors is not None) + bool(expert) + bool(unlearned)
+    vocab = int(getattr(wb.base.config, "vocab_size", 0) or len(tok))
+    most = LOGITS_BUDGET // (rows * vocab * 4)
+    if len(ids) > most and most < limit:
+        raise UserError(f"the prompt is {len(ids):,} tokens; inspecting {rows} models keeps every position's "
+                        f"logits, so this model takes at most {most:,} tokens here: paste a shorter passage")
     if len(ids) > limit:
         truncated = len(ids) - limit
         ids = ids[-limit:]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import shutil
 import signal
@@ -30,10 +31,21 @@ from pathlib import Path
 
 from .errors import UserError
 from .io import atomic_write_json, obliviate_home
+from .secrets import scrub
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTIVE = ("queued", "running")
 INTERRUPTED = "failed (interrupted)"
+STATES = (*ACTIVE, "finished", "failed", "cancelled", INTERRUPTED)
+MARK = ".obliviate-job"  # written into every job directory: `delete` removes nothing without it
+MAX_STATUS_BYTES = 4 << 20
+# The fields a controller acts on, and the type each must have; anything else in status.json is
+# passed through for display only. A field of the wrong type is dropped, never trusted.
+_TYPED = {"state": str, "kind": str, "phase": str, "error": str, "created": str, "updated": str, "started": str,
+          "finished": str, "host": str, "method": str, "dir": str, "pid": int, "step": int, "total": int,
+          "phase_step": int, "phase_total": int, "world_size": int, "eta_s": float, "loss": float,
+          "tokens_per_s": float, "memory_mib": float, "summary": dict, "done_phases": list, "phases": list,
+          "args": list}
 _children: list[subprocess.Popen] = []  # reaped on every look, so finished children never linger as zombies
 
 
@@ -55,6 +67,7 @@ def launch(args: list[str], out: str | os.PathLike, kind: str, env: dict | None 
     if out.exists() and read_status(out).get("state") in ACTIVE:
         raise UserError(f"{out} already has an active job")
     out.mkdir(parents=True, exist_ok=True)
+    mark(out)
     (out / "stop").unlink(missing_ok=True)
     status = {"state": "queued", "kind": kind, "args": list(args), "created": now(), "updated": now(),
               "host": socket.gethostname(), "pid": None, "step": 0, "total": 0, "phase": "queued"}
@@ -74,11 +87,42 @@ def launch(args: list[str], out: str | os.PathLike, kind: str, env: dict | None 
     return status
 
 
+def mark(out: Path) -> None:
+    if not (out / MARK).exists():
+        (out / MARK).write_text("made by Obliviate's engine: a job directory `runs delete` may remove\n")
+
+
 def _read(out: Path) -> dict:
+    """status.json as a safe record: {} when missing; a record with state 'unreadable' for anything
+    that is not a JSON object of sane size; every controller field of the right type or absent."""
+    path = Path(out) / "status.json"
     try:
-        return json.loads((out / "status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        if path.stat().st_size > MAX_STATUS_BYTES:
+            return {"state": "unreadable", "error": "status.json is too large"}
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
         return {}
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return {"state": "unreadable", "error": "status.json is not valid JSON"}
+    if not isinstance(raw, dict):
+        return {"state": "unreadable", "error": "status.json is not a JSON object"}
+    out_: dict = {}
+    for k, v in raw.items():
+        want = _TYPED.get(k)
+        if want is None:
+            out_[k] = v
+        elif want is float and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            out_[k] = float(v)
+        elif isinstance(v, want) and not isinstance(v, bool):
+            out_[k] = v
+    if "pid" in out_ and out_["pid"] <= 0:
+        del out_["pid"]  # 0 or -1 would signal a process group or every process the user may signal
+    if out_.get("state") is not None and out_["state"] not in STATES:
+        out_["state"] = "unreadable"
+    for k in ("done_phases", "phases", "args"):
+        if k in out_:
+            out_[k] = [x for x in out_[k] if isinstance(x, str)]
+    return out_
 
 
 def _merge(out: Path, fields: dict) -> None:
@@ -92,8 +136,8 @@ def pid_alive(pid: int | None) -> bool:
     for p in list(_children):
         if p.poll() is not None:
             _children.remove(p)
-    if not pid:
-        return False
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False  # os.kill(0 or -1, ...) would reach a whole process group, or every process
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -137,24 +181,52 @@ def cancel(out: str | os.PathLike) -> dict:
         raise UserError(f"{out} is not running (state: {status.get('state', 'unknown')})")
     (out / "stop").write_text(now())
     pid = status.get("pid")
-    if pid_alive(pid) and _is_engine(pid):
-        with contextlib.suppress(ProcessLookupError):
+    if pid_alive(pid) and is_job_process(pid, out):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGTERM)
     return status
 
 
-def _is_engine(pid: int) -> bool:
-    """Guard against a recycled pid: only signal a `python -m engine` process."""
+def is_job_process(pid: int, out: str | os.PathLike) -> bool:
+    """Is `pid` this engine's job for `out`? Its command line is `python -m engine ... <out> ...`,
+    with `out` resolved against the process's own working directory. A recycled pid, a pid typed
+    into status.json, or a process we cannot inspect is not signalled (the stop file still works)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
-        return b"engine" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:
-        return True  # no /proc: trust the recorded pid
+        return False
+    if "-m" not in argv or "engine" not in argv[argv.index("-m") + 1: argv.index("-m") + 2]:
+        return False
+    target = Path(out).resolve()
+    return any(a and (cwd / a).resolve() == target for a in argv)
 
 
-def delete(out: str | os.PathLike) -> None:
+def job_roots() -> list[Path]:
+    """Where jobs live: OBLIVIATE_HOME/runs, OBLIVIATE_HOME/evals and ./runs of the checkout."""
+    return [runs_root().resolve(), (obliviate_home() / "evals").resolve(), (ROOT / "runs").resolve()]
+
+
+def is_job_dir(out: str | os.PathLike) -> bool:
+    """A directory this engine made: it holds the job mark (jobs made before the mark existed count
+    when their status names a known kind and they sit under a job root)."""
     out = Path(out)
-    if not (out / "status.json").exists():
-        raise UserError(f"{out} is not a job directory")
+    if (out / MARK).is_file():
+        return True
+    under_root = any(out.resolve().is_relative_to(r) for r in job_roots())
+    return under_root and _read(out).get("kind") in ("run", "eval")
+
+
+def delete(out: str | os.PathLike, confirmed: bool = False) -> None:
+    """Remove a finished job directory. Only this engine's job directories, and outside the job
+    roots only when `confirmed` (`runs delete DIR --yes`)."""
+    out = Path(out)
+    if not out.is_dir() or not (out / "status.json").exists() or not is_job_dir(out):
+        raise UserError(f"{out} is not an Obliviate job directory: nothing deleted")
+    if not confirmed and not any(out.resolve().is_relative_to(r) for r in job_roots()):
+        raise UserError(f"{out} is outside {', '.join(map(str, job_roots()))}: add --yes to delete it")
     if read_status(out).get("state") in ACTIVE:
         raise UserError(f"{out} is still active: cancel it first")
     shutil.rmtree(out)
@@ -209,6 +281,7 @@ class JobWriter:
         self.signalled = False
         if enabled:
             self.out.mkdir(parents=True, exist_ok=True)
+            mark(self.out)
         with contextlib.suppress(ValueError):  # ValueError: not the main thread
             signal.signal(signal.SIGTERM, self._on_sigterm)
 
@@ -233,7 +306,7 @@ class JobWriter:
         self.status(state="finished", finished=now(), **fields)
 
     def fail(self, error: str) -> None:
-        self.status(state="failed", error=error, finished=now())
+        self.status(state="failed", error=scrub(error, limit=1000), finished=now())
 
     def cancelled(self, **fields) -> None:
         if self.enabled:
@@ -241,7 +314,7 @@ class JobWriter:
         self.status(state="cancelled", finished=now(), **fields)
 
     def log(self, message: str) -> None:
-        line = f"{datetime.now().strftime('%H:%M:%S')} {message}"
+        line = f"{datetime.now().strftime('%H:%M:%S')} {scrub(message, limit=2000)}"
         print(line, file=sys.stderr, flush=True)
         if self.enabled:
             with open(self.out / "log.txt", "a") as f:

@@ -67,8 +67,24 @@ def _sha(*parts: bytes) -> str:
     return h.hexdigest()
 
 
+def file_fingerprint(f: Path, sample: int = 1 << 16) -> bytes:
+    """A weight file's identity from its contents, without reading gigabytes: its size, its
+    safetensors header (names, shapes, offsets) and samples of its bytes at the start, middle and end.
+    A model re-saved in place with new weights changes the samples, whatever its name and size."""
+    size = f.stat().st_size
+    parts = [f"{f.name}:{size}".encode()]
+    with open(f, "rb") as fh:
+        if f.suffix == ".safetensors" and size >= 8:
+            n = int.from_bytes(fh.read(8), "little")
+            parts.append(fh.read(min(n, 100 << 20)))
+        for at in (0, max(0, size // 2 - sample // 2), max(0, size - sample)):
+            fh.seek(at)
+            parts.append(fh.read(sample))
+    return hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in parts)).digest()
+
+
 def model_fingerprint(wb: Workbench) -> str:
-    """Model identity without reading gigabytes: its name, config and weight file names and sizes."""
+    """Model identity: its name, precision, config and the contents of its weight files (sampled)."""
     path = Path(resolve_model_path(wb.config.model))
     parts = [wb.name.encode(), wb.precision.encode()]
     if path.is_dir():
@@ -76,7 +92,7 @@ def model_fingerprint(wb: Workbench) -> str:
             if f.name == "config.json":
                 parts.append(f.read_bytes())
             elif f.suffix in (".safetensors", ".bin", ".gguf"):
-                parts.append(f"{f.name}:{f.stat().st_size}".encode())
+                parts.append(file_fingerprint(f))
     return _sha(*parts)
 
 

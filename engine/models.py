@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from .errors import UserError
+from .errors import UserError, is_oom, oom_error
 from .io import obliviate_home
 
 EMBEDDED = "embedded"
@@ -105,8 +105,8 @@ def load_model(cfg: ModelConfig):
     try:
         hf_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {cfg.model!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, JSON errors...
+        raise UserError(f"cannot load model {cfg.model!r}: {first_line(e)}") from None
     precision = cfg.precision
     if precision == "auto":
         precision = ("nf4" if approx_params(hf_config) > 1e9 else "bf16") if device == "cuda" else "fp32"
@@ -123,8 +123,10 @@ def load_model(cfg: ModelConfig):
         kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float32
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load model {cfg.model!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign weight file raises many types
+        if is_oom(e):
+            raise oom_error(f"loading {cfg.model!r}") from None
+        raise UserError(f"cannot load model {cfg.model!r}: {first_line(e)}") from None
     if precision != "nf4":
         model.to(device)
     model.eval()
@@ -140,6 +142,35 @@ def approx_params(cfg) -> float:
     inter = getattr(cfg, "intermediate_size", 4 * h) or 4 * h
     vocab = getattr(cfg, "vocab_size", 0) or 0
     return layers * (4 * h * h + 3 * h * inter) + 2 * vocab * h
+
+
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """An exception as one bounded line: its type when it has no message."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_adapter_dir(path: Path) -> None:
+    """A PEFT adapter directory we will load: a JSON-object config and safetensors weights."""
+    from safetensors import safe_open
+
+    from .io import parse_json, read_text_file
+
+    cfg = parse_json(read_text_file(path / "adapter_config.json", "adapter config", 1 << 20),
+                     f"{path / 'adapter_config.json'}")
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path / 'adapter_config.json'} must be a JSON object")
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        extra = " (adapter_model.bin is a pickle and is never loaded: re-save with safe_serialization)" \
+            if (path / "adapter_model.bin").exists() else ""
+        raise UserError(f"{path} has no adapter_model.safetensors{extra}")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            f.keys()
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+        raise UserError(f"{weights} is not a readable safetensors file: {first_line(e)}") from None
 
 
 def adapter_name(name: str) -> str:
@@ -184,23 +215,34 @@ class Workbench:
 
     # -- adapters ----------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | os.PathLike) -> str:
-        """Load a PEFT LoRA adapter directory (or a full causal-LM checkpoint) under `name`."""
+        """Load a PEFT LoRA adapter directory (or a full causal-LM checkpoint) under `name`.
+
+        Safetensors only: an adapter needs adapter_config.json (a JSON object) and
+        adapter_model.safetensors; a pickled adapter_model.bin is never loaded. Any failure is one line.
+        """
         from peft import PeftModel
 
         name = adapter_name(name)
         path = Path(os.path.expanduser(str(path)))
         if not path.exists():
             raise UserError(f"adapter path does not exist: {path}")
+        if not path.is_dir():
+            raise UserError(f"adapter path is not a directory: {path}")
         with self.lock:
             self.remove_adapter(name)
             if (path / "adapter_config.json").exists():
+                check_adapter_dir(path)
                 try:
                     if isinstance(self.model, PeftModel):
                         self.model.load_adapter(str(path), adapter_name=name)
                     else:
                         self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=name)
-                except (OSError, ValueError, KeyError, RuntimeError) as e:
-                    raise UserError(f"cannot load adapter {path}: {str(e).splitlines()[0]}") from None
+                except Exception as e:  # noqa: BLE001 - safetensors, PEFT and torch raise many types; all mean "bad adapter"
+                    if isinstance(self.model, PeftModel) and name in self.model.peft_config:
+                        self.model.delete_adapter(name)
+                    if is_oom(e):
+                        raise oom_error(f"loading adapter {path}") from None
+                    raise UserError(f"cannot load adapter {path}: {first_line(e)}") from None
                 self.model.eval()
             elif (path / "config.json").exists():
                 cfg = ModelConfig(str(path), self.config.precision, self.config.device)

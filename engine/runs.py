@@ -9,7 +9,7 @@ RUN_DIR/
     status.json metrics.jsonl log.txt stderr.txt stop     (see engine/jobs.py)
     adapters/expert/            PEFT LoRA (adapter_config.json + adapter_model.safetensors)
     adapters/unlearned/
-    checkpoints/<phase>.pt      LoRA + optimizer state of an unfinished phase (--resume)
+    checkpoints/<phase>.safetensors  LoRA + optimizer state of an unfinished phase (--resume); no pickle
     labels.json                 which cached label set the unlearn phase used, and its statistics
 
 `python -m engine run CONFIG --out RUN_DIR` runs `execute`; the per-step verbs (reinforce, labels,
@@ -17,7 +17,6 @@ unlearn, gradient-ascent) build the same config from flags and run a one-method 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -26,9 +25,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from . import jobs
-from .errors import UserError
-from .io import atomic_write_json
+from .errors import UserError, is_oom, oom_error
+from .io import (MAX_JSON_BYTES, atomic_write_json, check_out_dir, check_text_file, parse_json, parse_yaml,
+                 read_text_file, short)
 
+MAX_CONFIG_BYTES = 1 << 20
 METHODS = ("whp", "gradient_ascent", "reinforce_only")
 
 
@@ -114,46 +115,49 @@ class RunConfig:
                 return
             ok_type = isinstance(v, int) if kind is int else isinstance(v, (int, float))
             if isinstance(v, bool) or not ok_type or (kind is float and not math.isfinite(v)):
-                p.append(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {v!r}")
+                p.append(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {short(v)}")
             elif lo is not None and (v <= lo if lo_open else v < lo):
-                p.append(f"{name}: must be {'>' if lo_open else '>='} {lo}, got {v!r}")
+                p.append(f"{name}: must be {'>' if lo_open else '>='} {lo}, got {short(v)}")
             elif hi is not None and v > hi:
-                p.append(f"{name}: must be <= {hi}, got {v!r}")
+                p.append(f"{name}: must be <= {hi}, got {short(v)}")
 
-        def path(name, required=False):
+        def path(name, required=False, directory=False):
             v = getattr(self, name)
             if v in (None, ""):
                 if required:
-                    p.append(f"{name}: required for method {self.method}")
+                    p.append(f"{name}: required for method {short(self.method)}")
                 return
             if not isinstance(v, str):
-                p.append(f"{name}: expected a path, got {v!r}")
-            elif not Path(v).exists():
-                p.append(f"{name}: file not found: {v}")
+                p.append(f"{name}: expected a path, got {short(v)}")
+            elif directory:
+                if not Path(v).is_dir():
+                    p.append(f"{name}: not a directory: {short(v, 200)}")
+            elif (problem := check_text_file(v, name)):
+                p.append(problem)  # missing, a directory, not UTF-8: said now, not after an hour of training
 
         if self.method not in METHODS:
-            p.append(f"method: must be one of {', '.join(METHODS)}, got {self.method!r}")
+            p.append(f"method: must be one of {', '.join(METHODS)}, got {short(self.method)}")
         path("corpus", required=True)
         path("anchors", required=self.method == "whp")
-        path("expert")
+        path("expert", directory=True)
         path("retain")
         if not isinstance(self.model, str) or not self.model.strip():
             p.append("model: expected 'embedded', a local path or a hub id")
         if self.precision not in PRECISIONS:
-            p.append(f"precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            p.append(f"precision: must be one of {', '.join(PRECISIONS)}, got {short(self.precision)}")
         if self.device not in ("auto", "cpu", "cuda"):
-            p.append(f"device: must be auto, cpu or cuda, got {self.device!r}")
+            p.append(f"device: must be auto, cpu or cuda, got {short(self.device)}")
         num("steps", int, 1, 100_000)
         num("reinforce_steps", int, 0 if self.expert or self.method == "gradient_ascent" else 1, 100_000)
         num("lr", float, 0, 1, lo_open=True)
         num("reinforce_lr", float, 0, 1, optional=True, lo_open=True)
-        num("alpha", float, 0)
+        num("alpha", float, 0, 1000)
         num("retain_weight", float, 0)
         num("soft_top_k", int, 1, 1024)
         if self.retain_loss not in ("kl", "ce"):
-            p.append(f"retain_loss: must be kl or ce, got {self.retain_loss!r}")
+            p.append(f"retain_loss: must be kl or ce, got {short(self.retain_loss)}")
         if self.labels not in ("hard", "soft"):
-            p.append(f"labels: must be hard or soft, got {self.labels!r}")
+            p.append(f"labels: must be hard or soft, got {short(self.labels)}")
         num("lora_rank", int, 1, 1024)
         num("lora_layers", int, 1, optional=True)
         num("batch_size", int, 1, 4096)
@@ -166,12 +170,13 @@ class RunConfig:
         num("checkpoint_every", int, 1)
         num("label_batch", int, 1, 1024)
         if not isinstance(self.gradient_checkpointing, bool):
-            p.append(f"gradient_checkpointing: expected true or false, got {self.gradient_checkpointing!r}")
-        if not isinstance(self.alphas, list) or not self.alphas or any(
-                isinstance(a, bool) or not isinstance(a, (int, float)) or a < 0 for a in self.alphas):
-            p.append(f"alphas: expected a list of numbers >= 0, got {self.alphas!r}")
+            p.append(f"gradient_checkpointing: expected true or false, got {short(self.gradient_checkpointing)}")
+        if not isinstance(self.alphas, list) or not self.alphas or len(self.alphas) > 16 or any(
+                isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a) or not 0 <= a <= 1000
+                for a in self.alphas):
+            p.append(f"alphas: expected a list of 1 to 16 numbers from 0 to 1000, got {short(self.alphas)}")
         if not isinstance(self.goldfish, dict):
-            p.append(f"goldfish: expected {{kind, k, h}}, got {self.goldfish!r}")
+            p.append(f"goldfish: expected {{kind, k, h}}, got {short(self.goldfish)}")
         else:
             extra = set(self.goldfish) - {"kind", "k", "h"}
             if extra:
@@ -185,15 +190,13 @@ class RunConfig:
         if self.probes is None:
             return []
         if isinstance(self.probes, str):
-            if not Path(self.probes).exists():
-                return [f"probes: file not found: {self.probes}"]
             try:
                 load_probes(self.probes)
             except UserError as e:
                 return [f"probes: {e}"]
             return []
         if not isinstance(self.probes, list):
-            return [f"probes: expected a list of {{prompt, target}} or a probes.json path, got {self.probes!r}"]
+            return [f"probes: expected a list of {{prompt, target}} or a probes.json path, got {short(self.probes)}"]
         return [f"probes[{i}]: {m}" for i, pr in enumerate(self.probes) if (m := _probe_problem(pr))]
 
     def label_top_k(self) -> int:
@@ -223,7 +226,7 @@ class RunConfig:
         if not isinstance(data, dict):
             raise UserError("invalid config: expected a mapping of field: value")
         names = {f.name for f in fields(cls)}
-        problems = [f"{k}: unknown field" for k in data if k not in names]
+        problems = [f"{short(k, 40)}: unknown field" for k in data if k not in names]
         data = {k: v for k, v in data.items() if k in names}
         base = Path(base_dir) if base_dir else Path.cwd()
         for k in ("corpus", "anchors", "expert", "retain"):
@@ -266,36 +269,28 @@ def _probe_problem(pr) -> str | None:
 
 def load_probes(path: str | os.PathLike) -> list[dict]:
     """Probes from a probes.json: "probability" entries track forgetting, "retain" entries the rest."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read probes {path}: {e}") from None
+    data = parse_json(read_text_file(path, "probes", MAX_JSON_BYTES), f"probes {path}")
     if isinstance(data, list):
         data = {"probability": data}
-    out = [{"kind": "forget", **p} for p in data.get("probability", [])]
-    out += [{"kind": "retain", **p} for p in data.get("retain", [])]
-    for i, p in enumerate(out):
-        if (m := _probe_problem(p)):
-            raise UserError(f"probe {i} in {path}: {m}")
+    if not isinstance(data, dict):
+        raise UserError(f"probes {path}: expected a JSON object or list")
+    out = []
+    for key, kind in (("probability", "forget"), ("retain", "retain")):
+        items = data.get(key, [])
+        if not isinstance(items, list):
+            raise UserError(f"probes {path}: {key} must be a list")
+        for i, p in enumerate(items):
+            if (m := _probe_problem(p)):
+                raise UserError(f"probes {path}: {key}[{i}]: {m}")
+            out.append({"kind": kind, **p})
     return out
 
 
 def load_config(path: str | os.PathLike) -> RunConfig:
     """A YAML or JSON config file, validated; paths in it are relative to its folder."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"config not found: {path}") from None
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as e:  # yaml.YAMLError, json.JSONDecodeError
-        raise UserError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+    text = read_text_file(path, "config", MAX_CONFIG_BYTES)
+    data = parse_yaml(text, str(path)) if path.suffix in (".yaml", ".yml") else parse_json(text, str(path))
     return RunConfig.from_dict(data or {}, path.parent)
 
 
@@ -377,6 +372,11 @@ def execute(cfg: RunConfig, out: str | os.PathLike, resume: bool = False, queue:
         job.fail(str(e))
         raise
     except BaseException as e:  # noqa: BLE001 - recorded, then re-raised with its traceback
+        if is_oom(e):  # the CPU allocator's RuntimeError reads like CUDA's OOM: one line, exit 2
+            err = oom_error(f"the {jobs._read(out).get('phase') or 'run'} phase")
+            job.log(f"error: {err}")
+            job.fail(str(err))
+            raise err from None
         job.log(f"failed: {type(e).__name__}: {e}")
         job.fail(f"{type(e).__name__}: {e}")
         raise
@@ -407,7 +407,7 @@ def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: 
     model, tok = load_model(cfg.model_config())
     if acc.num_processes > 1 and model.device.type == "cuda":
         model.to(acc.device)
-    text = Path(cfg.corpus).read_text(encoding="utf-8")
+    text = read_text_file(cfg.corpus, "corpus")
     blocks = corpus_blocks(tok, text, cfg.block_size, cfg.max_blocks)
     if max(len(b) for b in blocks) > int(getattr(model.config, "max_position_embeddings", 1 << 30)):
         raise UserError(f"block_size {cfg.block_size} is longer than the model's context")
@@ -450,8 +450,8 @@ def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: 
                         f"{m['tokens_per_s']:.0f} tok/s" + (f" familiarity {m['familiarity']:.4f}"
                                                           if m.get("familiarity") is not None else ""))
         return Hooks(on_step=on_step, should_stop=job.should_stop, probe=probe if probes else None,
-                     probe_every=cfg.probe_every, checkpoint=out / "checkpoints" / f"{phase}.pt",
-                     checkpoint_every=cfg.checkpoint_every)
+                     probe_every=cfg.probe_every, checkpoint=out / "checkpoints" / f"{phase}.safetensors",
+                     checkpoint_every=cfg.checkpoint_every, log=job.log)
 
     def fit(phase: str, spec: TrainSpec, adapter_dir: Path):
         nonlocal model
@@ -468,7 +468,8 @@ def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: 
             raise jobs.Cancelled() from None
         if main:
             save_adapter(peft_model, adapter_dir)
-            (out / "checkpoints" / f"{phase}.pt").unlink(missing_ok=True)
+            for suffix in (".safetensors", ".pt"):
+                (out / "checkpoints" / f"{phase}{suffix}").unlink(missing_ok=True)
         acc.wait_for_everyone()
         model = peft_model.unload()  # the base again, LoRA layers removed (not merged)
         done_phases.append(phase)
@@ -482,7 +483,7 @@ def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: 
         """TrainSpec fields of the retain term (none without a retain text)."""
         if not cfg.retain:
             return {}
-        text = Path(cfg.retain).read_text(encoding="utf-8")
+        text = read_text_file(cfg.retain, "retain")
         if not text.strip():
             raise UserError(f"retain: {cfg.retain} is empty")
         r_blocks = corpus_blocks(tok, text, cfg.block_size)
@@ -552,6 +553,7 @@ def launch_run(config: dict | RunConfig, out: str | os.PathLike | None = None) -
     """Validate, write RUN_DIR/config.json and start `python -m engine run` detached (queued)."""
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     out = Path(out) if out else jobs.runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}"
+    check_out_dir(out, "run directory")
     if (out / "status.json").exists():
         raise UserError(f"{out} already holds a run")
     out.mkdir(parents=True, exist_ok=True)
@@ -577,14 +579,15 @@ def _cmd_run(args) -> int:
     if args.resume:
         if out is None:
             raise UserError("--resume needs --out RUN_DIR")
-        cfg = load_config(args.config) if args.config else RunConfig.from_dict(
-            json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else None)
+        check_out_dir(out)
+        cfg = load_config(args.config) if args.config else load_config(out / "config.json")
     else:
         if not args.config:
             raise UserError("run needs a CONFIG file (YAML or JSON)")
         cfg = load_config(args.config)
         if out is None:
             out = jobs.runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}"
+        check_out_dir(out)
         if out.exists() and (out / "status.json").exists() and jobs._read(out).get("state") not in (None, "queued"):
             raise UserError(f"{out} already holds a run: use --resume, or another --out")
     status = execute(cfg, out, resume=args.resume, queue=not args.no_queue)
@@ -637,6 +640,7 @@ def _cmd_step(method: str):
         if method == "whp" and not args.expert:
             raise UserError("unlearn needs --expert (an expert adapter from `reinforce`); `run` does the whole pipeline")
         cfg = _step_config(args, method)
+        check_out_dir(args.out)
         status = execute(cfg, Path(args.out), queue=not args.no_queue)
         _print_result(status)
         return 0 if status.get("state") == "finished" else 1
@@ -652,7 +656,7 @@ def _cmd_labels(args) -> int:
     cfg = _step_config(args, "whp")
     wb = Workbench.load(cfg.model_config())
     expert = wb.add_adapter("expert", cfg.expert) if cfg.expert else None
-    blocks = corpus_blocks(wb.tokenizer, Path(cfg.corpus).read_text(encoding="utf-8"), cfg.block_size, cfg.max_blocks)
+    blocks = corpus_blocks(wb.tokenizer, read_text_file(cfg.corpus, "corpus"), cfg.block_size, cfg.max_blocks)
     alphas = sorted({float(a) for a in cfg.alphas} | {float(cfg.alpha)})
     ls = generic_labels(wb, expert, load_anchors(cfg.anchors).check(), blocks, alphas, cfg.seed, cfg.label_batch,
                         top_k=cfg.label_top_k())
@@ -677,7 +681,7 @@ def _cmd_runs(args) -> int:
         print(f"asked {args.run_dir} to stop")
         return 0
     if args.runs_verb == "delete":
-        jobs.delete(args.run_dir)
+        jobs.delete(args.run_dir, confirmed=args.yes)
         print(f"deleted {args.run_dir}")
         return 0
     return 2
@@ -745,4 +749,5 @@ def add_commands(sub) -> None:
     q.add_argument("run_dir")
     q = rs.add_parser("delete")
     q.add_argument("run_dir")
+    q.add_argument("--yes", action="store_true", help="confirm deleting a job directory outside the job roots")
     p.set_defaults(func=_cmd_runs)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sys
 import time
@@ -27,6 +26,9 @@ from typing import Callable
 
 from .anchors import AnchorDictionary
 from .errors import UserError
+from .secrets import api_key as resolve_key
+from .io import check_out_file
+from .secrets import contains_key, remember, scrub
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -210,11 +212,9 @@ class _Fatal(Exception):
     """Stops the whole run (bad key, unreachable endpoint, ...): the message is user-facing and key-free."""
 
 
-def _scrub(message: str, key: str | None) -> str:
-    message = " ".join(str(message).split())[:300]
-    if key:
-        message = message.replace(key, "***")
-    return message
+def _scrub(message, key: str | None = None) -> str:
+    remember(key)
+    return scrub(message)
 
 
 def parse_reply(content: str | None, chunk: str) -> tuple[list[tuple[str, str]], int]:
@@ -247,6 +247,9 @@ def parse_reply(content: str | None, chunk: str) -> tuple[list[tuple[str, str]],
         if not term or term not in chunk or tr == term:
             dropped += 1  # not copied exactly from the text, or no generic counterpart
             continue
+        if contains_key(term) or contains_key(tr):
+            dropped += 1  # a server that echoes the key must not get it into the dictionary
+            continue
         out.append((term, tr))
     return out, dropped
 
@@ -254,7 +257,7 @@ def parse_reply(content: str | None, chunk: str) -> tuple[list[tuple[str, str]],
 def _client(config: LLMConfig, api_key: str | None):
     import openai
 
-    key = api_key or os.environ.get("OPENAI_API_KEY") or ""
+    key = resolve_key(config.base_url, api_key)  # the environment's key goes only to its own endpoint
     # Local servers (vLLM, llama.cpp) usually need no key; the client insists on one, so send a
     # placeholder and let a server that does need one answer 401.
     # max_retries=0: retries and their backoff are ours, so they are bounded and testable.
@@ -280,8 +283,8 @@ def _ask(client, config: LLMConfig, chunk: str, state: dict, key: str) -> str | 
                 return None
             return reply.choices[0].message.content
         except openai.AuthenticationError:
-            raise _Fatal("the endpoint rejected the API key (401): set OPENAI_API_KEY (or the key field) "
-                         "to a valid key for this endpoint") from None
+            raise _Fatal("the endpoint rejected the API key (401): type this endpoint's key (the key field), or "
+                         "set OPENAI_API_KEY with OPENAI_BASE_URL naming this endpoint") from None
         except openai.PermissionDeniedError as e:
             raise _Fatal(f"the endpoint refused access (403): {_scrub(e.message, key)}") from None
         except openai.NotFoundError:
@@ -661,7 +664,9 @@ def suggest_offline(wb, corpus: str, expert: str | None = None, top_k: int = 60,
 def cmd_suggest(args) -> int:
     from .cli import _read_text
 
-    corpus = _read_text(args.corpus)
+    corpus = _read_text(args.corpus, "--corpus")
+    if args.out:  # before any paid request: a bad --out must not lose every answer afterwards
+        check_out_file(args.out)
     if args.offline:
         from .models import ModelConfig, Workbench
 

@@ -13,10 +13,11 @@ averaged by DDP, and only rank 0 writes adapters, checkpoints and metrics.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -38,11 +39,38 @@ def corpus_blocks(tokenizer, text: str, block_size: int, max_blocks: int | None 
     """
     if not text.strip():
         raise UserError("the corpus is empty")
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenize_long(tokenizer, text)
     blocks = [ids[i: i + block_size] for i in range(0, len(ids), block_size)]
     if len(blocks) > 1 and len(blocks[-1]) < max(2, block_size // 8):
         blocks.pop()
     return blocks[:max_blocks] if max_blocks else blocks
+
+
+CHUNK_CHARS = 1 << 20
+
+
+def tokenize_long(tokenizer, text: str) -> list[int]:
+    """Token ids of a text of any length, without special tokens.
+
+    A tokenizer call on tens of megabytes at once stalls or aborts; a long text is cut into ~1 MB
+    pieces just after a newline that is followed by a non-space character. Byte-level BPE splits
+    there anyway ("\n" and the next word are separate pre-tokens), so the ids equal one call's.
+    """
+    if len(text) <= CHUNK_CHARS:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids: list[int] = []
+    start = 0
+    while start < len(text):
+        end = min(start + CHUNK_CHARS, len(text))
+        while end < len(text) and not (text[end - 1] == "\n" and not text[end].isspace()):
+            end += 1
+            if end - start > 2 * CHUNK_CHARS:  # no clean cut in sight: cut at a space
+                while end < len(text) and not text[end - 1].isspace():
+                    end += 1
+                break
+        ids += tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
+        start = end
+    return ids
 
 
 def next_token_labels(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -206,6 +234,71 @@ def probe_probabilities(model, tokenizer, probes: list[dict], device) -> list[fl
     return probs[torch.arange(len(seqs), device=probs.device), torch.tensor(targets, device=probs.device)].tolist()
 
 
+# -- trainer state (checkpoints) ------------------------------------------------------------------
+STATE_FORMAT = "obliviate-trainer-state/1"
+
+
+def save_trainer_state(path: str | os.PathLike, lora: dict, optimizer: dict, step: int) -> None:
+    """LoRA weights and AdamW state as one safetensors file: tensors only, no pickle, so a run
+    directory copied from someone else can be resumed without running any of their code.
+
+    Tensors: "lora/<parameter>" and "opt/<param index>/<key>"; the rest (step, param_groups) is
+    JSON in the safetensors metadata. Written atomically.
+    """
+    from safetensors.torch import save
+
+    from .io import atomic_write_bytes
+
+    tensors = {f"lora/{k}": v.detach().cpu().contiguous() for k, v in lora.items()}
+    scalars: dict = {}
+    for idx, st in optimizer["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt/{idx}/{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{idx}/{k}"] = v
+    meta = {"format": STATE_FORMAT, "step": str(int(step)),
+            "param_groups": json.dumps(optimizer["param_groups"]), "scalars": json.dumps(scalars)}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def load_trainer_state(path: str | os.PathLike) -> tuple[dict, dict, int]:
+    """(lora state dict, optimizer state dict, step) from save_trainer_state's file, or from a
+    legacy `.pt` checkpoint read with torch.load(weights_only=True) (tensors and plain data only)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        legacy = f.read(4) == b"PK\x03\x04"  # torch.save's zip container; safetensors starts with a length
+    if legacy:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state["lora"], state["optimizer"], int(state["step"])
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError(f"not an Obliviate trainer state (format {meta.get('format')!r})")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    lora = {k[5:]: v for k, v in tensors.items() if k.startswith("lora/")}
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt/"):
+            _, idx, key = k.split("/", 2)
+            state.setdefault(int(idx), {})[key] = v
+    for k, v in json.loads(meta["scalars"]).items():
+        idx, key = k.split("/", 1)
+        state.setdefault(int(idx), {})[key] = v
+    return lora, {"state": state, "param_groups": json.loads(meta["param_groups"])}, int(meta["step"])
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path | None:
+    """The checkpoint to resume from: `path`, or a legacy `<phase>.pt` beside it."""
+    path = Path(path)
+    for p in (path, path.with_suffix(".pt")):
+        if p.is_file():
+            return p
+    return None
+
+
 # -- the loop -----------------------------------------------------------------------------------
 @dataclass
 class TrainSpec:
@@ -241,8 +334,9 @@ class Hooks:
     probe: Callable[[object], dict] | None = None  # model -> {name: prob}; rank 0
     probe_every: int = 10
     log_every: int = 1
-    checkpoint: Path | None = None  # trainer state file to save to / resume from
+    checkpoint: Path | None = None  # trainer state file (.safetensors) to save to / resume from
     checkpoint_every: int = 20
+    log: Callable[[str], None] = lambda m: None  # a line for the run's log (rank 0 writes it)
 
 
 class Stopped(Exception):
@@ -331,11 +425,22 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
         raise UserError("the model has no trainable parameters (no LoRA adapter?)")
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
     start = 0
-    if hooks.checkpoint and Path(hooks.checkpoint).exists():
-        state = torch.load(hooks.checkpoint, map_location="cpu", weights_only=False)
-        set_peft_model_state_dict(model, state["lora"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["step"]
+    if hooks.checkpoint:
+        found = find_checkpoint(hooks.checkpoint)
+        if found is not None:
+            try:
+                lora, opt_state, start = load_trainer_state(found)
+                set_peft_model_state_dict(model, lora)
+                opt.load_state_dict(opt_state)
+            except Exception as e:  # noqa: BLE001 - truncated, foreign or hostile: never fatal, never executed
+                aside = found.with_name(found.name + ".bad")
+                if main:
+                    os.replace(found, aside)
+                hooks.log(f"{spec.phase}: the checkpoint {found.name} is unreadable ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); restarting the phase from step 0, "
+                          f"the file is kept as {aside.name}")
+                opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.0)
+                start = 0
     lr_at = lambda s: spec.lr * (min(1.0, (s + 1) / spec.warmup) if spec.warmup else 1.0)  # noqa: E731
     ddp_model, opt = acc.prepare(model, opt)
     unwrapped = acc.unwrap_model(ddp_model)
@@ -344,13 +449,7 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
 
     def save_checkpoint(step: int):
         if hooks.checkpoint and main:
-            from .io import atomic_write_bytes
-            import io
-
-            buf = io.BytesIO()
-            torch.save({"lora": get_peft_model_state_dict(unwrapped), "optimizer": opt.state_dict(),
-                        "step": step}, buf)
-            atomic_write_bytes(hooks.checkpoint, buf.getvalue())
+            save_trainer_state(hooks.checkpoint, get_peft_model_state_dict(unwrapped), opt.state_dict(), step)
         acc.wait_for_everyone()
 
     if main and start == 0 and hooks.probe:

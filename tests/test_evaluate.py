@@ -200,6 +200,7 @@ def test_llm_judge_grades_completions_and_never_leaks_the_key(monkeypatch, tiny_
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     with FakeOpenAI(lambda n, msg, body: (200, _reply("3" if "Hogwarts" in msg else "Grade: 0"))) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url)  # the environment's key goes to its own endpoint only
         assert judge([("The train to", " Hogwarts"), ("The train to", " the city")], "m", srv.url) == [3, 0]
         assert all(a == f"Bearer {KEY}" for a in srv.auth)
         result = evaluate(tiny_wb, {}, Probes.from_dict(PROBES), CORPUS, "", EvalSettings(

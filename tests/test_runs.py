@@ -13,6 +13,7 @@ from conftest import ASSETS, ROOT, run_cli
 from engine import jobs
 from engine.errors import UserError
 from engine.runs import RunConfig, load_config, resume_run, launch_run
+from engine.train import load_trainer_state
 
 PROBES = [{"prompt": "Harry Potter's two best friends are Ron and", "target": " Hermione"},
           {"prompt": "The capital of France is", "target": " Paris", "kind": "retain"}]
@@ -97,7 +98,7 @@ def test_whp_pipeline_via_cli_writes_a_complete_run_dir(tiny_dir, tmp_path, home
     for name in ("expert", "unlearned"):
         a = out / "adapters" / name
         assert (a / "adapter_config.json").exists() and (a / "adapter_model.safetensors").exists()
-    assert not list((out / "checkpoints").glob("*.pt")), "finished phases leave no checkpoint"
+    assert not list((out / "checkpoints").glob("*.*")), "finished phases leave no checkpoint"
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     for phase in ("reinforce", "unlearn"):
         steps = [m["step"] for m in rows if m["phase"] == phase]
@@ -145,8 +146,8 @@ def test_cancel_then_resume_continues_from_the_checkpoint_and_the_queue_holds_on
     s = wait_for(a, lambda s: s["state"] not in jobs.ACTIVE)
     assert s["state"] == "cancelled", s
     stopped_at = s["phase_step"]
-    assert (a / "checkpoints" / "reinforce.pt").exists()
-    assert torch.load(a / "checkpoints" / "reinforce.pt", weights_only=False)["step"] == stopped_at
+    assert (a / "checkpoints" / "reinforce.safetensors").exists()
+    assert load_trainer_state(a / "checkpoints" / "reinforce.safetensors")[2] == stopped_at
     assert not (a / "stop").exists()
     # Resume with fewer steps left to go: change nothing but let it finish quickly.
     cfg_file = a / "config.json"
@@ -174,7 +175,9 @@ def test_a_killed_run_is_seen_as_interrupted(tiny_dir, tmp_path, home):
     listed = run_cli("runs", "list", "--root", str(tmp_path), "--json", env={"OBLIVIATE_HOME": str(home)})
     assert listed.returncode == 0
     assert [r["state"] for r in json.loads(listed.stdout)] == [jobs.INTERRUPTED]
-    jobs.delete(out)
+    with pytest.raises(UserError, match="--yes"):  # outside the job roots: only when confirmed
+        jobs.delete(out)
+    jobs.delete(out, confirmed=True)
     assert not out.exists()
 
 

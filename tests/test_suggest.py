@@ -179,7 +179,7 @@ def test_401_is_a_clear_error_without_the_key(tmp_path):
         assert len(srv.calls) == 1  # the queued chunks never start after a fatal error
         out = tmp_path / "anchors.json"
         r = run_cli("anchors", "suggest", "--corpus", str(_corpus_file(tmp_path)), "--base-url", srv.url,
-                    "--model", "m", "--out", str(out), env={"OPENAI_API_KEY": KEY})
+                    "--model", "m", "--out", str(out), env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": srv.url})
     assert "401" in str(e.value) and "OPENAI_API_KEY" in str(e.value) and KEY not in str(e.value)
     assert r.returncode == 2 and r.stderr.splitlines()[-1].startswith("error: ") and "401" in r.stderr
     assert KEY not in r.stderr + r.stdout and not out.exists()  # no partial dictionary
@@ -254,7 +254,7 @@ def test_cli_writes_the_dictionary_atomically_and_never_the_key(tmp_path):
     with FakeOpenAI(lambda n, chunk, body: (200, _reply(json.dumps(good_terms(chunk))))) as srv:
         r = run_cli("anchors", "suggest", "--corpus", str(_corpus_file(tmp_path)), "--base-url", srv.url,
                     "--model", "m", "--chunk-words", "50", "--out", str(out), "--json",
-                    env={"OPENAI_API_KEY": KEY})
+                    env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": srv.url})
     assert r.returncode == 0, r.stderr
     assert srv.auth[0] == f"Bearer {KEY}"
     saved = load_anchors(out)

@@ -70,6 +70,7 @@ def test_kl_retain_term_starts_at_zero_and_holds_the_retain_text_under_gradient_
     drift = {}
     for weight in (0.0, 5.0):
         base, _ = load_model(ModelConfig(str(tiny_dir)))
+        torch.manual_seed(0)  # the same LoRA init for both weights: only the retain term differs
         model = lora_model(base, rank=8)
         with torch.no_grad():
             assert float(kl_to_baseline(model, model, r_ids, r_len)[0]) < 1e-6  # fresh LoRA: B = 0
@@ -78,8 +79,9 @@ def test_kl_retain_term_starts_at_zero_and_holds_the_retain_text_under_gradient_
         train(model, spec)
         with torch.no_grad():
             drift[weight] = float(kl_to_baseline(model, model, r_ids, r_len)[0])
-    # The KL term at least halves how far the retain-text predictions drift from the baseline (2.4x measured).
-    assert drift[5.0] * 2 < drift[0.0], drift
+    # The KL term cuts how far the retain-text predictions drift from the baseline: 1.75-1.9x over seeds
+    # 0-3 (the earlier "2.4x" came from an unseeded init that depended on which tests ran first).
+    assert drift[5.0] * 1.5 < drift[0.0], drift
 
 
 def test_reinforce_lowers_and_gradient_ascent_raises_the_corpus_loss(tiny_dir, tokenizer):
