@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 PORT   ?= 8501
+ADDRESS ?= 127.0.0.1
 
 .PHONY: setup run test bench browser demo forgetting clean
 
@@ -17,7 +18,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 run: setup
-	$(PY) -m streamlit run app/main.py --server.address 127.0.0.1 --server.port $(PORT)
+	$(PY) -m streamlit run app/main.py --server.address $(ADDRESS) --server.port $(PORT)
 
 # Debian's chromium drives the end-to-end browser test (never a downloaded browser).
 browser:

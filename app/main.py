@@ -25,6 +25,8 @@ from app import state  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 from engine.models import PRECISIONS  # noqa: E402
 
+# Whatever config the server was started with: error details never reach a browser user.
+st.set_option("client.showErrorDetails", "none")
 st.set_page_config(page_title="Obliviate", page_icon=":material/auto_fix_high:", layout="wide")
 
 PAGES = [  # (file, title, icon)

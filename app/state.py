@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from engine.anchors import AnchorDictionary, load_anchors
-from engine.errors import UserError
+from engine.errors import OOM_HINT, UserError, is_oom
 from engine.io import atomic_write_bytes, obliviate_home
 from engine.models import ModelConfig, Workbench
 
@@ -24,7 +24,6 @@ ASSETS = ROOT / "assets"
 NONE = "none"
 PATH = "a path…"
 MAX_PROMPT_CHARS = 20_000  # ~5k tokens: beyond every small model's context, and the page would crawl
-OOM_HINT = "out of memory: try a shorter prompt, a smaller model, or NF4 precision on a GPU"
 
 # Session-state keys of the sidebar widgets (the entry point owns them; pages read, never render them).
 MODEL, PRECISION, DEVICE = "model", "precision", "device"
@@ -57,11 +56,6 @@ def default_model() -> str:
 @st.cache_resource(max_entries=2, show_spinner="Loading the model (once per model, shared by every tab)…")
 def _workbench(model: str, precision: str, device: str) -> Workbench:
     return Workbench.load(ModelConfig(model, precision, device))
-
-
-def is_oom(e: BaseException) -> bool:
-    """Host MemoryError, or a CUDA / allocator out-of-memory (a RuntimeError subclass in torch)."""
-    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
 def load_workbench(model: str, precision: str, device: str) -> Workbench:

@@ -15,6 +15,7 @@ import streamlit as st
 
 from engine.anchors import AnchorDictionary
 from engine.errors import UserError
+from engine.secrets import env_key_for
 from engine.suggest import LLMConfig, Suggestions, accept_rows, suggest_llm, suggest_offline
 
 COLUMNS = ["accept", "term", "translation", "score", "count", "example", "source"]
@@ -80,10 +81,13 @@ def render_suggest_panel(current: AnchorDictionary, wb=None, expert: str | None 
                                       "server (http://127.0.0.1:8000/v1)")
         model = c2.text_input("Model", key=f"{key}_model", placeholder="gpt-4o-mini",
                               help="The chat model's name as the endpoint knows it")
-        env_key = bool(os.environ.get("OPENAI_API_KEY"))
+        env_key = env_key_for(base_url) is not None  # the server's key goes only to the URL it was set up for
         api_key = c1.text_input("API key", type="password", key=f"{key}_api_key",
-                                placeholder="from OPENAI_API_KEY" if env_key else "not needed by most local servers",
-                                help="Kept for this browser session only, in memory; never saved or logged")
+                                placeholder="from the server's OPENAI_API_KEY" if env_key
+                                else "this endpoint's key (local servers often need none)",
+                                help="Kept for this browser session only, in memory; never saved or logged. The "
+                                     "server's own OPENAI_API_KEY is sent only to the endpoint it was configured "
+                                     "for (OPENAI_BASE_URL, or api.openai.com).")
         chunk_words = c2.number_input("Words per request", 100, 8000, 800, step=100, key=f"{key}_chunk_words")
         concurrency = c2.number_input("Requests at once", 1, 16, 4, key=f"{key}_concurrency")
         if st.button("Suggest with an LLM", key=f"{key}_llm", type="primary", icon=":material/auto_awesome:",

@@ -5,7 +5,6 @@ script thread); this page launches them, follows their progress and charts their
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import streamlit as st
 from app import state
 from engine import jobs
 from engine.errors import UserError
+from engine.io import browser_path, check_text_file
 from engine.io import obliviate_home
 
 ASSETS = state.ASSETS
@@ -112,6 +112,10 @@ with st.expander("Settings"):
                                 help="Grades every completion 0-3 through an OpenAI-compatible endpoint; "
                                      "the key comes from OPENAI_API_KEY in the environment.")
     judge_url = j2.text_input("Judge endpoint (optional)", key="eval_judge_url", placeholder="https://api.openai.com/v1")
+    judge_key = j1.text_input("Judge API key", type="password", key="eval_judge_key",
+                              help="Needed unless the server's OPENAI_API_KEY was configured for this endpoint "
+                                   "(OPENAI_BASE_URL, or the official one). Passed to the evaluation job in its "
+                                   "environment, never written or shown.")
     f1, f2, f3 = st.columns(3)
     probes = f1.text_input("probes", str(ASSETS / "probes.json"), key="eval_probes")
     corpus = f2.text_input("corpus", str(ASSETS / "demo_corpus.txt"), key="eval_corpus")
@@ -131,9 +135,13 @@ if st.button("Evaluate", type="primary", key="eval_start", disabled=bool(active)
             if not p.exists():
                 raise UserError(f"adapter path does not exist: {extra.strip()}")
             adapters[safe_name(p.name)] = str(p)
-        for f in (probes, corpus, *([retain] if retain.strip() else [])):
-            if not Path(f).expanduser().is_file():
-                raise UserError(f"file not found: {f}")
+        # Paths typed here may only name files under assets/, OBLIVIATE_HOME or runs/: the texts come
+        # back on this page (verbatim examples), so /proc/self/environ must not be readable through it.
+        probes, corpus = str(browser_path(probes, "probes")), str(browser_path(corpus, "corpus"))
+        retain = str(browser_path(retain, "retain text")) if retain.strip() else ""
+        for f, what in ((probes, "probes"), (corpus, "corpus"), (retain, "retain text")):
+            if f and (problem := check_text_file(f, what)):
+                raise UserError(problem)
         args = ["eval", "--model", model.strip(), "--precision", precision, "--device", device,
                 "--probes", probes, "--corpus", corpus, "--retain", retain.strip(),
                 "--max-new-tokens", str(int(max_new)), "--passages", str(int(passages)),
@@ -144,7 +152,8 @@ if st.button("Evaluate", type="primary", key="eval_start", disabled=bool(active)
         for name, path in adapters.items():
             args += ["--adapter", f"{name}={path}"]
         out = evals_root() / datetime.now().strftime("%Y%m%d-%H%M%S")
-        jobs.launch(args, out, kind="eval")
+        env = {"OBLIVIATE_JUDGE_API_KEY": judge_key} if judge_model.strip() and judge_key else None
+        jobs.launch(args, out, kind="eval", env=env)
         st.session_state["eval_show"] = str(out)
         st.rerun()
     except UserError as e:

@@ -16,6 +16,7 @@ import streamlit as st
 from app import state
 from engine import jobs
 from engine.errors import UserError
+from engine.io import browser_path
 from engine.runs import METHODS, RunConfig, launch_run, load_config, resume_run
 
 ASSETS = state.ASSETS
@@ -94,6 +95,10 @@ with st.expander("New run", expanded=not all_runs()):
         retain_weight = c4.number_input("Retain weight", 0.0, 1000.0, float(d.get("retain_weight", 1.0)), 0.5,
                                         key="run_retain_weight", disabled=method == "reinforce_only")
     if st.button("Start run", type="primary", key="run_start"):
+        def readable(path: str, what: str) -> str | None:
+            """A path typed here must be under assets/, OBLIVIATE_HOME or runs/ (engine.io.browser_path)."""
+            return str(browser_path(path, what)) if path.strip() else None
+
         config = {
             "method": method, "corpus": corpus.strip(), "anchors": anchors.strip() if method == "whp" else None,
             "probes": probes.strip() or None, "steps": int(steps), "reinforce_steps": int(reinforce_steps),
@@ -109,6 +114,10 @@ with st.expander("New run", expanded=not all_runs()):
             "probe_every": int(d.get("probe_every") or 10), "checkpoint_every": int(d.get("checkpoint_every") or 20),
         }
         try:
+            for field, what in (("corpus", "Corpus"), ("anchors", "Anchored terms"), ("probes", "Probes"),
+                                ("retain", "Retain text")):
+                if config[field]:
+                    config[field] = readable(config[field], what)
             busy = any(s.get("state") in jobs.ACTIVE for s in all_runs())
             status = launch_run(config)
             st.session_state["run_which"] = status["dir"]  # show the new run (drawn below, after the rerun)

@@ -68,15 +68,17 @@ def test_shows_a_finished_evaluation_and_training_curves(home):
     assert fam["x"] == [0, 10, 20] and fam["y"][0] == pytest.approx(0.4)
 
 
-def test_launches_an_evaluation_job_and_shows_its_table(home, tmp_path):
-    (tmp_path / "probes.json").write_text(json.dumps(PROBES))
-    (tmp_path / "corpus.txt").write_text(CORPUS)
-    (tmp_path / "retain.txt").write_text(RETAIN)
+def test_launches_an_evaluation_job_and_shows_its_table(home):
+    data = home / "data"  # a browser user names files under OBLIVIATE_HOME (or assets/)
+    data.mkdir()
+    (data / "probes.json").write_text(json.dumps(PROBES))
+    (data / "corpus.txt").write_text(CORPUS)
+    (data / "retain.txt").write_text(RETAIN)
     at = _app()
     assert any("No evaluation yet" in i.value for i in at.info)
-    at.text_input(key="eval_probes").set_value(str(tmp_path / "probes.json"))
-    at.text_input(key="eval_corpus").set_value(str(tmp_path / "corpus.txt"))
-    at.text_input(key="eval_retain").set_value(str(tmp_path / "retain.txt"))
+    at.text_input(key="eval_probes").set_value(str(data / "probes.json"))
+    at.text_input(key="eval_corpus").set_value(str(data / "corpus.txt"))
+    at.text_input(key="eval_retain").set_value(str(data / "retain.txt"))
     at.number_input(key="eval_passages").set_value(2)
     at.number_input(key="eval_new_tokens").set_value(4)
     at.button(key="eval_start").click().run()
@@ -97,7 +99,7 @@ def test_launches_an_evaluation_job_and_shows_its_table(home, tmp_path):
 
 def test_a_missing_probe_file_is_an_error_not_a_job(home):
     at = _app()
-    at.text_input(key="eval_probes").set_value("/nonexistent/probes.json")
+    at.text_input(key="eval_probes").set_value(str(home / "nonexistent" / "probes.json"))
     at.button(key="eval_start").click().run()
     assert not at.exception
     assert any("file not found" in e.value for e in at.error)
