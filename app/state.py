@@ -16,8 +16,10 @@ import streamlit as st
 
 from engine.anchors import AnchorDictionary, load_anchors
 from engine.errors import OOM_HINT, UserError, is_oom
+from engine import jobs
+from engine.config import ModelConfig
 from engine.io import atomic_write_bytes, obliviate_home
-from engine.models import ModelConfig, Workbench
+from engine.models import Workbench
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
@@ -68,19 +70,9 @@ def load_workbench(model: str, precision: str, device: str) -> Workbench:
 
 
 # -- adapters --------------------------------------------------------------------------------------
-def run_roots() -> list[Path]:
-    """Where run directories live: OBLIVIATE_HOME/runs and ./runs of the checkout (`make demo`)."""
-    roots = [obliviate_home() / "runs", ROOT / "runs"]
-    return list(dict.fromkeys(r.resolve() for r in roots if r.is_dir()))
-
-
 def run_adapters(kind: str) -> list[str]:
-    """Adapter directories `<run>/adapters/<kind>` (kind: expert or unlearned), newest first."""
-    found = []
-    for root in run_roots():
-        for d in root.glob(f"*/adapters/{kind}"):
-            if (d / "adapter_config.json").exists() or (d / "config.json").exists():
-                found.append(d)
+    """Adapter directories `<run>/adapters/<kind>` (kind: expert or unlearned) of every run, newest first."""
+    found = [Path(d) for run in jobs.list_runs() if (d := jobs.run_adapters(run.dir).get(kind))]
     found.sort(key=lambda d: d.stat().st_mtime, reverse=True)
     return [str(d) for d in found]
 

@@ -6,7 +6,7 @@ Formats
 - CSV: `term,translation` rows (an optional header); a repeated term merges its candidates.
 
 Consolidation follows the original pipeline: drop `X's` when `X` is a term, and drop a multi-word
-term whose words are all terms ("Harry Potter" goes when "Harry" and "Potter" are there).
+term whose words are all terms ("Diagon Alley" goes when "Diagon" and "Alley" are there).
 """
 from __future__ import annotations
 

@@ -1,45 +1,76 @@
-"""`python -m engine <verb>`: each verb calls the same function the UI calls.
+"""`python -m engine <verb>`: every parser, verb and printer. Each verb calls the same engine function
+the UI calls; no engine module imports this one.
 
+    inspect, translate                    a prompt or a text through the models / the dictionary
+    anchors suggest | validate            draft and check dictionaries
+    run, reinforce, labels, unlearn, gradient-ascent    unlearning runs (engine/pipeline.py)
+    runs list | cancel | delete           run directories (engine/jobs.py)
+    eval                                  measure forgetting (engine/evaluation/)
+
+Flags of the run verbs and of eval are derived from the typed config fields (engine/config.py,
+engine/evaluation/settings.py): their types, choices and help come from there.
 Bad input prints one line on stderr and exits with code 2.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 import warnings
+from pathlib import Path
 
 from .errors import OOM_HINT, UserError, is_oom
-from .io import dumps, read_text_file
+from .config import DEVICES, PRECISIONS
+from .io import check_out_dir, check_out_file, dumps, read_text_file
 from .secrets import scrub
 
 
-def _read_text(path: str, what: str = "file") -> str:
-    return read_text_file(path, what)
+# -- flags derived from config fields --------------------------------------------------------------
+def _spec_index(section) -> dict:
+    from .config import field_specs
+
+    return {s["path"]: s for s in field_specs(section)}
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="embedded", help="'embedded' (default), a local path or a hub id")
-    p.add_argument("--precision", default="auto", choices=["auto", "nf4", "bf16", "fp32"])
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+def _add_field_flag(p: argparse.ArgumentParser, flag: str, spec: dict, help: str | None = None) -> None:
+    """--flag for one config field: its type, choices and help from the field itself."""
+    kw: dict = {"help": help or spec["help"] or None, "dest": flag.replace("-", "_"), "default": None}
+    if spec["kind"] == "choice":
+        kw["choices"] = spec["choices"]
+    elif spec["kind"] in ("int", "float"):
+        kw["type"] = int if spec["kind"] == "int" else float
+    p.add_argument(f"--{flag}", **kw)
 
 
-def _workbench(args):
-    from .models import ModelConfig, Workbench
+def _model_flags(p: argparse.ArgumentParser, default: str | None = "embedded") -> None:
+    from .config import ModelConfig
 
-    return Workbench.load(ModelConfig(args.model, args.precision, args.device))
+    spec = _spec_index(ModelConfig)
+    p.add_argument("--model", default=default, help="'embedded' (default), a local path or a hub id")
+    p.add_argument("--precision", default=None if default is None else "auto", choices=PRECISIONS,
+                   help=spec["precision"]["help"])
+    p.add_argument("--device", default=None if default is None else "auto", choices=DEVICES, help=spec["device"]["help"])
 
 
+def _model_config(args):
+    from .config import ModelConfig
+
+    return ModelConfig(args.model or "embedded", args.precision or "auto", args.device or "auto")
+
+
+# -- inspect, translate ----------------------------------------------------------------------------
 def cmd_inspect(args) -> int:
     from .anchors import load_anchors
     from .inspection import check_alpha, inspect
+    from .models import Workbench
 
     check_alpha(args.alpha)  # before loading anything: nan, inf or a negative alpha is refused at once
     anchors = load_anchors(args.anchors).check() if args.anchors else None
-    wb = _workbench(args)
+    wb = Workbench.load(_model_config(args))
     expert = wb.add_adapter("expert", args.expert) if args.expert else None
     unlearned = wb.add_adapter("unlearned", args.unlearned) if args.unlearned else None
-    result = inspect(wb, args.prompt, anchors, expert, unlearned, top_k=args.top_k, track=args.track or ())
-    view = result.view(args.alpha)
+    view = inspect(wb, args.prompt, anchors, expert, unlearned, top_k=args.top_k, track=args.track or ()).view(args.alpha)
     if args.json:
         print(dumps(view))
         return 0
@@ -64,25 +95,21 @@ def cmd_translate(args) -> int:
     from transformers import AutoTokenizer
 
     from .anchors import load_anchors
-    from .models import resolve_model_path
+    from .coverage import coverage
+    from .models import first_line, resolve_model_path
     from .translation import Translator
 
     anchors = load_anchors(args.anchors).check()
-    text = _read_text(args.text, "--text")
+    text = read_text_file(args.text, "--text")
     try:
         tok = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load the tokenizer of {args.model!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - whatever transformers raises for a bad tokenizer
+        raise UserError(f"cannot load the tokenizer of {args.model!r}: {first_line(e)}") from None
     tr = Translator(tok, anchors).translate_text(text, args.seed)
-    out = {
-        "translated_text": tok.decode(tr.translated_ids),
-        "original_tokens": [tok.decode([i]) for i in tr.original_ids],
-        "translated_tokens": [tok.decode([i]) for i in tr.translated_ids],
-        "mapping": tr.mapping,
-    }
+    out = {"translated_text": tok.decode(tr.translated_ids),
+           "original_tokens": [tok.decode([i]) for i in tr.original_ids],
+           "translated_tokens": [tok.decode([i]) for i in tr.translated_ids], "mapping": tr.mapping}
     if args.coverage:  # the Anchors page's coverage lists
-        from .coverage import coverage
-
         cov = coverage(anchors, text, tr)
         out["unused_terms"] = cov.unused_terms
         out["uncovered"] = [{"word": w, "count": c, "example": e} for w, c, e in cov.uncovered]
@@ -101,19 +128,364 @@ def cmd_translate(args) -> int:
     return 0
 
 
+# -- anchors suggest / validate ---------------------------------------------------------------------
+def _progress_printer(args):
+    if args.json:
+        return None
+
+    def show(done: int, total: int) -> None:
+        if done:
+            print(f"{done}/{total} done", file=sys.stderr, flush=True)
+    return show
+
+
+def quick_expert(corpus: str, model, steps: int) -> str:
+    """A quick expert for the offline route: a reinforce_only run (LoRA, next-token loss on the corpus)
+    under OBLIVIATE_HOME/runs/suggest-reinforce-*, through the ordinary pipeline."""
+    import tempfile
+
+    from .config import run_config
+    from .jobs import runs_root
+    from .pipeline import execute
+
+    cfg = run_config({"corpus": str(Path(corpus).resolve()), "method": "reinforce_only",
+                      "reinforce": {"steps": steps}, "model": model.model_dump(),
+                      "data": {"block_size": 256}, "train": {"batch_size": 4}})
+    runs_root().mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix="suggest-reinforce-", dir=runs_root()))
+    print(f"reinforcing an expert for {steps} steps in {out}", file=sys.stderr)
+    status = execute(cfg, out, queue=False)
+    if status.state != "finished":
+        raise UserError(f"the reinforcement did not finish ({status.state}): see {out}/log.txt")
+    return str(out / "adapters" / "expert")
+
+
+def cmd_suggest(args) -> int:
+    from .anchors import save_anchors
+    from .suggest import LLMConfig, accept_rows, suggest_llm, suggest_offline
+
+    corpus = read_text_file(args.corpus, "--corpus")
+    if args.out:  # before any paid request: a bad --out must not lose every answer afterwards
+        check_out_file(args.out)
+    if args.offline:
+        from .models import Workbench
+
+        model = _model_config(argparse.Namespace(model=args.llm_model, precision=args.precision, device=args.device))
+        expert_path = args.expert
+        if args.reinforce_steps:
+            if args.expert:
+                raise UserError("give --expert or --reinforce-steps, not both")
+            expert_path = quick_expert(args.corpus, model, args.reinforce_steps)
+        wb = Workbench.load(model)
+        expert = wb.add_adapter("expert", expert_path) if expert_path else None
+        result = suggest_offline(wb, corpus, expert=expert, top_k=args.top_k, min_count=args.min_count,
+                                 progress=_progress_printer(args))
+    else:
+        if not args.base_url or not args.llm_model:
+            raise UserError("give --base-url and --model for the LLM route, or --offline")
+        config = LLMConfig(args.base_url, args.llm_model, chunk_words=args.chunk_words,
+                           concurrency=args.concurrency, timeout=args.timeout)
+        result = suggest_llm(corpus, config, progress=_progress_printer(args))
+    if args.out:  # only now, after every chunk succeeded or was reported: no partial dictionary
+        anchors, skipped = accept_rows(result.rows())
+        save_anchors(anchors, args.out)
+    if args.json:
+        print(dumps(result.to_json()))
+        return 0
+    for s in result.items:
+        cands = " | ".join(s.candidates) or "(no suggestion: fill in)"
+        print(f"{s.score:9.2f} {s.count:5d}  {s.term!r} -> {cands}")
+    for line in result.report:
+        print(f"consolidation: {line}")
+    for line in result.failures:
+        print(f"failed: {line}", file=sys.stderr)
+    if args.out:
+        print(f"wrote {len(anchors)} terms to {args.out}" + (f" ({len(skipped)} rows without a translation left out)"
+                                                            if skipped else ""))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .anchors import load_anchors
+
+    anchors = load_anchors(args.file)
+    problems = anchors.validate()
+    _, report = anchors.consolidate()
+    for p in problems:
+        print(f"problem: {p}")
+    for line in report:
+        print(f"consolidation would drop: {line}")
+    print(f"{len(anchors)} terms, {len(anchors.disabled)} disabled, {len(problems)} problems")
+    return 2 if problems else 0
+
+
+# -- runs -------------------------------------------------------------------------------------------
+def _print_run(status) -> None:
+    """One short JSON on stdout (rank 0 only): state, dir, familiarity before/after, error."""
+    from .pipeline import headline
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    brief = {"state": status.state, "dir": status.dir, "error": status.error, **headline(status.summary)}
+    if "elapsed_s" in status.summary:
+        brief["elapsed_s"] = round(status.summary["elapsed_s"], 1)
+    print(dumps(brief, indent=2))
+
+
+def cmd_run(args) -> int:
+    from . import jobs
+    from .config import load_config
+    from .pipeline import execute
+
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        if out is None:
+            raise UserError("--resume needs --out RUN_DIR")
+        check_out_dir(out)
+        cfg = load_config(args.config) if args.config else load_config(out / "config.json")
+    else:
+        if not args.config:
+            raise UserError("run needs a CONFIG file (YAML or JSON)")
+        cfg = load_config(args.config)
+        if out is None:
+            out = jobs.runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}"
+        check_out_dir(out)
+        if jobs.read_status(out).state not in (None, "queued"):
+            raise UserError(f"{out} already holds a run: use --resume, or another --out")
+    status = execute(cfg, out, resume=args.resume, queue=not args.no_queue)
+    _print_run(status)
+    return 0 if status.state == "finished" else 1
+
+
+# Step verbs: (method, their flags in order). A flag is a legacy config key (engine.config.LEGACY),
+# so it names a config field whose type and help it takes.
+_COMMON = ("model", "precision", "device", "steps", "lr", "lora_rank", "batch_size", "block_size", "max_blocks",
+           "seed", "probes")
+STEP_VERBS = {
+    "reinforce": ("reinforce_only", "LoRA fine-tune on the corpus -> RUN_DIR/adapters/expert", (), True),
+    "labels": ("whp", "build (or find cached) generic labels of a corpus", ("anchors", "expert", "alpha"), False),
+    "unlearn": ("whp", "fine-tune on generic labels -> RUN_DIR/adapters/unlearned",
+                ("anchors", "expert", "retain", "retain_loss", "retain_weight", "alpha"), True),
+    "gradient-ascent": ("gradient_ascent", "baseline: negated next-token loss (+ retain) -> RUN_DIR/adapters/unlearned",
+                        ("retain", "retain_loss", "retain_weight"), True),
+}
+_VERB_PATHS = {"reinforce": {"steps": "reinforce.steps", "lr": "reinforce.lr"}}  # --steps of reinforce: its phase
+
+
+def _flag_path(verb: str, key: str) -> str:
+    from .config import LEGACY, LEGACY_STRINGS
+
+    return _VERB_PATHS.get(verb, {}).get(key) or LEGACY.get(key) or LEGACY_STRINGS.get(key) or key
+
+
+def _step_parser(sub, verb: str) -> None:
+    from .config import RunConfig
+
+    method, help_, extra, has_out = STEP_VERBS[verb]
+    specs = _spec_index(RunConfig)
+    p = sub.add_parser(verb, help=help_)
+    p.add_argument("--config", help="a config file whose fields the flags override")
+    _add_field_flag(p, "corpus", specs["corpus"])
+    for key in [k for k in extra if k not in ("alpha",)]:
+        _add_field_flag(p, key.replace("_", "-"), specs[_flag_path(verb, key)])
+    if "alpha" in extra:
+        _add_field_flag(p, "alpha", specs["whp.alpha"])
+    for key in _COMMON:
+        if key in ("model", "precision", "device"):
+            if key == "model":
+                _model_flags(p, default=None)
+            continue
+        _add_field_flag(p, key.replace("_", "-"), specs[_flag_path(verb, key)])
+    p.add_argument("--goldfish", help="goldfish loss KIND[:K[:H]] (static or hash), e.g. hash:4:13")
+    if has_out:
+        p.add_argument("--out", required=True, help="run directory")
+        p.add_argument("--no-queue", action="store_true", help="do not wait for other jobs (one job at a time)")
+    if method == "whp":
+        _add_field_flag(p, "labels", specs["whp.labels"])
+    p.set_defaults(func=cmd_step, verb=verb, method=method)
+
+
+def _step_config(args):
+    from .config import load_config, run_config, set_path
+
+    data: dict = load_config(args.config).to_dict() if args.config else {}
+    method, _, extra, _ = STEP_VERBS[args.verb]
+    keys = ["corpus", *extra, *_COMMON] + (["labels"] if method == "whp" else [])
+    for key in keys:
+        value = getattr(args, key, None)
+        if value is None:
+            continue
+        set_path(data, _flag_path(args.verb, key), value)
+    if args.goldfish:
+        kind, *rest = args.goldfish.split(":")
+        try:
+            data["goldfish"] = {"kind": kind, **dict(zip(("k", "h"), map(int, rest)))}
+        except ValueError:
+            raise UserError("--goldfish is KIND[:K[:H]], e.g. hash:4:13") from None
+    data["method"] = method
+    return run_config(data)
+
+
+def cmd_step(args) -> int:
+    from .pipeline import execute
+
+    if args.verb == "unlearn" and not args.expert:
+        raise UserError("unlearn needs --expert (an expert adapter from `reinforce`); `run` does the whole pipeline")
+    cfg = _step_config(args)
+    if args.verb == "labels":
+        return _cmd_labels(cfg)
+    check_out_dir(args.out)
+    status = execute(cfg, Path(args.out), queue=not args.no_queue)
+    _print_run(status)
+    return 0 if status.state == "finished" else 1
+
+
+def _cmd_labels(cfg) -> int:
+    from .anchors import load_anchors
+    from .data import corpus_blocks
+    from .labels import generic_labels
+    from .methods import get
+    from .models import Workbench
+
+    method = get("whp").from_config(cfg)
+    wb = Workbench.load(cfg.model)
+    expert = wb.add_adapter("expert", cfg.whp.expert) if cfg.whp.expert else None
+    blocks = corpus_blocks(wb.tokenizer, read_text_file(cfg.corpus, "corpus"), cfg.data.block_size, cfg.data.max_blocks)
+    ls = generic_labels(wb, expert, load_anchors(cfg.whp.anchors).check(), blocks, method.alphas(), cfg.seed,
+                        cfg.whp.label_batch, top_k=method.top_k())
+    print(dumps(ls.info(), indent=2))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from . import jobs
+
+    if args.runs_verb == "list":
+        runs = jobs.list_jobs(args.root, kind="run") if args.root else jobs.list_runs()
+        if args.json:
+            print(dumps([r.to_dict() for r in runs], indent=2))
+            return 0
+        for r in runs:
+            print(f"{r.state or '?':<20} {r.phase:<16} {f'{r.step}/{r.total}':>9}  {r.created}  {r.dir}")
+        if not runs:
+            print(f"no runs under {args.root or jobs.runs_root()}")
+        return 0
+    if args.runs_verb == "cancel":
+        jobs.cancel(args.run_dir)
+        print(f"asked {args.run_dir} to stop")
+        return 0
+    jobs.delete(args.run_dir, confirmed=args.yes)
+    print(f"deleted {args.run_dir}")
+    return 0
+
+
+# -- eval -------------------------------------------------------------------------------------------
+# flag -> field of EvalRequest ("settings." for EvalSettings), in --help order
+EVAL_FLAGS = {
+    "probes": "probes", "corpus": "corpus", "retain": "retain", "anchors": "anchors",
+    "max-new-tokens": "settings.max_new_tokens", "passages": "settings.verbatim_passages",
+    "prefix-tokens": "settings.verbatim_prefix", "continuation-tokens": "settings.verbatim_tokens",
+    "retain-tokens": "settings.retain_max_tokens", "relearn-steps": "settings.relearn_steps",
+    "judge-model": "settings.judge_model", "judge-base-url": "settings.judge_base_url",
+}
+
+
+def _parse_adapter(spec: str) -> tuple[str, str]:
+    """NAME=PATH, or a bare PATH named after its directory (…/adapters/unlearned -> unlearned)."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        path, name = spec, Path(spec.rstrip("/")).name
+    if not name or not path:
+        raise UserError(f"--adapter wants NAME=PATH or PATH, not {spec!r}")
+    return name, path
+
+
+def eval_request(args):
+    """The EvalRequest of an `eval` command line (or of --request FILE, which the flags override)."""
+    from pydantic import ValidationError
+
+    from .config import _message
+    from .evaluation import EvalRequest
+    from .io import parse_json
+
+    data = parse_json(read_text_file(args.request, "--request"), args.request) if args.request else {}
+    if not isinstance(data, dict):
+        raise UserError("--request: expected a JSON object")
+    settings = data.setdefault("settings", {})
+    if args.model is not None:
+        data["model"] = {"name": args.model, "precision": args.precision or "auto", "device": args.device or "auto"}
+    adapters = dict(data.get("adapters") or {})
+    for spec in args.adapter or []:
+        name, path = _parse_adapter(spec)
+        if name in adapters:
+            raise UserError(f"two adapters are called {name!r}: name them with NAME=PATH")
+        if not Path(path).expanduser().exists():
+            raise UserError(f"adapter path does not exist: {path}")
+        adapters[name] = path
+    data["adapters"] = adapters
+    for flag, path in EVAL_FLAGS.items():
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            (settings if path.startswith("settings.") else data)[path.removeprefix("settings.")] = value
+    if args.no_robustness:
+        settings["robustness"] = False
+    if args.benchmarks:
+        settings["benchmarks"] = True
+    try:
+        return EvalRequest.model_validate(data)
+    except ValidationError as e:
+        raise UserError("invalid evaluation: " + "; ".join(_message(err, {}) for err in e.errors())) from None
+
+
+def cmd_eval(args) -> int:
+    from . import jobs
+    from .evaluation import format_table, run_request
+
+    request = eval_request(args)
+    if args.out:
+        check_out_dir(args.out)
+    try:
+        result = run_request(request, args.out)
+    except jobs.Cancelled:
+        print("error: evaluation cancelled", file=sys.stderr)
+        return 1
+    print(dumps(result) if args.json else format_table(result))
+    return 0
+
+
+def _eval_parser(sub) -> None:
+    from .evaluation import EvalRequest
+
+    specs = _spec_index(EvalRequest)
+    p = sub.add_parser("eval", help="familiarity, verbatim memorisation, utility and robustness of the baseline and adapters")
+    _model_flags(p, default=None)
+    p.add_argument("--adapter", action="append", metavar="NAME=PATH",
+                   help="a LoRA adapter (or full checkpoint) to evaluate next to the baseline; repeatable")
+    for flag, path in EVAL_FLAGS.items():
+        _add_field_flag(p, flag, specs[path])
+        if flag == "retain-tokens":
+            p.add_argument("--no-robustness", action="store_true", help="skip the summary / expert-preamble prompts")
+    p.add_argument("--benchmarks", action="store_true", help="the paper's benchmarks via lm-eval, when installed")
+    p.add_argument("--request", help="an evaluation request (JSON, as an evaluation job's request.json); flags override it")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--out", help="job directory: status.json progress and eval.json")
+    p.set_defaults(func=cmd_eval)
+
+
+# -- the parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="Obliviate engine")
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("inspect", help="per-token baseline / expert / generic / unlearned predictions")
     p.add_argument("prompt")
-    _model_args(p)
+    _model_flags(p)
     p.add_argument("--expert", help="expert LoRA adapter directory (or a full checkpoint)")
     p.add_argument("--unlearned", help="unlearned LoRA adapter directory")
     p.add_argument("--anchors", help="anchor dictionary (.json or .csv)")
     p.add_argument("--alpha", type=float, default=5.0)
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--track", action="append", help="a token to follow along the prompt, e.g. ' Hermione'")
+    p.add_argument("--track", action="append", help="a token to follow along the prompt, e.g. ' Paris'")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 
@@ -127,12 +499,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_translate)
 
-    from .suggest import add_commands as add_anchors_commands  # anchors suggest / validate
-    add_anchors_commands(sub)
-    from .runs import add_commands as add_runs_commands  # run, runs, reinforce, labels, unlearn, gradient-ascent
-    add_runs_commands(sub)
-    from .evaluate import add_commands as add_eval_commands  # eval
-    add_eval_commands(sub)
+    anchors = sub.add_parser("anchors", help="draft and check anchor dictionaries")
+    verbs = anchors.add_subparsers(dest="anchors_verb", required=True)
+    p = verbs.add_parser("suggest", help="suggest anchored terms and generic translations (LLM or offline)",
+                         description="The API key is read from OPENAI_API_KEY only (never a flag: it would land in "
+                                     "shell history), sent only to the endpoint OPENAI_BASE_URL names (default: the "
+                                     "official one), and never written anywhere.")
+    p.add_argument("--corpus", required=True, help="the text to unlearn (UTF-8)")
+    route = p.add_mutually_exclusive_group(required=True)
+    route.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
+    route.add_argument("--offline", action="store_true", help="no API: use the baseline (and expert) model")
+    p.add_argument("--model", dest="llm_model", help="LLM route: the chat model's name; offline: the baseline "
+                                                     "('embedded', a path or a hub id)")
+    p.add_argument("--chunk-words", type=int, default=800)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    p.add_argument("--expert", help="offline: expert LoRA adapter directory")
+    p.add_argument("--reinforce-steps", type=int, default=0,
+                   help="offline, no --expert: first reinforce an expert on the corpus for N LoRA steps "
+                        "(a reinforce_only run under OBLIVIATE_HOME/runs), then rank by its rise")
+    p.add_argument("--top-k", type=int, default=60, help="offline: how many terms to suggest")
+    p.add_argument("--min-count", type=int, default=2, help="offline: occurrences a term needs")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS)
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--out", help="write the suggested dictionary here (.json or .csv), only on success")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_suggest)
+    p = verbs.add_parser("validate", help="check a dictionary: problems, and what consolidation would drop")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run a whole pipeline from a YAML/JSON config into a run directory")
+    p.add_argument("config", nargs="?", help="config file (YAML or JSON); with --resume, default RUN_DIR/config.json")
+    p.add_argument("--out", help="run directory (default OBLIVIATE_HOME/runs/<time>-<method>)")
+    p.add_argument("--resume", action="store_true", help="continue a cancelled / interrupted run from its checkpoint")
+    p.add_argument("--no-queue", action="store_true", help="do not wait for other jobs (one job at a time)")
+    p.set_defaults(func=cmd_run)
+    for verb in STEP_VERBS:
+        _step_parser(sub, verb)
+
+    p = sub.add_parser("runs", help="list, cancel or delete runs")
+    rs = p.add_subparsers(dest="runs_verb", required=True)
+    q = rs.add_parser("list")
+    q.add_argument("--root", help="default OBLIVIATE_HOME/runs")
+    q.add_argument("--json", action="store_true")
+    q = rs.add_parser("cancel")
+    q.add_argument("run_dir")
+    q = rs.add_parser("delete")
+    q.add_argument("run_dir")
+    q.add_argument("--yes", action="store_true", help="confirm deleting a job directory outside the job roots")
+    p.set_defaults(func=cmd_runs)
+
+    _eval_parser(sub)
     return parser
 
 
@@ -150,3 +568,4 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {OOM_HINT}", file=sys.stderr)
         return 2
+

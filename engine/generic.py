@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .data import IGNORE
 from .translation import Translation
-
-IGNORE = -100  # cross-entropy's ignore_index: no label at this position
 
 
 @dataclass

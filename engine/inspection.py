@@ -164,8 +164,7 @@ def inspect(
     truncated = 0
     limit = wb.max_length
     rows = 1 + (anchors is not None) + bool(expert) + bool(unlearned)
-    vocab = int(getattr(wb.base.config, "vocab_size", 0) or len(tok))
-    most = LOGITS_BUDGET // (rows * vocab * 4)
+    most = LOGITS_BUDGET // (rows * wb.vocab_size * 4)
     if len(ids) > most and most < limit:
         raise UserError(f"the prompt is {len(ids):,} tokens; inspecting {rows} models keeps every position's "
                         f"logits, so this model takes at most {most:,} tokens here: paste a shorter passage")

@@ -1,17 +1,18 @@
-"""Long jobs as detached `python -m engine <verb> ... --out DIR` processes, seen through DIR.
+"""Jobs: long work as a detached `python -m engine <verb> ... --out DIR` process, seen through DIR.
 
-A job directory holds:
-    status.json    state (queued / running / finished / failed / cancelled), phase, step, total,
-                   timestamps, error, pid; written atomically
-    metrics.jsonl  one JSON object per logged step
-    log.txt        human-readable progress lines
-    stderr.txt     the process's own stdout/stderr (warnings, a traceback if it crashed)
-    stop           present = please stop (the job checks it between steps)
+This module owns the job-directory layout; pages and the CLI list, launch, follow and read jobs
+through it and never open a job file themselves.
 
-Controllers (the UI, `runs list/cancel`) use launch / read_status / cancel / delete / list_jobs.
-The job process itself uses JobWriter. One job runs at a time per OBLIVIATE_HOME: `queue_slot`
-holds an exclusive file lock for the job's life, later jobs wait in state "queued".
-This module imports neither torch nor streamlit, so pages can use it cheaply.
+    DIR/status.json    Status: state (queued / running / finished / failed / cancelled), phase, step,
+                       total, ETA, error, pid...; written atomically, read back as a safe record
+        metrics.jsonl  one JSON object per logged step          log.txt   progress lines
+        stderr.txt     the process's own output                 stop      present = please stop
+        .obliviate-job the mark that makes DIR deletable by `runs delete`
+    a run:  config.json, adapters/<expert|unlearned>/, checkpoints/, labels.json  (engine/pipeline.py)
+    an evaluation:  request.json (what to evaluate), eval.json (the result)       (engine/evaluation/)
+
+One job runs at a time per OBLIVIATE_HOME: `queue_slot` holds an exclusive file lock for the job's
+life, later jobs wait in state "queued". This module imports neither torch nor streamlit.
 """
 from __future__ import annotations
 
@@ -26,26 +27,20 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import UserError
-from .io import atomic_write_json, obliviate_home
+from .io import ROOT, atomic_write_json, check_out_dir, obliviate_home
 from .secrets import scrub
 
-ROOT = Path(__file__).resolve().parents[1]
 ACTIVE = ("queued", "running")
 INTERRUPTED = "failed (interrupted)"
 STATES = (*ACTIVE, "finished", "failed", "cancelled", INTERRUPTED)
 MARK = ".obliviate-job"  # written into every job directory: `delete` removes nothing without it
 MAX_STATUS_BYTES = 4 << 20
-# The fields a controller acts on, and the type each must have; anything else in status.json is
-# passed through for display only. A field of the wrong type is dropped, never trusted.
-_TYPED = {"state": str, "kind": str, "phase": str, "error": str, "created": str, "updated": str, "started": str,
-          "finished": str, "host": str, "method": str, "dir": str, "pid": int, "step": int, "total": int,
-          "phase_step": int, "phase_total": int, "world_size": int, "eta_s": float, "loss": float,
-          "tokens_per_s": float, "memory_mib": float, "summary": dict, "done_phases": list, "phases": list,
-          "args": list}
+LEGACY_PHASES = {"gradient_ascent": "unlearn"}  # gradient ascent's training phase before issue 11
 _children: list[subprocess.Popen] = []  # reaped on every look, so finished children never linger as zombies
 
 
@@ -53,82 +48,93 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def runs_root() -> Path:
-    return obliviate_home() / "runs"
+def phase_name(phase: str) -> str:
+    return LEGACY_PHASES.get(phase, phase)
 
 
-# -- controller side ----------------------------------------------------------------------------
-def launch(args: list[str], out: str | os.PathLike, kind: str, env: dict | None = None) -> dict:
-    """Start `python -m engine *args --out OUT` detached (own session: survives the UI's reruns).
+# -- the status record ------------------------------------------------------------------------------
+@dataclass
+class Status:
+    """A job's status.json as a typed, safe record: a field of the wrong type is dropped, never trusted."""
 
-    Returns the initial status. Refuses an OUT that holds an active job.
-    """
-    out = Path(out).resolve()
-    if out.exists() and read_status(out).get("state") in ACTIVE:
-        raise UserError(f"{out} already has an active job")
-    out.mkdir(parents=True, exist_ok=True)
-    mark(out)
-    (out / "stop").unlink(missing_ok=True)
-    status = {"state": "queued", "kind": kind, "args": list(args), "created": now(), "updated": now(),
-              "host": socket.gethostname(), "pid": None, "step": 0, "total": 0, "phase": "queued"}
-    old = _read(out)
-    if old:
-        status = {**old, **{k: status[k] for k in ("state", "args", "updated", "host", "pid", "phase")},
-                  "error": None}
-    atomic_write_json(out / "status.json", status)
-    err = open(out / "stderr.txt", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", *args, "--out", str(out)], cwd=ROOT, stdout=err, stderr=err,
-        stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
-    err.close()
-    _children.append(proc)
-    status.update(pid=proc.pid, dir=str(out))
-    _merge(out, {"pid": proc.pid})
-    return status
+    dir: str = ""
+    state: str | None = None  # None: no status.json yet; "unreadable": not a JSON object of sane size
+    kind: str | None = None  # run | eval
+    method: str | None = None
+    phase: str = ""
+    phase_step: int = 0
+    phase_total: int = 0
+    step: int = 0  # over all phases
+    total: int = 0
+    eta_s: float | None = None
+    loss: float | None = None
+    tokens_per_s: float | None = None
+    memory_mib: float | None = None
+    error: str | None = None
+    created: str = ""
+    updated: str = ""
+    started: str | None = None
+    finished: str | None = None
+    host: str | None = None
+    pid: int | None = None
+    world_size: int = 1
+    done_phases: list[str] = field(default_factory=list)
+    phases: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def name(self) -> str:
+        return Path(self.dir).name
+
+    @classmethod
+    def from_dict(cls, raw, dir: str = "") -> "Status":
+        if not isinstance(raw, dict):
+            return cls(dir=dir, state="unreadable", error="status.json is not a JSON object")
+        kw: dict = {"dir": dir}
+        for f in fields(cls):
+            v = raw.get(f.name)
+            want = {"int": int, "float": float, "str": str, "list[str]": list, "dict": dict}.get(
+                str(f.type).split(" | ")[0])
+            if v is None or want is None or isinstance(v, bool):
+                continue
+            if want is float and isinstance(v, (int, float)) and math.isfinite(v):
+                kw[f.name] = float(v)
+            elif want is list and isinstance(v, list):
+                kw[f.name] = [x for x in v if isinstance(x, str)]
+            elif isinstance(v, want):
+                kw[f.name] = v
+        if kw.get("pid") is not None and kw["pid"] <= 0:
+            del kw["pid"]  # 0 or -1 would signal a process group, or every process the user may signal
+        if kw.get("state") is not None and kw["state"] not in STATES:
+            kw["state"] = "unreadable"
+        kw["dir"] = dir
+        return cls(**kw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-def mark(out: Path) -> None:
-    if not (out / MARK).exists():
-        (out / MARK).write_text("made by Obliviate's engine: a job directory `runs delete` may remove\n")
-
-
-def _read(out: Path) -> dict:
-    """status.json as a safe record: {} when missing; a record with state 'unreadable' for anything
-    that is not a JSON object of sane size; every controller field of the right type or absent."""
+def _read(out: Path) -> Status:
+    """status.json as a safe record (state None when there is none)."""
     path = Path(out) / "status.json"
     try:
         if path.stat().st_size > MAX_STATUS_BYTES:
-            return {"state": "unreadable", "error": "status.json is too large"}
+            return Status(dir=str(out), state="unreadable", error="status.json is too large")
         raw = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        return {}
+        return Status(dir=str(out))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return {"state": "unreadable", "error": "status.json is not valid JSON"}
-    if not isinstance(raw, dict):
-        return {"state": "unreadable", "error": "status.json is not a JSON object"}
-    out_: dict = {}
-    for k, v in raw.items():
-        want = _TYPED.get(k)
-        if want is None:
-            out_[k] = v
-        elif want is float and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out_[k] = float(v)
-        elif isinstance(v, want) and not isinstance(v, bool):
-            out_[k] = v
-    if "pid" in out_ and out_["pid"] <= 0:
-        del out_["pid"]  # 0 or -1 would signal a process group or every process the user may signal
-    if out_.get("state") is not None and out_["state"] not in STATES:
-        out_["state"] = "unreadable"
-    for k in ("done_phases", "phases", "args"):
-        if k in out_:
-            out_[k] = [x for x in out_[k] if isinstance(x, str)]
-    return out_
+        return Status(dir=str(out), state="unreadable", error="status.json is not valid JSON")
+    return Status.from_dict(raw, str(out))
 
 
-def _merge(out: Path, fields: dict) -> None:
-    status = _read(out)
-    if status.get("state") in ACTIVE or "state" not in fields:
-        atomic_write_json(out / "status.json", {**status, **fields})
+def _write(out: Path, status: Status) -> None:
+    atomic_write_json(Path(out) / "status.json", status.to_dict())
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -152,42 +158,208 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def read_status(out: str | os.PathLike) -> dict:
-    """status.json, with a dead process's active job turned into 'failed (interrupted)' (persisted)."""
+def read_status(out: str | os.PathLike) -> Status:
+    """The job's Status, with a dead process's active job turned into 'failed (interrupted)' (persisted)."""
     out = Path(out)
     status = _read(out)
-    if status.get("state") in ACTIVE and status.get("host") in (None, socket.gethostname()):
-        if not pid_alive(status.get("pid")):
-            # A launch writes 'queued' just before the child exists; give it a moment.
-            if status.get("pid") is None and time.time() - (out / "status.json").stat().st_mtime < 10:
-                return status
-            if (out / "stop").exists():  # asked to stop, and it did (perhaps before it could say so)
-                status.update(state="cancelled", finished=now())
-                (out / "stop").unlink(missing_ok=True)
-            else:
-                status.update(state=INTERRUPTED, finished=now(),
-                              error=status.get("error") or "the process died (killed or machine restarted)")
-            atomic_write_json(out / "status.json", status)
-    status.setdefault("dir", str(out))
-    status["dir"] = str(out)
+    if status.active and status.host in (None, socket.gethostname()) and not pid_alive(status.pid):
+        # A launch writes 'queued' just before the child exists; give it a moment.
+        if status.pid is None and time.time() - (out / "status.json").stat().st_mtime < 10:
+            return status
+        if (out / "stop").exists():  # asked to stop, and it did (perhaps before it could say so)
+            status.state, status.finished = "cancelled", now()
+            (out / "stop").unlink(missing_ok=True)
+        else:
+            status.state, status.finished = INTERRUPTED, now()
+            status.error = status.error or "the process died (killed or machine restarted)"
+        _write(out, status)
     return status
 
 
-def cancel(out: str | os.PathLike) -> dict:
-    """Ask a job to stop: a stop file (checked between steps) and SIGTERM to its process."""
+# -- where jobs live ----------------------------------------------------------------------------------
+def runs_root() -> Path:
+    return obliviate_home() / "runs"
+
+
+def evals_root() -> Path:
+    return obliviate_home() / "evals"
+
+
+def run_roots() -> list[Path]:
+    """Where run directories live: OBLIVIATE_HOME/runs and ./runs of the checkout (`make demo`)."""
+    return list(dict.fromkeys(r.resolve() for r in (runs_root(), ROOT / "runs") if r.is_dir()))
+
+
+def job_roots() -> list[Path]:
+    """Where jobs live: OBLIVIATE_HOME/runs, OBLIVIATE_HOME/evals and ./runs of the checkout."""
+    return [runs_root().resolve(), evals_root().resolve(), (ROOT / "runs").resolve()]
+
+
+def list_jobs(root: str | os.PathLike | None = None, kind: str | None = None) -> list[Status]:
+    """Status of every job directory under root (default OBLIVIATE_HOME/runs), newest first."""
+    root = Path(root) if root else runs_root()
+    if not root.is_dir():
+        return []
+    out = [read_status(d) for d in root.iterdir() if (d / "status.json").is_file()]
+    return sorted((s for s in out if kind is None or s.kind == kind), key=lambda s: s.created, reverse=True)
+
+
+def list_runs() -> list[Status]:
+    """Every run under the run roots, newest first."""
+    return sorted((s for root in run_roots() for s in list_jobs(root, "run")), key=lambda s: s.created, reverse=True)
+
+
+def list_evals() -> list[Status]:
+    """Every evaluation under OBLIVIATE_HOME/evals, newest first."""
+    return list_jobs(evals_root(), "eval")
+
+
+def read_metrics(out: str | os.PathLike) -> list[dict]:
+    """metrics.jsonl rows, the legacy phase names of older runs renamed ("gradient_ascent" -> "unlearn")."""
+    rows = []
+    try:
+        with open(Path(out) / "metrics.jsonl") as f:
+            for line in f:
+                with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
+                    row = json.loads(line)
+                    if isinstance(row, dict):
+                        row["phase"] = phase_name(str(row.get("phase", "")))
+                        rows.append(row)
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def read_log(out: str | os.PathLike, lines: int = 200) -> str:
+    try:
+        return "\n".join(Path(out, "log.txt").read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return ""
+
+
+def read_json(out: str | os.PathLike, name: str) -> dict | None:
+    """A job's own JSON file (config.json, request.json, eval.json, labels.json), or None."""
+    try:
+        data = json.loads(Path(out, name).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def run_method(out: str | os.PathLike) -> str:
+    """The method of a run directory ('' when its config is unreadable)."""
+    cfg = read_json(out, "config.json") or {}
+    return cfg.get("method", "") if isinstance(cfg.get("method", ""), str) else ""
+
+
+def run_adapters(out: str | os.PathLike) -> dict[str, str]:
+    """The adapters a run saved: {"expert": dir, "unlearned": dir} as far as they exist."""
+    found = {}
+    for kind in ("expert", "unlearned"):
+        d = Path(out) / "adapters" / kind
+        if (d / "adapter_config.json").exists() or (d / "config.json").exists():
+            found[kind] = str(d)
+    return found
+
+
+def headline(status: Status) -> dict:
+    """Familiarity before and after the unlearning phase of a run, from its summary (empty if none)."""
+    s = status.summary or {}
+    before = s.get("unlearn_before") or s.get("gradient_ascent_before") or {}
+    after = s.get("unlearn_after") or s.get("gradient_ascent_after") or {}
+    return {"before": before, "after": after} if isinstance(before, dict) and isinstance(after, dict) else {}
+
+
+# -- launching and controlling -------------------------------------------------------------------------
+def mark(out: Path) -> None:
+    if not (out / MARK).exists():
+        (out / MARK).write_text("made by Obliviate's engine: a job directory `runs delete` may remove\n")
+
+
+def launch(args: list[str], out: str | os.PathLike, kind: str, env: dict | None = None) -> Status:
+    """Start `python -m engine *args --out OUT` detached (own session: survives the UI's reruns).
+
+    Returns the initial status. Refuses an OUT that holds an active job.
+    """
+    out = check_out_dir(out, "job directory").resolve()
+    old = read_status(out) if (out / "status.json").exists() else Status(dir=str(out))
+    if old.active:
+        raise UserError(f"{out} already has an active job")
+    out.mkdir(parents=True, exist_ok=True)
+    mark(out)
+    (out / "stop").unlink(missing_ok=True)
+    status = Status(**{**old.to_dict(), "dir": str(out), "state": "queued", "kind": kind, "args": list(args),
+                       "created": old.created or now(), "updated": now(), "host": socket.gethostname(),
+                       "pid": None, "phase": "queued", "error": None})
+    _write(out, status)
+    err = open(out / "stderr.txt", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine", *args, "--out", str(out)], cwd=ROOT, stdout=err, stderr=err,
+        stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
+    err.close()
+    _children.append(proc)
+    current = _read(out)
+    if current.state in ACTIVE:
+        current.pid = current.pid or proc.pid
+        _write(out, current)
+    status.pid = proc.pid
+    return status
+
+
+def launch_run(config, out: str | os.PathLike | None = None) -> Status:
+    """Validate a run config (a RunConfig or a dict), write RUN_DIR/config.json and start
+    `python -m engine run` detached (queued behind a running job)."""
+    from .config import RunBase, run_config
+
+    cfg = config if isinstance(config, RunBase) else run_config(config)
+    out = Path(out) if out else runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}"
+    check_out_dir(out, "run directory")
+    if (out / "status.json").exists():
+        raise UserError(f"{out} already holds a run")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", cfg.to_dict())
+    return launch(["run", str(out / "config.json")], out, kind="run")
+
+
+def resume_run(out: str | os.PathLike) -> Status:
+    status = read_status(out)
+    if status.active:
+        raise UserError(f"{out} is still {status.state}")
+    if status.state == "finished":
+        raise UserError(f"{out} already finished")
+    return launch(["run", "--resume"], out, kind="run")
+
+
+def launch_eval(request, out: str | os.PathLike | None = None, env: dict | None = None) -> Status:
+    """Write an evaluation request (engine.evaluation.EvalRequest) as DIR/request.json and start
+    `python -m engine eval --request DIR/request.json --out DIR` detached. env: extra environment
+    for the job (a judge key from a page's key field: never in a file or on a command line)."""
+    out = Path(out) if out else evals_root() / datetime.now().strftime("%Y%m%d-%H%M%S")
+    check_out_dir(out, "evaluation directory")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "request.json", request.model_dump(mode="json"))
+    return launch(["eval", "--request", str(out / "request.json")], out, kind="eval", env=env)
+
+
+def read_eval(out: str | os.PathLike) -> dict | None:
+    """A finished evaluation's result (eval.json), or None."""
+    return read_json(out, "eval.json")
+
+
+def cancel(out: str | os.PathLike) -> Status:
+    """Ask a job to stop: a stop file (checked between steps) and SIGTERM to its own process."""
     out = Path(out)
     status = read_status(out)
-    if status.get("state") not in ACTIVE:
-        raise UserError(f"{out} is not running (state: {status.get('state', 'unknown')})")
+    if not status.active:
+        raise UserError(f"{out} is not running (state: {status.state or 'unknown'})")
     (out / "stop").write_text(now())
-    pid = status.get("pid")
-    if pid_alive(pid) and is_job_process(pid, out):
+    if pid_alive(status.pid) and is_job_process(status.pid, out):
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
+            os.kill(status.pid, signal.SIGTERM)
     return status
 
 
-def is_job_process(pid: int, out: str | os.PathLike) -> bool:
+def is_job_process(pid: int | None, out: str | os.PathLike) -> bool:
     """Is `pid` this engine's job for `out`? Its command line is `python -m engine ... <out> ...`,
     with `out` resolved against the process's own working directory. A recycled pid, a pid typed
     into status.json, or a process we cannot inspect is not signalled (the stop file still works)."""
@@ -204,11 +376,6 @@ def is_job_process(pid: int, out: str | os.PathLike) -> bool:
     return any(a and (cwd / a).resolve() == target for a in argv)
 
 
-def job_roots() -> list[Path]:
-    """Where jobs live: OBLIVIATE_HOME/runs, OBLIVIATE_HOME/evals and ./runs of the checkout."""
-    return [runs_root().resolve(), (obliviate_home() / "evals").resolve(), (ROOT / "runs").resolve()]
-
-
 def is_job_dir(out: str | os.PathLike) -> bool:
     """A directory this engine made: it holds the job mark (jobs made before the mark existed count
     when their status names a known kind and they sit under a job root)."""
@@ -216,7 +383,7 @@ def is_job_dir(out: str | os.PathLike) -> bool:
     if (out / MARK).is_file():
         return True
     under_root = any(out.resolve().is_relative_to(r) for r in job_roots())
-    return under_root and _read(out).get("kind") in ("run", "eval")
+    return under_root and _read(out).kind in ("run", "eval")
 
 
 def delete(out: str | os.PathLike, confirmed: bool = False) -> None:
@@ -227,42 +394,9 @@ def delete(out: str | os.PathLike, confirmed: bool = False) -> None:
         raise UserError(f"{out} is not an Obliviate job directory: nothing deleted")
     if not confirmed and not any(out.resolve().is_relative_to(r) for r in job_roots()):
         raise UserError(f"{out} is outside {', '.join(map(str, job_roots()))}: add --yes to delete it")
-    if read_status(out).get("state") in ACTIVE:
+    if read_status(out).active:
         raise UserError(f"{out} is still active: cancel it first")
     shutil.rmtree(out)
-
-
-def list_jobs(root: str | os.PathLike | None = None, kind: str | None = None) -> list[dict]:
-    """Status of every job directory under root (default OBLIVIATE_HOME/runs), newest first."""
-    root = Path(root) if root else runs_root()
-    if not root.exists():
-        return []
-    out = []
-    for d in root.iterdir():
-        if (d / "status.json").exists():
-            s = read_status(d)
-            if kind is None or s.get("kind") == kind:
-                out.append(s)
-    return sorted(out, key=lambda s: s.get("created", ""), reverse=True)
-
-
-def read_metrics(out: str | os.PathLike) -> list[dict]:
-    rows = []
-    try:
-        with open(Path(out) / "metrics.jsonl") as f:
-            for line in f:
-                with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
-                    rows.append(json.loads(line))
-    except FileNotFoundError:
-        pass
-    return rows
-
-
-def read_log(out: str | os.PathLike, lines: int = 200) -> str:
-    try:
-        return "\n".join(Path(out, "log.txt").read_text().splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
 
 
 # -- job side -----------------------------------------------------------------------------------
@@ -291,27 +425,28 @@ class JobWriter:
     def should_stop(self) -> bool:
         return self.signalled or self.stop_file.exists()
 
-    def status(self, **fields) -> None:
+    def status(self, **changes) -> None:
         if self.enabled:
-            status = {**_read(self.out), "kind": self.kind, **fields, "updated": now(), "dir": str(self.out)}
-            atomic_write_json(self.out / "status.json", status)
+            current = _read(self.out).to_dict()
+            current.update(changes, kind=self.kind, updated=now())
+            _write(self.out, Status.from_dict(current, str(self.out)))
 
-    def start(self, **fields) -> None:
-        s = _read(self.out)
+    def start(self, **changes) -> None:
         self.status(state="running", pid=os.getpid(), host=socket.gethostname(), error=None, finished=None,
-                    created=s.get("created") or now(), started=now(), **fields)
+                    created=_read(self.out).created or now(), started=now(), **changes)
 
-    def finish(self, **fields) -> None:
-        self.stop_file.unlink(missing_ok=True) if self.enabled else None
-        self.status(state="finished", finished=now(), **fields)
+    def finish(self, **changes) -> None:
+        if self.enabled:
+            self.stop_file.unlink(missing_ok=True)
+        self.status(state="finished", finished=now(), **changes)
 
     def fail(self, error: str) -> None:
         self.status(state="failed", error=scrub(error, limit=1000), finished=now())
 
-    def cancelled(self, **fields) -> None:
+    def cancelled(self, **changes) -> None:
         if self.enabled:
             self.stop_file.unlink(missing_ok=True)
-        self.status(state="cancelled", finished=now(), **fields)
+        self.status(state="cancelled", finished=now(), **changes)
 
     def log(self, message: str) -> None:
         line = f"{datetime.now().strftime('%H:%M:%S')} {scrub(message, limit=2000)}"
@@ -322,8 +457,10 @@ class JobWriter:
 
     def metric(self, row: dict) -> None:
         if self.enabled:
+            from .io import dumps
+
             with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+                f.write(dumps(row) + "\n")
 
 
 @contextlib.contextmanager

@@ -26,10 +26,10 @@ import torch
 
 from .anchors import AnchorDictionary
 from .errors import UserError
-from .generic import IGNORE, generic_parts
+from .data import IGNORE, pad_blocks
+from .generic import generic_parts
 from .io import atomic_write_json, obliviate_home
 from .models import Workbench, resolve_model_path
-from .train import pad_blocks
 from .translation import Translator
 
 LABELS_VERSION = 2  # bump when the label computation changes: old caches stop matching
@@ -48,6 +48,10 @@ class LabelSet:
     # alpha -> ((N, T, k) int32 token ids, (N, T, k) float16 log-probs); only when built with top_k > 0.
     # Rows without a label hold token 0 and log-prob -inf.
     soft: dict[float, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def info(self) -> dict:
+        """What a run's labels.json records: the cache key and place, whether it was a hit, statistics."""
+        return {"key": self.key, "path": str(self.path), "cached": self.cached, **self.stats}
 
     def for_alpha(self, alpha: float) -> torch.Tensor:
         if float(alpha) not in self.labels:
@@ -85,7 +89,7 @@ def file_fingerprint(f: Path, sample: int = 1 << 16) -> bytes:
 
 def model_fingerprint(wb: Workbench) -> str:
     """Model identity: its name, precision, config and the contents of its weight files (sampled)."""
-    path = Path(resolve_model_path(wb.config.model))
+    path = Path(resolve_model_path(wb.config.name))
     parts = [wb.name.encode(), wb.precision.encode()]
     if path.is_dir():
         for f in sorted(path.iterdir()):

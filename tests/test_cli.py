@@ -54,3 +54,23 @@ def test_bad_input_exits_2_with_one_line(tiny_dir, tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
         assert len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_readme_config_table_is_generated_from_the_field_docstrings():
+    from conftest import ROOT
+    from engine.config import fields_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- config-fields -->\n", 1)[1].split("\n<!-- /config-fields -->", 1)[0]
+    assert block == fields_markdown(), "regenerate the README table: engine.config.fields_markdown()"
+
+
+def test_the_step_verbs_flags_come_from_the_config_fields():
+    from engine.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices
+    unlearn = {a.dest: a for a in sub["unlearn"]._actions}
+    assert unlearn["labels"].choices == ["hard", "soft"] and unlearn["steps"].type is int
+    assert "generic" in unlearn["labels"].help and "unlearning phase" in unlearn["steps"].help
+    reinforce = {a.dest: a for a in sub["reinforce"]._actions}
+    assert "reinforce phase" in reinforce["steps"].help  # --steps of `reinforce` is the reinforce phase's

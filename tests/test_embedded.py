@@ -1,12 +1,9 @@
 """The embedded default model: cached conversion, and it really knows Harry Potter."""
 import json
-import subprocess
-import sys
-import time
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 
 @pytest.mark.slow

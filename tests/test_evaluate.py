@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import run_cli
-from engine import metrics
 from engine.errors import UserError
-from engine.evaluate import EvalSettings, Probes, _greedy_ids, _logprobs_after_context, evaluate
+from engine.evaluation import EvalInputs, EvalSettings
+from engine.evaluation import evaluate as evaluate_inputs
+from engine.probes import Probes, continuation_logprobs
 
 PROBES = {
     "probability": [{"prompt": "Harry Potter's two best friends are Ron and", "target": " Hermione"},
@@ -27,6 +28,10 @@ CORPUS = ("Harry Potter's two best friends are Ron and Hermione. They study at H
 RETAIN = "The river ran past the old mill, and the miller's children played on its banks every summer. " * 3
 FAST = dict(verbatim_passages=2, verbatim_prefix=8, verbatim_tokens=6, retain_max_tokens=48, block_size=16,
             max_new_tokens=6)
+
+
+def evaluate(wb, adapters, probes, corpus, retain, settings=None, anchors=None, progress=None):
+    return evaluate_inputs(wb, adapters, EvalInputs(probes, corpus, retain, anchors), settings, progress)
 
 
 def test_evaluate_shape_ranges_and_that_an_adapter_changes_the_numbers(tiny_wb, tiny_unlearned_dir):
@@ -77,10 +82,11 @@ def test_cached_context_equals_the_context_written_into_the_prompt(tiny_wb, tiny
     items = [(tok(p["prompt"], add_special_tokens=False)["input_ids"], tok(p["target"], add_special_tokens=False)["input_ids"])
              for p in PROBES["probability"]]
     for name in (None, "unlearned"):
-        cached = _logprobs_after_context(tiny_wb, context, items, name, budget=2048)
+        rows = [(p + t[:-1], name) for p, t in items]
+        cached = tiny_wb.logits_after(context, rows, lambda i, lg: continuation_logprobs(lg, len(items[i][0]), items[i][1]))
         for (p, t), lp in zip(items, cached):
             full = tiny_wb.logits([(context + p + t[:-1], name)])[0]
-            direct = metrics.continuation_logprobs(full, len(context) + len(p), t)
+            direct = continuation_logprobs(full, len(context) + len(p), t)
             assert torch.allclose(lp, direct, atol=1e-4), (name, lp, direct)
 
 
@@ -89,7 +95,7 @@ def test_greedy_ids_mixed_batch_equals_step_by_step_argmax(tiny_wb, tiny_unlearn
     ids = tiny_wb.tokenizer(CORPUS, add_special_tokens=False)["input_ids"]
     prefixes = [ids[:8], ids[20:28]]
     names = [None, "unlearned"]
-    gens = _greedy_ids(tiny_wb, prefixes * 2, names + names[::-1], 5)
+    gens = tiny_wb.generate(list(zip(prefixes * 2, names + names[::-1])), 5)
     for prefix, name, gen in zip(prefixes * 2, names + names[::-1], gens):
         seq = list(prefix)
         for _ in range(5):
@@ -137,7 +143,7 @@ def test_bad_probes_are_one_clear_error():
     with pytest.raises(UserError, match="no probes"):
         Probes.from_dict({"probability": [], "completion": []})
     with pytest.raises(UserError):
-        EvalSettings(verbatim_prefix=0)
+        EvalSettings.make(verbatim_prefix=0)
 
 
 def test_adapter_names_must_stay_distinct(tiny_wb, tiny_unlearned_dir):
@@ -196,7 +202,7 @@ def test_eval_cli_table_and_errors(tiny_dir, probe_files, tmp_path):
 def test_llm_judge_grades_completions_and_never_leaks_the_key(monkeypatch, tiny_wb):
     from test_suggest import KEY, FakeOpenAI, _reply
 
-    from engine.evaluate import judge
+    from engine.evaluation.judge import judge
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     with FakeOpenAI(lambda n, msg, body: (200, _reply("3" if "Hogwarts" in msg else "Grade: 0"))) as srv:
@@ -224,7 +230,7 @@ def test_embedded_baseline_knows_the_demo_answers_and_not_by_chance(embedded_wb)
     retain prompts are far above chance (1 / 49152), and an HP summary in context helps it."""
     from conftest import ASSETS
 
-    from engine.evaluate import load_probes
+    from engine.probes import load_probes
 
     path = ASSETS / "probes.json"
     if not path.exists():

@@ -4,8 +4,8 @@ import random
 import pytest
 import torch
 
-from engine.generic import IGNORE
-from engine.train import Goldfish, apply_goldfish, goldfish_mask
+from engine.config import GoldfishConfig as Goldfish
+from engine.data import IGNORE, apply_goldfish, goldfish_mask
 
 
 def _reference_hash(tokens) -> int:
@@ -78,4 +78,11 @@ def test_ignored_positions_stay_ignored_and_are_not_dropped_twice():
 
 
 def test_goldfish_config_errors_are_listed():
-    assert len(Goldfish("zebra", k=1, h=0).problems()) == 3
+    from conftest import ASSETS
+    from engine.config import run_config
+    from engine.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        run_config({"corpus": str(ASSETS / "demo_corpus.txt"), "method": "reinforce_only",
+                    "goldfish": {"kind": "zebra", "k": 1, "h": 0}})
+    assert all(f"goldfish.{f}" in str(e.value) for f in ("kind", "k", "h")), str(e.value)

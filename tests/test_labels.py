@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from engine.generic import IGNORE, generic_parts
+from engine.data import IGNORE, corpus_blocks
+from engine.generic import generic_parts
 from engine.labels import generic_labels
-from engine.train import corpus_blocks
 from engine.translation import Translator
 
 TEXT = ("Harry Potter and Ron Weasley ran through the corridors of Hogwarts towards the Great Hall, "

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from engine import metrics
+from engine.evaluation import metrics
+from engine.probes import continuation_logprobs
 
 
 # -- ROUGE-L --------------------------------------------------------------------------------------
@@ -44,10 +45,10 @@ def test_continuation_logprobs_picks_the_right_rows():
     # forward over ids = [prompt(2 tokens), t0, t1(not fed)]: rows 1 and 2 predict targets 0 and 1
     logits[1, 3] = 0.0  # P(3) = 1 at the last prompt position
     logits[2] = torch.log(torch.tensor([0.1, 0.2, 0.3, 0.2, 0.2]))
-    lp = metrics.continuation_logprobs(logits[:3], 2, [3, 2])
+    lp = continuation_logprobs(logits[:3], 2, [3, 2])
     assert lp.exp().tolist() == pytest.approx([1.0, 0.3], abs=1e-6)
     with pytest.raises(ValueError):
-        metrics.continuation_logprobs(logits[:2], 2, [3, 2])
+        continuation_logprobs(logits[:2], 2, [3, 2])
 
 
 def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():

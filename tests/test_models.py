@@ -7,7 +7,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from engine.errors import UserError
-from engine.models import ModelConfig, Workbench, resolve_model_path
+from engine.models import ModelConfig, resolve_model_path
 
 IDS = [504, 3458, 314, 260, 1345, 282, 2428]
 
@@ -79,10 +79,8 @@ def test_bad_model_and_adapter_paths_are_user_errors(tiny_wb, tmp_path):
     with pytest.raises(UserError, match="neither a PEFT adapter"):
         tiny_wb.add_adapter("x", tmp_path / "empty")
     with pytest.raises(UserError, match="precision"):
-        ModelConfig(precision="int3")
-    with pytest.raises(UserError, match="NF4"):
-        ModelConfig(precision="nf4", device="cpu")
+        ModelConfig.make(precision="int3")
 
 
 def test_cpu_precision_defaults_to_fp32(tiny_wb):
-    assert tiny_wb.precision == "fp32" and next(tiny_wb.model.parameters()).dtype == torch.float32
+    assert tiny_wb.precision == "fp32" and tiny_wb.logits([([1, 2, 3], None)])[0].dtype == torch.float32

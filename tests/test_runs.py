@@ -12,7 +12,8 @@ import torch
 from conftest import ASSETS, ROOT, run_cli
 from engine import jobs
 from engine.errors import UserError
-from engine.runs import RunConfig, load_config, resume_run, launch_run
+from engine.config import load_config, run_config
+from engine.jobs import launch_run, resume_run
 from engine.train import load_trainer_state
 
 PROBES = [{"prompt": "Harry Potter's two best friends are Ron and", "target": " Hermione"},
@@ -49,7 +50,7 @@ def test_invalid_config_lists_every_bad_field_and_starts_nothing(tmp_path, home)
            "goldfish": {"kind": "hash", "k": 1}, "probes": [{"prompt": "x"}], "colour": "blue",
            "labels": "fuzzy", "retain_loss": "l2", "soft_top_k": 0}
     with pytest.raises(UserError) as e:
-        RunConfig.from_dict(bad, tmp_path)
+        run_config(bad, tmp_path)
     msg = str(e.value)
     for field in ("corpus", "method", "steps", "lr", "batch_size", "goldfish.k", "probes[0]", "colour",
                   "labels", "retain_loss", "soft_top_k"):
@@ -77,13 +78,13 @@ def test_paths_resolve_against_the_config_folder(tmp_path):
 def test_the_demo_retain_text_names_no_retain_probe_answer():
     # The demo trains its KL retain term on retain_train.txt: a retain probe's answer in it would let
     # the retain probes measure what was trained on, not what was spared.
-    from engine.metrics import mentions
+    from engine.text import mentions
 
     text = (ASSETS / "retain_train.txt").read_text()
     probes = json.loads((ASSETS / "probes.json").read_text())
     names = {p["target"].strip() for p in probes["retain"] if p["target"].strip()[:1].isupper()}
     assert len(names) > 20 and not [n for n in names if mentions(text, n)]
-    assert load_config(ASSETS / "demo.yaml").retain.endswith("retain_train.txt")
+    assert load_config(ASSETS / "demo.yaml").retain.text.endswith("retain_train.txt")
 
 
 def test_whp_pipeline_via_cli_writes_a_complete_run_dir(tiny_dir, tmp_path, home):
@@ -127,7 +128,8 @@ def test_whp_pipeline_via_cli_writes_a_complete_run_dir(tiny_dir, tmp_path, home
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((out3 / "labels.json").read_text())["cached"] is False
     cfg3 = json.loads((out3 / "config.json").read_text())
-    assert cfg3["labels"] == "soft" and cfg3["retain_loss"] == "kl" and cfg3["retain"].endswith("retain_train.txt")
+    assert cfg3["whp"]["labels"] == "soft" and cfg3["retain"]["loss"] == "kl"
+    assert cfg3["retain"]["text"].endswith("retain_train.txt")
     assert (out3 / "adapters" / "unlearned" / "adapter_model.safetensors").exists()
 
 
@@ -135,28 +137,28 @@ def test_cancel_then_resume_continues_from_the_checkpoint_and_the_queue_holds_on
     cfg = tiny_config(tiny_dir, method="reinforce_only", reinforce_steps=400, probes=None)
     a, b = tmp_path / "a", tmp_path / "b"
     launch_run(cfg, a)
-    wait_for(a, lambda s: s.get("state") == "running" and s.get("phase_step", 0) >= 2)
+    wait_for(a, lambda s: s.state == "running" and s.phase_step >= 2)
     launch_run(tiny_config(tiny_dir, method="reinforce_only", reinforce_steps=2), b)
     wait_for(b, lambda s: "waiting for the running job" in jobs.read_log(b))
     time.sleep(1.0)
-    assert jobs.read_status(b)["state"] == "queued", "a second job waits while the first runs"
+    assert jobs.read_status(b).state == "queued", "a second job waits while the first runs"
     jobs.cancel(b)
-    assert wait_for(b, lambda s: s["state"] not in jobs.ACTIVE)["state"] == "cancelled"
+    assert wait_for(b, lambda s: not s.active).state == "cancelled"
     jobs.cancel(a)
-    s = wait_for(a, lambda s: s["state"] not in jobs.ACTIVE)
-    assert s["state"] == "cancelled", s
-    stopped_at = s["phase_step"]
+    s = wait_for(a, lambda s: not s.active)
+    assert s.state == "cancelled", s
+    stopped_at = s.phase_step
     assert (a / "checkpoints" / "reinforce.safetensors").exists()
     assert load_trainer_state(a / "checkpoints" / "reinforce.safetensors")[2] == stopped_at
     assert not (a / "stop").exists()
     # Resume with fewer steps left to go: change nothing but let it finish quickly.
     cfg_file = a / "config.json"
     cfg_data = json.loads(cfg_file.read_text())
-    cfg_data["reinforce_steps"] = stopped_at + 2
+    cfg_data["reinforce"]["steps"] = stopped_at + 2
     cfg_file.write_text(json.dumps(cfg_data))
     resume_run(a)
-    s = wait_for(a, lambda s: s["state"] not in jobs.ACTIVE)
-    assert s["state"] == "finished", (s, (a / "stderr.txt").read_text()[-2000:])
+    s = wait_for(a, lambda s: not s.active)
+    assert s.state == "finished", (s, (a / "stderr.txt").read_text()[-2000:])
     steps = [json.loads(l)["step"] for l in (a / "metrics.jsonl").read_text().splitlines()]
     assert steps[-2:] == [stopped_at + 1, stopped_at + 2], "resume continues after the checkpoint step"
     assert (a / "adapters" / "expert" / "adapter_model.safetensors").exists()
@@ -167,10 +169,10 @@ def test_cancel_then_resume_continues_from_the_checkpoint_and_the_queue_holds_on
 def test_a_killed_run_is_seen_as_interrupted(tiny_dir, tmp_path, home):
     out = tmp_path / "k"
     launch_run(tiny_config(tiny_dir, method="reinforce_only", reinforce_steps=400, probes=None), out)
-    s = wait_for(out, lambda s: s.get("state") == "running")
-    os.kill(s["pid"], signal.SIGKILL)
-    s = wait_for(out, lambda s: s["state"] not in jobs.ACTIVE, timeout=30)
-    assert s["state"] == jobs.INTERRUPTED
+    s = wait_for(out, lambda s: s.state == "running")
+    os.kill(s.pid, signal.SIGKILL)
+    s = wait_for(out, lambda s: not s.active, timeout=30)
+    assert s.state == jobs.INTERRUPTED
     assert json.loads((out / "status.json").read_text())["state"] == jobs.INTERRUPTED  # persisted
     listed = run_cli("runs", "list", "--root", str(tmp_path), "--json", env={"OBLIVIATE_HOME": str(home)})
     assert listed.returncode == 0
@@ -182,14 +184,14 @@ def test_a_killed_run_is_seen_as_interrupted(tiny_dir, tmp_path, home):
 
 
 def test_gradient_ascent_run_raises_the_corpus_loss(tiny_dir, tmp_path, home):
-    from engine.runs import execute
+    from engine.pipeline import execute
 
     out = tmp_path / "ga"
     # Pure ascent (the retain term is tested in test_train): on a tiny random model near uniform
     # CE, a retain term cancels most of the steps' effect.
-    cfg = RunConfig.from_dict(tiny_config(tiny_dir, method="gradient_ascent", steps=6, lr=2e-2, probes=None))
+    cfg = run_config(tiny_config(tiny_dir, method="gradient_ascent", steps=6, lr=2e-2, probes=None))
     status = execute(cfg, out, queue=False)
-    assert status["state"] == "finished" and status["done_phases"] == ["gradient_ascent"]
+    assert status.state == "finished" and status.done_phases == ["unlearn"]
     assert (out / "adapters" / "unlearned" / "adapter_model.safetensors").exists()
     # The corpus blocks it trained on (6 x 32 tokens) are less likely with the adapter than without.
     from engine.models import ModelConfig, Workbench
@@ -227,3 +229,42 @@ def test_the_same_run_under_accelerate_with_two_processes(tiny_dir, tmp_path, ho
     assert r.stdout.count('"state"') == 1, "only rank 0 reports"
     assert (out / "adapters" / "unlearned" / "adapter_model.safetensors").exists()
     assert [p.name for p in (out / "adapters").iterdir()] and not list((out / "adapters").glob(".*"))
+
+
+def test_an_old_run_directory_still_loads_resumes_and_shows(tiny_dir, tmp_path, home):
+    """A gradient-ascent run directory as the engine wrote it before the redesign: a flat config.json,
+    the phase called gradient_ascent, a pickled checkpoint. It lists, reads and resumes."""
+    from engine.data import corpus_blocks, pad_blocks
+    from engine.models import ModelConfig, load_model
+    from engine.pipeline import execute
+    from engine.train import lora_model
+    from peft import get_peft_model_state_dict
+
+    out = home / "runs" / "20260101-000000-gradient_ascent"
+    (out / "checkpoints").mkdir(parents=True)
+    flat = {"corpus": str(ASSETS / "demo_corpus.txt"), "method": "gradient_ascent", "anchors": None, "expert": None,
+            "retain": None, "retain_weight": 1.0, "retain_loss": "kl", "labels": "hard", "soft_top_k": 32,
+            "model": str(tiny_dir), "precision": "auto", "device": "auto", "steps": 3, "reinforce_steps": 60,
+            "lr": 1e-3, "reinforce_lr": None, "alpha": 5.0, "alphas": [2.5, 5.0, 10.0], "lora_rank": 4,
+            "lora_layers": None, "batch_size": 2, "grad_accum": 1, "block_size": 32, "max_blocks": 4, "seed": 0,
+            "warmup": 0, "goldfish": {"kind": "none", "k": 4, "h": 13}, "probes": None, "probe_every": 10,
+            "checkpoint_every": 20, "gradient_checkpointing": False, "label_batch": 4}
+    (out / "config.json").write_text(json.dumps(flat))
+    (out / "status.json").write_text(json.dumps({
+        "state": "cancelled", "kind": "run", "method": "gradient_ascent", "phase": "gradient_ascent",
+        "phase_step": 1, "phase_total": 3, "step": 1, "total": 3, "done_phases": [], "created": "2026-01-01T00:00:00",
+        "summary": {"gradient_ascent_before": {"familiarity": 0.3}, "gradient_ascent_after": {"familiarity": 0.1}}}))
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "phase": "gradient_ascent", "loss": -2.0}) + "\n")
+    model = lora_model(load_model(ModelConfig(str(tiny_dir)))[0], rank=4)
+    torch.save({"lora": get_peft_model_state_dict(model), "optimizer": torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad]).state_dict(), "step": 1},
+        out / "checkpoints" / "gradient_ascent.pt")
+    listed = jobs.list_runs()
+    assert [s.name for s in listed] == [out.name] and jobs.headline(listed[0])["after"]["familiarity"] == 0.1
+    assert [r["phase"] for r in jobs.read_metrics(out)] == ["unlearn"]
+    status = execute(load_config(out / "config.json"), out, resume=True, queue=False)
+    assert status.state == "finished", status.error
+    log = (out / "log.txt").read_text()
+    assert "unlearn step 2/3" in log and "unlearn step 1/3" not in log, "resumed from the old checkpoint's step"
+    assert (out / "adapters" / "unlearned" / "adapter_model.safetensors").exists()
+    assert not (out / "checkpoints" / "gradient_ascent.pt").exists()

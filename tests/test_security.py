@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -44,10 +43,12 @@ def _hostile_checkpoint(path: Path, marker: Path) -> None:
 # -- 1. resuming never executes code from a checkpoint ------------------------------------------------
 def test_a_hostile_or_truncated_checkpoint_restarts_the_phase_and_runs_nothing(tiny_dir, tokenizer, tmp_path):
     from engine.models import ModelConfig, load_model
-    from engine.train import Hooks, TrainSpec, load_trainer_state, lora_model, next_token_labels, pad_blocks, train
+    from engine.data import pad_blocks
+    from engine.methods import NextToken, TrainData
+    from engine.train import Hooks, TrainSpec, load_trainer_state, lora_model, train
 
     ids, lengths = pad_blocks([tokenizer("Harry went to Hogwarts again and again.")["input_ids"]] * 2, 0)
-    spec = TrainSpec("t", ids, lengths, next_token_labels(ids, lengths), steps=2, lr=1e-3, batch_size=2)
+    spec = TrainSpec("t", NextToken(), TrainData.next_token(ids, lengths), steps=2, lr=1e-3, batch_size=2)
     marker = tmp_path / "pwned"
     for make in ("hostile", "truncated"):
         ck = tmp_path / f"{make}.safetensors"
@@ -121,7 +122,7 @@ def test_the_evaluate_and_runs_pages_refuse_server_files(app_env, monkeypatch):
     assert any("outside the folders" in e.value for e in at.error)
     assert not (app_env / "evals").exists() or not any((app_env / "evals").iterdir())
     at = open_page("runs")
-    at.text_input(key="run_retain").set_value("/etc/passwd")
+    at.text_input(key="run_retain.text").set_value("/etc/passwd")
     at.button(key="run_start").click().run()
     assert not at.exception and any("outside the folders" in e.value for e in at.error)
     assert not any((app_env / "runs").glob("*/config.json"))
@@ -129,7 +130,7 @@ def test_the_evaluate_and_runs_pages_refuse_server_files(app_env, monkeypatch):
 
 # -- 3. the environment's key goes to its own endpoint only -------------------------------------------
 def test_the_environment_key_goes_only_to_the_endpoint_it_was_configured_for(monkeypatch):
-    from engine.evaluate import judge
+    from engine.evaluation.judge import judge
     from engine.suggest import suggest_llm
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -183,7 +184,7 @@ def _echo(key_status: int):
 
 
 def test_a_server_that_echoes_the_key_never_gets_it_into_messages_or_files(tmp_path, monkeypatch, tiny_dir):
-    from engine.evaluate import judge
+    from engine.evaluation.judge import judge
     from engine.suggest import suggest_llm
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -220,7 +221,7 @@ def test_a_server_that_echoes_the_key_never_gets_it_into_messages_or_files(tmp_p
                     env={"OPENAI_API_KEY": KEY, "OPENAI_BASE_URL": srv.url, "OBLIVIATE_HOME": str(tmp_path / "h")})
     assert r.returncode == 2 and KEY not in r.stderr
     assert all(KEY not in p.read_text(errors="ignore") for p in job.rglob("*") if p.is_file())
-    assert jobs.read_status(job)["state"] == "failed"
+    assert jobs.read_status(job).state == "failed"
 
 
 # -- 5. job control trusts only this engine's jobs ----------------------------------------------------
@@ -274,8 +275,8 @@ def test_garbage_status_files_are_safe_records(tmp_path, monkeypatch, app_env):
         (runs / name).mkdir(parents=True)
         (runs / name / "status.json").write_bytes(data)
     listed = jobs.list_jobs(runs)
-    assert len(listed) == 5 and all(isinstance(s.get("state", ""), str) for s in listed)
-    assert {s["state"] for s in listed if s.get("state")} <= {*jobs.STATES, "unreadable"}
+    assert len(listed) == 5 and all(isinstance(s.state, str) for s in listed)
+    assert {s.state for s in listed} <= {*jobs.STATES, "unreadable"}
     r = run_cli("runs", "list", "--root", str(runs))
     assert r.returncode == 0, r.stderr
     at = open_page("runs")
@@ -365,12 +366,12 @@ def test_the_anchors_page_refuses_a_malformed_upload_and_keeps_running(app_env, 
 
 
 def test_config_paths_must_be_readable_utf8_files(tmp_path, tiny_dir):
-    from engine.runs import RunConfig
+    from engine.config import run_config
 
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
     (tmp_path / "folder").mkdir()
     with pytest.raises(UserError) as e:
-        RunConfig.from_dict({"corpus": str(tmp_path / "folder"), "retain": str(tmp_path / "latin1.txt"),
+        run_config({"corpus": str(tmp_path / "folder"), "retain": str(tmp_path / "latin1.txt"),
                              "anchors": str(ASSETS / "demo_anchors.json"), "model": str(tiny_dir)})
     assert "corpus" in str(e.value) and "is a directory" in str(e.value)
     assert "retain" in str(e.value) and "not UTF-8" in str(e.value)
@@ -410,12 +411,13 @@ def test_broken_adapter_directories_are_one_line(tiny_wb, tiny_expert_dir, tmp_p
             tiny_wb.add_adapter("x", bad)
         assert "\n" not in str(e.value)
     assert tiny_wb.add_adapter("good", tiny_expert_dir) == "good"  # a failed load leaves the rest working
-    r = run_cli("inspect", "hi", "--model", str(tiny_wb.config.model), "--expert", str(d))
+    r = run_cli("inspect", "hi", "--model", str(tiny_wb.config.name), "--expert", str(d))
     assert r.returncode == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
 
 
 def test_size_limits_and_out_of_memory_are_clear(tiny_dir, tokenizer, monkeypatch, tmp_path):
-    from engine import cli, train as train_mod
+    from engine import cli
+    from engine import data as train_mod
 
     long = "\n".join(f"Harry went to Hogwarts on day {i}.\n  Then home." for i in range(3000))
     whole = tokenizer(long, add_special_tokens=False)["input_ids"]

@@ -280,7 +280,7 @@ def test_accept_rows_merges_into_the_existing_dictionary():
 
 # -- offline route ----------------------------------------------------------------------------------
 def test_candidates_are_names_not_sentence_starts():
-    from engine.suggest import _candidates
+    from engine.suggest.offline import _candidates
 
     text = ("The Dursleys lived on Privet Drive. When Voldemort came, the Dursleys hid. Harry Potter and "
             "Ron met Harry's owl in Diagon Alley. The Ministry of Magic sent Death Eaters; a death was "
@@ -299,7 +299,7 @@ def test_candidates_are_names_not_sentence_starts():
 def test_token_rise_blocks_match_one_long_forward(tiny_wb, tiny_expert_dir):
     import torch
 
-    from engine.suggest import _token_rise
+    from engine.suggest.offline import _token_rise
 
     expert = tiny_wb.add_adapter("expert", tiny_expert_dir)
     ids = tiny_wb.tokenizer(CORPUS, add_special_tokens=False)["input_ids"]
@@ -334,11 +334,13 @@ def test_shared_prefix_continuations_match_plain_greedy(tiny_wb, tiny_expert_dir
     """Prefix read once, rows padded between prefix and term: the same greedy tokens as reading each
     prompt alone, and from the baseline even when an adapter is loaded."""
     from engine.generation import complete
-    from engine.suggest import FEW_SHOT, _continue_prompts, propose_translations
+    from engine.suggest.offline import FEW_SHOT, propose_translations
 
     tiny_wb.add_adapter("expert", tiny_expert_dir)
     suffixes = ["Hogwarts ->", "Diagon Alley ->", "Harry ->", "Order of the Phoenix ->"]
-    got = _continue_prompts(tiny_wb, FEW_SHOT, suffixes, max_new_tokens=5, batch_size=3)
+    tok = tiny_wb.tokenizer
+    got = tiny_wb.continue_after(tok(FEW_SHOT, add_special_tokens=False)["input_ids"],
+                                 [tok(x, add_special_tokens=False)["input_ids"] for x in suffixes], 5, batch_size=3)
     want = complete(tiny_wb, [FEW_SHOT + x for x in suffixes], max_new_tokens=5)
     assert [g.split("\n")[0] for g in got] == [w[: len(g)].split("\n")[0] for g, w in zip(got, want)]
     proposals = propose_translations(tiny_wb, ["Hogwarts", "Harry"], max_new_tokens=5)
@@ -391,8 +393,7 @@ def test_cli_offline_with_a_quick_reinforcement_and_validate(tmp_path, tiny_dir,
 
 # -- the panel ---------------------------------------------------------------------------------------
 PANEL = '''
-import os, sys
-sys.path.insert(0, os.environ["OBLIVIATE_ROOT"])
+import os
 import streamlit as st
 from app.suggest_panel import render_suggest_panel
 from engine.anchors import AnchorDictionary
@@ -406,9 +407,7 @@ if merged is not None:
 def test_panel_suggests_reviews_and_returns_the_merged_dictionary(monkeypatch, tmp_path):
     from streamlit.testing.v1 import AppTest
 
-    from conftest import ROOT
 
-    monkeypatch.setenv("OBLIVIATE_ROOT", str(ROOT))
     monkeypatch.setenv("SUGGEST_CORPUS", CORPUS)
     monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -434,9 +433,7 @@ def test_panel_suggests_reviews_and_returns_the_merged_dictionary(monkeypatch, t
 def test_panel_shows_a_clear_error_and_keeps_running(monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from conftest import ROOT
 
-    monkeypatch.setenv("OBLIVIATE_ROOT", str(ROOT))
     monkeypatch.setenv("SUGGEST_CORPUS", CORPUS)
     with FakeOpenAI(lambda n, c, b: (401, {"error": {"message": f"bad key {KEY}"}})) as srv:
         at = AppTest.from_string(PANEL, default_timeout=60).run()
@@ -450,12 +447,14 @@ def test_panel_shows_a_clear_error_and_keeps_running(monkeypatch):
 
 
 def test_proposals_never_reuse_the_texts_own_names(tiny_wb, monkeypatch):
-    import engine.suggest as S
+    import engine.suggest.offline as S
 
     raw = {"Weasley ->": " Harry\nRon ->", "Hogwarts ->": " the old school\n", "Quidditch ->": " Quidditch match",
            "Azkaban ->": " the prison of Diagon\n", "Hedwig ->": "\n", "Gringotts ->": " the black bank\n",
            "Order of the Phoenix ->": " The Golden Circle\n"}
-    monkeypatch.setattr(S, "_continue_prompts", lambda wb, prefix, suffixes, n, tick: [raw[x] for x in suffixes])
+    tok = tiny_wb.tokenizer
+    monkeypatch.setattr(type(tiny_wb), "continue_after", lambda wb, prefix, suffixes, n, stop, tick:
+                        [raw[tok.decode(x)] for x in suffixes])
     got = S.propose_translations(tiny_wb, [x[:-3] for x in raw],
                                  avoid={"Harry Potter", "Diagon Alley", "Black", "The Quibbler"})
     assert got == {"Weasley": "", "Hogwarts": "the old school", "Quidditch": "", "Azkaban": "", "Hedwig": "",

@@ -2,9 +2,11 @@
 import torch
 import torch.nn.functional as F
 
-from engine.generic import IGNORE
-from engine.train import (Goldfish, Hooks, Stopped, TrainSpec, _loss, apply_goldfish, corpus_blocks, kl_to_baseline,
-                          lora_model, next_token_labels, pad_blocks, save_adapter, soft_cross_entropy, train)
+from engine.config import GoldfishConfig as Goldfish
+from engine.data import IGNORE, apply_goldfish, corpus_blocks, next_token_labels, pad_blocks
+from engine.methods import GradientAscent, Models, NextToken, TrainData, retain_kl, token_ce
+from engine.methods.whp import soft_cross_entropy
+from engine.train import Hooks, Stopped, TrainSpec, lora_model, save_adapter, train
 
 TEXT = ("Harry Potter walked to Hogwarts with Ron and Hermione. The castle was dark and the owls were "
         "quiet. Harry told Ron that Hermione had gone to the library again. ") * 6
@@ -16,9 +18,21 @@ def _data(tok, block=32, n=4):
     return ids, lengths, next_token_labels(ids, lengths)
 
 
+def _loss(model, ids, lengths, labels):
+    """The loop's loss on all rows: mean cross-entropy at the kept label positions, no shift."""
+    data = TrainData(ids, lengths, labels)
+    batch = data.batch(list(range(len(data))), "cpu")
+    return token_ce(Models(model, model).logits(batch), batch.labels)
+
+
+def _kl(model, ids, lengths):
+    data = TrainData.next_token(ids, lengths)
+    return retain_kl(Models(model, model), data.batch(list(range(len(data))), "cpu"))
+
+
 def _corpus_loss(model, ids, lengths, labels) -> float:
     with torch.no_grad():
-        return float(_loss(model, ids, lengths, labels)[0])
+        return float(_loss(model, ids, lengths, labels))
 
 
 def test_blocks_and_next_token_labels(tokenizer):
@@ -29,11 +43,13 @@ def test_blocks_and_next_token_labels(tokenizer):
     assert labels.tolist() == [[6, 7, IGNORE], [9, IGNORE, IGNORE]]
 
 
-def test_loss_is_cross_entropy_at_the_same_position_over_kept_tokens(tiny_wb, tokenizer):
+def test_loss_is_cross_entropy_at_the_same_position_over_kept_tokens(tiny_dir, tokenizer):
+    from engine.models import ModelConfig, load_model
+
     ids, lengths, labels = _data(tokenizer, n=2)
     labels = apply_goldfish(labels, Goldfish("static", k=3))
-    model = tiny_wb.base
-    loss, _ = _loss(model, ids, lengths, labels)
+    model = load_model(ModelConfig(str(tiny_dir)))[0]
+    loss = _loss(model, ids, lengths, labels)
     with torch.no_grad():
         logits = model(input_ids=ids).logits  # (B, T, V)
     keep = labels != IGNORE
@@ -73,12 +89,12 @@ def test_kl_retain_term_starts_at_zero_and_holds_the_retain_text_under_gradient_
         torch.manual_seed(0)  # the same LoRA init for both weights: only the retain term differs
         model = lora_model(base, rank=8)
         with torch.no_grad():
-            assert float(kl_to_baseline(model, model, r_ids, r_len)[0]) < 1e-6  # fresh LoRA: B = 0
-        spec = TrainSpec("ga", ids, lengths, labels, steps=12, lr=2e-2, batch_size=4, sign=-1.0, retain_ids=r_ids,
-                         retain_lengths=r_len, retain_weight=weight, retain_loss="kl")
+            assert float(_kl(model, r_ids, r_len)) < 1e-6  # fresh LoRA: B = 0
+        spec = TrainSpec("ga", GradientAscent(retain_loss="kl"), TrainData(ids, lengths, labels), steps=12, lr=2e-2,
+                         batch_size=4, retain=TrainData.next_token(r_ids, r_len), retain_weight=weight)
         train(model, spec)
         with torch.no_grad():
-            drift[weight] = float(kl_to_baseline(model, model, r_ids, r_len)[0])
+            drift[weight] = float(_kl(model, r_ids, r_len))
     # The KL term cuts how far the retain-text predictions drift from the baseline: 1.75-1.9x over seeds
     # 0-3 (the earlier "2.4x" came from an unseeded init that depended on which tests ran first).
     assert drift[5.0] * 1.5 < drift[0.0], drift
@@ -88,11 +104,11 @@ def test_reinforce_lowers_and_gradient_ascent_raises_the_corpus_loss(tiny_dir, t
     from engine.models import ModelConfig, load_model
 
     ids, lengths, labels = _data(tokenizer)
-    for sign in (1.0, -1.0):
+    for sign, method in ((1.0, NextToken()), (-1.0, GradientAscent())):
         base, _ = load_model(ModelConfig(str(tiny_dir)))
         model = lora_model(base, rank=8)
         before = _corpus_loss(model, ids, lengths, labels)
-        train(model, TrainSpec("t", ids, lengths, labels, steps=12, lr=2e-2, batch_size=4, sign=sign))
+        train(model, TrainSpec("t", method, TrainData(ids, lengths, labels), steps=12, lr=2e-2, batch_size=4))
         after = _corpus_loss(model, ids, lengths, labels)
         assert (after < before - 0.2) if sign > 0 else (after > before + 0.2), (sign, before, after)
 
@@ -107,9 +123,8 @@ def test_gradient_ascent_with_a_next_token_retain_term_keeps_the_retain_loss(tin
     base, _ = load_model(ModelConfig(str(tiny_dir)))
     model = lora_model(base, rank=8)
     r_before = _corpus_loss(model, r_ids, r_len, r_lab)
-    train(model, TrainSpec("ga", ids, lengths, labels, steps=12, lr=2e-2, batch_size=4, sign=-1.0,
-                           retain_ids=r_ids, retain_lengths=r_len, retain_labels=r_lab, retain_weight=1.0,
-                           retain_loss="ce"))
+    train(model, TrainSpec("ga", GradientAscent(retain_loss="ce"), TrainData(ids, lengths, labels), steps=12,
+                           lr=2e-2, batch_size=4, retain=TrainData(r_ids, r_len, r_lab), retain_weight=1.0))
     with model.disable_adapter():
         forget_before = _corpus_loss(model, ids, lengths, labels)
     assert _corpus_loss(model, ids, lengths, labels) > forget_before + 0.2
@@ -122,7 +137,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tiny_dir, tokenizer, tmp_pa
     from engine.models import ModelConfig, load_model
 
     ids, lengths, labels = _data(tokenizer)
-    spec = TrainSpec("t", ids, lengths, labels, steps=6, lr=1e-2, batch_size=2, seed=3)
+    spec = TrainSpec("t", NextToken(), TrainData(ids, lengths, labels), steps=6, lr=1e-2, batch_size=2, seed=3)
 
     def fresh():
         torch.manual_seed(0)
@@ -130,7 +145,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tiny_dir, tokenizer, tmp_pa
 
     straight = fresh()
     train(straight, spec)
-    ck = tmp_path / "t.pt"
+    ck = tmp_path / "t.safetensors"
     first = fresh()
     steps_seen = []
     hooks = Hooks(on_step=lambda m: steps_seen.append(m["step"]), should_stop=lambda: len(steps_seen) >= 3,
@@ -156,7 +171,7 @@ def test_saved_adapter_is_standard_peft_and_loads_in_the_workbench(tiny_dir, tok
 
     ids, lengths, labels = _data(tokenizer, n=2)
     model = lora_model(load_model(ModelConfig(str(tiny_dir)))[0], rank=4)
-    train(model, TrainSpec("t", ids, lengths, labels, steps=3, lr=2e-2, batch_size=2))
+    train(model, TrainSpec("t", NextToken(), TrainData(ids, lengths, labels), steps=3, lr=2e-2, batch_size=2))
     path = save_adapter(model, tmp_path / "adapters" / "expert")
     assert (path / "adapter_config.json").exists() and (path / "adapter_model.safetensors").exists()
     base = load_model(ModelConfig(str(tiny_dir)))[0]

@@ -3,7 +3,6 @@
 Each case first pins the tokenization it was worked out on, so a tokenizer change fails loudly
 instead of silently testing something else.
 """
-import pytest
 
 from engine.anchors import AnchorDictionary
 from engine.translation import Translator

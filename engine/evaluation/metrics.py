@@ -1,19 +1,20 @@
-"""Pure metric functions: on token ids, texts and logits. No model is run here (engine.evaluate does that).
+"""Pure metric functions: on token ids, texts and logits. No model is run here (the stages do that).
 
     rouge_l                 ROUGE-L F1 of a prediction against a reference (the `rouge_score` package)
     token_match             fraction of reference tokens reproduced at the same position
     exact_match             1.0 when a prediction reproduces the whole reference, else 0.0
-    continuation_logprobs   log P(each target token | everything before it) from one forward's logits
     token_nll / perplexity  next-token negative log-likelihood of a block; exp(mean NLL) over blocks
     familiar_terms          anchored terms / probe references a completion says that its prompt did not
 """
 from __future__ import annotations
 
 import math
-import re
 from functools import lru_cache
 
 import torch
+
+from ..probes import continuation_logprobs
+from ..text import mentions  # noqa: F401 - the one whole-word matcher, re-exported for familiar_terms' callers
 
 # -- verbatim memorisation --------------------------------------------------------------------------
 
@@ -49,20 +50,6 @@ def exact_match(prediction: list[int], reference: list[int]) -> float:
 # -- probabilities from logits -----------------------------------------------------------------------
 
 
-def continuation_logprobs(logits: torch.Tensor, start: int, targets: list[int]) -> torch.Tensor:
-    """log P(targets[j] | ids[: start + j]) for a forward over ids = prompt + targets[:-1].
-
-    logits: (T, V) next-token logits of that forward, start = len(prompt). The prediction made at
-    position start - 1 + j is for targets[j]. Returns (len(targets),).
-    """
-    n = len(targets)
-    rows = logits[start - 1: start - 1 + n].float()  # (n, V)
-    if rows.shape[0] != n:
-        raise ValueError(f"logits cover {logits.shape[0]} positions, need {start - 1 + n}")
-    idx = torch.tensor(targets, device=rows.device).unsqueeze(1)  # (n, 1)
-    return torch.log_softmax(rows, dim=-1).gather(1, idx).squeeze(1)
-
-
 def token_nll(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
     """Negative log-likelihood of ids[1:] given their prefixes: logits (T, V) over ids (T,) -> (T-1,)."""
     return -continuation_logprobs(logits, 1, list(ids[1:]))
@@ -76,25 +63,6 @@ def perplexity(nll_sum: float, count: int) -> float:
 
 
 # -- completion familiarity ---------------------------------------------------------------------------
-
-
-def _term_pattern(term: str) -> re.Pattern:
-    # Whole word, as written; a term written in lower case also matches capitalised at a sentence start.
-    # (?<!\w) / (?!\w) rather than \b so terms that end in punctuation ("Mr.") still anchor.
-    body = re.escape(term)
-    if term[:1].islower():
-        body = f"[{re.escape(term[0])}{re.escape(term[0].upper())}]" + re.escape(term[1:])
-    return re.compile(rf"(?<!\w){body}(?!\w)")
-
-
-@lru_cache(maxsize=20000)
-def _compiled(term: str) -> re.Pattern:
-    return _term_pattern(term)
-
-
-def mentions(text: str, term: str) -> bool:
-    """Whether `text` contains `term` as a whole word (see _term_pattern)."""
-    return bool(term.strip()) and _compiled(term.strip()).search(text) is not None
 
 
 def familiar_terms(prompt: str, completion: str, terms) -> list[str]:

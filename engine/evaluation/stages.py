@@ -1,0 +1,313 @@
+"""The evaluation as stage functions over one EvalContext.
+
+Each stage fills `ctx.results[model][metric]` (and examples, notes) for every model: the baseline
+(no adapter) and each adapter, batched across models wherever the Workbench allows. A stage is
+(name, cost in progress units, function); `evaluate` runs the enabled ones and reports progress
+over all of them.
+"""
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..errors import UserError, is_oom, oom_error
+from ..models import Workbench, adapter_name
+from ..probes import encode, first_token_probabilities, score
+from . import attacks, metrics
+from .settings import EvalInputs, EvalRequest, EvalSettings
+
+BASELINE = "baseline"
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class EvalContext:
+    wb: Workbench
+    models: dict[str, str | None]  # display name -> adapter name (None: the baseline)
+    inputs: EvalInputs
+    settings: EvalSettings
+    results: dict[str, dict] = field(default_factory=dict)
+    examples: dict[str, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        tok = self.wb.tokenizer
+        self.results = {m: {} for m in self.models}
+        self.examples = {m: {} for m in self.models}
+        self.prob_items = encode(tok, self.inputs.probes.probability)  # [(prompt ids, target ids)]
+        self.retain_items = encode(tok, self.inputs.probes.retain)
+        self.terms = sorted(getattr(self.inputs.anchors, "enabled", self.inputs.anchors) or [])
+
+    def enc(self, text: str, special: bool = True) -> list[int]:
+        return self.wb.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def _mean(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+# -- stages -----------------------------------------------------------------------------------------
+def probabilities(ctx: EvalContext, tick) -> None:
+    """familiarity_probability(_full), retain_probability(_full): every model's probes in shared batches."""
+    items, meta = [], []
+    for m, name in ctx.models.items():
+        for kind, probes in (("familiarity", ctx.prob_items), ("retain", ctx.retain_items)):
+            for p, t in probes:
+                items.append((p, t, name))
+                meta.append((m, kind))
+    lps = score(ctx.wb.logits, items, ctx.settings.token_budget)
+    for m in ctx.models:
+        for kind in ("familiarity", "retain"):
+            mine = [lp for lp, mt in zip(lps, meta) if mt == (m, kind)]
+            ctx.results[m][f"{kind}_probability"] = _mean(first_token_probabilities(mine))
+            ctx.results[m][f"{kind}_probability_full"] = _mean(float(lp.sum().exp()) for lp in mine)
+    tick()
+
+
+def completions(ctx: EvalContext, tick) -> None:
+    """familiarity_completion: greedy completions naming a term their prompt did not (one generate per model)."""
+    from ..generation import complete
+
+    probes = ctx.inputs.probes.completion
+    prompts = [c["prompt"] for c in probes]
+    term_lists = [sorted(set(ctx.terms) | set(c["references"])) for c in probes]
+    for m, name in ctx.models.items():
+        if prompts:
+            outs = complete(ctx.wb, prompts, adapter=name, max_new_tokens=ctx.settings.max_new_tokens)
+            found = [metrics.familiar_terms(p, o, t) for p, o, t in zip(prompts, outs, term_lists)]
+            ctx.results[m]["familiarity_completion"] = sum(bool(f) for f in found) / len(prompts)
+            ctx.examples[m]["completion"] = [{"prompt": p, "completion": o, "familiar": f}
+                                             for p, o, f in zip(prompts, outs, found)]
+        else:
+            ctx.results[m]["familiarity_completion"] = None
+        tick()
+
+
+def judged(ctx: EvalContext, tick) -> None:
+    """familiarity_judge: the completions graded 0-3 by an LLM judge."""
+    from .judge import judge
+
+    s = ctx.settings
+    for m in ctx.models:
+        done = ctx.examples[m].get("completion") or []
+        if done:
+            grades = judge([(e["prompt"], e["completion"]) for e in done], s.judge_model, s.judge_base_url,
+                           concept=ctx.inputs.probes.concept)
+            ctx.results[m]["familiarity_judge"] = sum(grades) / len(grades)
+            for e, g in zip(done, grades):
+                e["judge"] = g
+    tick()
+
+
+def verbatim_passages(tokenizer, corpus: str, n: int, prefix: int, tokens: int) -> list[tuple[list[int], list[int]]]:
+    """n (prefix, true continuation) token passages evenly spaced over the corpus (fewer if it is short)."""
+    from ..data import tokenize_long
+
+    ids = tokenize_long(tokenizer, corpus)
+    L = prefix + tokens
+    n = min(n, len(ids) // L)
+    if n == 0:
+        return []
+    starts = [round(k * (len(ids) - L) / (n - 1)) for k in range(n)] if n > 1 else [0]
+    return [(ids[s: s + prefix], ids[s + prefix: s + L]) for s in starts]
+
+
+def verbatim(ctx: EvalContext, tick) -> None:
+    """verbatim_token_match / _exact / _rougeL: P corpus tokens in, N greedy tokens out, against the truth."""
+    s, tok = ctx.settings, ctx.wb.tokenizer
+    passages = verbatim_passages(tok, ctx.inputs.corpus, s.verbatim_passages, s.verbatim_prefix, s.verbatim_tokens)
+    if not passages:
+        ctx.notes.append(f"verbatim memorisation skipped: the corpus is shorter than "
+                         f"{s.verbatim_prefix + s.verbatim_tokens} tokens")
+        tick()
+        return
+    rows = [(p, name) for name in ctx.models.values() for p, _ in passages]
+    gens = ctx.wb.generate(rows, s.verbatim_tokens)
+    for k, m in enumerate(ctx.models):
+        mine = gens[k * len(passages): (k + 1) * len(passages)]
+        rouge = [metrics.rouge_l(tok.decode(g), tok.decode(truth)) for g, (_, truth) in zip(mine, passages)]
+        ctx.results[m]["verbatim_token_match"] = _mean(metrics.token_match(g, t) for g, (_, t) in zip(mine, passages))
+        ctx.results[m]["verbatim_exact"] = _mean(metrics.exact_match(g, t) for g, (_, t) in zip(mine, passages))
+        ctx.results[m]["verbatim_rougeL"] = _mean(rouge)
+        ctx.examples[m]["verbatim"] = [{"prefix": tok.decode(p), "truth": tok.decode(t), "continuation": tok.decode(g),
+                                        "rougeL": r} for (p, t), g, r in zip(passages, mine, rouge)]
+    tick()
+
+
+def perplexity(ctx: EvalContext, tick) -> None:
+    """retain_perplexity: exp(mean token NLL) over the retain text in independent blocks, every model batched."""
+    from ..data import groups
+
+    s = ctx.settings
+    ids = ctx.enc(ctx.inputs.retain, False)[: s.retain_max_tokens] if ctx.inputs.retain.strip() else []
+    bs = min(s.block_size, ctx.wb.max_length)
+    blocks = [b for b in (ids[i: i + bs] for i in range(0, len(ids), bs)) if len(b) >= 2]
+    if not blocks:
+        ctx.notes.append("retain perplexity skipped: no retain text")
+        tick()
+        return
+    rows = [(b, name) for name in ctx.models.values() for b in blocks]
+    nll: list = [None] * len(rows)
+    for group in groups([len(r[0]) for r in rows], s.token_budget):
+        logits = ctx.wb.logits([rows[i] for i in group])
+        for j, i in enumerate(group):
+            nll[i] = float(metrics.token_nll(logits[j], rows[i][0]).sum())
+    count = sum(len(b) - 1 for b in blocks)
+    for k, m in enumerate(ctx.models):
+        ctx.results[m]["retain_perplexity"] = metrics.perplexity(sum(nll[k * len(blocks): (k + 1) * len(blocks)]), count)
+    tick()
+
+
+def in_context(ctx: EvalContext, tick) -> None:
+    """robust_summary / robust_expert_preamble: familiarity with the target's summary, or an "expert"
+    preamble, in the context before every probability probe."""
+    probes = ctx.inputs.probes
+    items = [(ctx.enc(p["prompt"], False), t) for p, (_, t) in zip(probes.probability, ctx.prob_items)]
+    for key, text in (("robust_summary", probes.summary), ("robust_expert_preamble", probes.expert_preamble)):
+        if not text.strip():
+            ctx.notes.append(f"{key} skipped: the probes have no {key.split('_', 1)[1].replace('_', ' ')}")
+            continue
+        context = ctx.enc(text.rstrip() + "\n\n")
+        for m, name in ctx.models.items():
+            ctx.results[m][key] = _mean(attacks.in_context(ctx.wb, context, items, name, ctx.settings.token_budget))
+    tick()
+
+
+def relearning(ctx: EvalContext, tick) -> None:
+    """robust_relearn: familiarity after relearn_steps LoRA steps of each model on a corpus slice."""
+    s = ctx.settings
+    slice_ids = ctx.enc(ctx.inputs.corpus, False)[: s.relearn_tokens]
+    blocks = [b for b in (slice_ids[i: i + 128] for i in range(0, len(slice_ids), 128)) if len(b) >= 2]
+    for m, name in ctx.models.items():
+        if ctx.wb.is_full_model(name):
+            ctx.notes.append(f"relearning skipped for {m}: a full checkpoint, not a LoRA adapter")
+        else:
+            ctx.results[m]["robust_relearn"] = _mean(attacks.relearn(
+                ctx.wb, name, blocks, ctx.prob_items, s.relearn_steps, s.relearn_lr, s.relearn_rank, s.seed,
+                s.token_budget))
+        tick()
+    ctx.notes.append(f"relearning attack: {s.relearn_steps} LoRA steps, lr {s.relearn_lr}, "
+                     f"on the first {len(slice_ids)} corpus tokens")
+
+
+def paper_benchmarks(ctx: EvalContext, tick) -> None:
+    """bench_<task>: the paper's benchmarks through lm-evaluation-harness, when it runs here."""
+    from .benchmarks import benchmarks
+
+    found, why = benchmarks(ctx.wb, ctx.models, ctx.settings.benchmark_limit)
+    for m, vals in found.items():
+        ctx.results[m].update(vals)
+    if why:
+        ctx.notes.append(why)
+    tick()
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[EvalContext, Callable[[], None]], None]
+    enabled: Callable[[EvalContext], bool] = lambda ctx: True
+    cost: Callable[[EvalContext], int] = lambda ctx: 1  # progress units (one tick each)
+
+
+STAGES = (
+    Stage("probabilities", probabilities, lambda c: bool(c.prob_items or c.retain_items)),
+    Stage("completions", completions, cost=lambda c: len(c.models)),
+    Stage("judge", judged, lambda c: bool(c.settings.judge_model and c.inputs.probes.completion)),
+    Stage("verbatim", verbatim, lambda c: c.settings.verbatim_passages > 0),
+    Stage("perplexity", perplexity, lambda c: c.settings.retain_max_tokens > 0),
+    Stage("robustness", in_context, lambda c: c.settings.robustness and bool(c.prob_items)),
+    Stage("relearning", relearning, lambda c: c.settings.relearn_steps > 0 and bool(c.prob_items),
+          cost=lambda c: len(c.models)),
+    Stage("benchmarks", paper_benchmarks, lambda c: c.settings.benchmarks),
+)
+
+
+def evaluate(wb: Workbench, adapters: dict[str, str], inputs: EvalInputs, settings: EvalSettings | None = None,
+             progress: Progress | None = None) -> dict:
+    """Every metric for the baseline and each adapter (display name -> LoRA directory or full checkpoint).
+
+    progress(stage, done, total) is called as work completes. Adapters are loaded under their names
+    and removed afterwards. Returns {"model", "models": {name: {metric: value}}, "examples", "notes",
+    "settings", "seconds"}.
+    """
+    settings = settings or EvalSettings()
+    t_start = time.perf_counter()
+    if BASELINE in adapters:
+        raise UserError(f"an adapter cannot be called {BASELINE!r}: that is the model without adapters")
+    clash = len({adapter_name(n) for n in adapters}) < len(adapters)
+    if clash or any(adapter_name(n) == adapter_name(f"relearn_{m}") for n in adapters for m in (BASELINE, *adapters)):
+        raise UserError(f"adapter names must stay distinct after PEFT's renaming (letters, digits, _ and -): {list(adapters)}")
+    loaded = {display: wb.add_adapter(display, path) for display, path in adapters.items()}
+    try:
+        ctx = EvalContext(wb, {BASELINE: None, **loaded}, inputs, settings)
+        plan = [s for s in STAGES if s.enabled(ctx)]
+        total, done = sum(s.cost(ctx) for s in plan), 0
+        for stage in plan:
+            def tick(name=stage.name):
+                nonlocal done
+                done += 1
+                if progress:
+                    progress(name, min(done, total), total)
+            stage.run(ctx, tick)
+        if not settings.benchmarks and importlib.util.find_spec("lm_eval") is None:
+            ctx.notes.append("benchmarks skipped: lm-eval not installed (the paper's ARC/BoolQ/HellaSwag/PIQA/"
+                             "WinoGrande/OpenBookQA need it and its datasets cached)")
+    finally:
+        for name in loaded.values():
+            wb.remove_adapter(name)
+    return {"model": wb.name, "models": ctx.results, "examples": ctx.examples, "notes": ctx.notes,
+            "settings": settings.model_dump(mode="json"), "seconds": round(time.perf_counter() - t_start, 2)}
+
+
+def run_request(request: EvalRequest, out: str | Path | None = None) -> dict:
+    """What `python -m engine eval` runs: load the model and inputs, evaluate, and with `out` do it as a
+    job (DIR/status.json with progress, DIR/eval.json with the result, one job at a time)."""
+    from .. import jobs
+    from ..io import atomic_write_json
+
+    inputs = EvalInputs.load(request)
+    if out is None:
+        return _evaluate_request(request, inputs, None)
+    job = jobs.JobWriter(out, "eval")
+    try:
+        with jobs.queue_slot(job):  # one job at a time per OBLIVIATE_HOME, like training runs
+            job.start(phase="loading model", step=0, total=0)
+            result = _evaluate_request(request, inputs, job)
+    except jobs.Cancelled:
+        job.cancelled()
+        raise
+    except UserError as e:
+        job.fail(str(e))
+        raise
+    except BaseException as e:
+        if is_oom(e):
+            err = oom_error("the evaluation")
+            job.fail(str(err))
+            raise err from None
+        job.fail(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+        raise
+    atomic_write_json(Path(out) / "eval.json", result)
+    job.finish(phase="done")
+    return result
+
+
+def _evaluate_request(request: EvalRequest, inputs: EvalInputs, job) -> dict:
+    from .. import jobs
+
+    wb = Workbench.load(request.model)
+
+    def progress(stage: str, done: int, total: int):
+        if job:
+            if job.should_stop():
+                raise jobs.Cancelled(f"cancelled during {stage}")
+            job.status(phase=stage, step=done, total=total)
+            job.log(f"{stage} ({done}/{total})")
+
+    result = evaluate(wb, dict(request.adapters), inputs, request.settings, progress)
+    result["adapters"] = {n: str(Path(p).expanduser().resolve()) for n, p in request.adapters.items()}
+    return result

@@ -1,0 +1,34 @@
+"""Next-token training: the reinforce phase (the expert) and `reinforce_only` runs (with goldfish masks,
+a goldfish-loss fine-tune). Loss: cross-entropy to the next token at every kept label position."""
+from __future__ import annotations
+
+from ..data import apply_goldfish
+from .base import Batch, Method, Models, TrainData, token_ce
+
+
+class NextToken(Method):
+    name = "reinforce_only"
+    phases = ("reinforce",)
+    label = "reinforced"
+
+    def __init__(self, options=None, retain_loss: str = "kl", goldfish=None):
+        super().__init__(options, retain_loss)
+        self.goldfish = goldfish
+
+    @classmethod
+    def from_config(cls, cfg) -> "NextToken":
+        return cls(None, cfg.retain.loss, goldfish=cfg.goldfish)
+
+    @classmethod
+    def requirements(cls, data: dict) -> list[str]:
+        steps = (data.get("reinforce") or {}).get("steps", 60)
+        return ["reinforce.steps: must be >= 1 for reinforce_only"] if steps == 0 else []
+
+    def forget_data(self, run) -> TrainData:
+        data = TrainData.next_token(run.ids, run.lengths)
+        if self.goldfish is not None:
+            data.labels = apply_goldfish(data.labels, self.goldfish)
+        return data
+
+    def loss(self, models: Models, batch: Batch):
+        return token_ce(models.logits(batch), batch.labels)
