@@ -18,24 +18,21 @@ The last line is JSON.
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import os
+import shutil
+import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/inspect.py would shadow the standard library's inspect
+from engine.config import load_config, with_overrides
+from engine.evaluation import EvalInputs, EvalSettings, evaluate
+from engine.anchors import load_anchors
+from engine.io import ASSETS, ROOT
+from engine.models import Workbench
+from engine.pipeline import execute
+from engine.probes import load_probes
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-
-from engine.anchors import load_anchors  # noqa: E402
-from engine.evaluate import EvalSettings, evaluate, load_probes  # noqa: E402
-from engine.models import Workbench  # noqa: E402
-from engine.runs import execute, load_config  # noqa: E402
-
-ASSETS = ROOT / "assets"
 TARGETS = {  # metric: (limit on the relative change vs the baseline, "fall" or "hold")
     "familiarity_probability": (-0.80, "fall"),
     "familiarity_completion": (-0.70, "fall"),
@@ -51,14 +48,11 @@ def run(name: str, config: Path, out: Path, **over) -> Path:
         print(f"{name}: reusing {run_dir}", flush=True)
         return run_dir
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = load_config(config)
-    for k, v in over.items():
-        setattr(cfg, k, v)
-    cfg.__post_init__()  # validate the overrides too
+    cfg = with_overrides(load_config(config), over)  # validated again, overrides included
     t0 = time.time()
     status = execute(cfg, run_dir, queue=False)
-    if status.get("state") != "finished":
-        raise SystemExit(f"{name}: {status.get('state')}: {status.get('error')}")
+    if status.state != "finished":
+        raise SystemExit(f"{name}: {status.state}: {status.error}")
     print(f"{name}: finished in {time.time() - t0:.0f} s", flush=True)
     return run_dir
 
@@ -151,17 +145,17 @@ def main() -> None:
     whp = run("whp", ASSETS / "demo.yaml", out)
     expert = str(whp / "adapters" / "expert")
     runs = {"whp": whp,
-            "whp-paper": run("whp-paper", ASSETS / "demo.yaml", out, expert=expert, labels="hard", retain=None),
+            "whp-paper": run("whp-paper", ASSETS / "demo.yaml", out,
+                             **{"whp.expert": expert, "whp.labels": "hard", "retain.text": None}),
             "ga": run("ga", ASSETS / "demo_ga.yaml", out)}
     train_s = time.time() - t0
 
     wb = Workbench.load()
     adapters = {"expert": expert, **{n: str(d / "adapters" / "unlearned") for n, d in runs.items()}}
     t1 = time.time()
-    result = evaluate(wb, adapters, load_probes(ASSETS / "probes.json"),
-                      (ASSETS / "demo_corpus.txt").read_text(encoding="utf-8"),
-                      (ASSETS / "retain.txt").read_text(encoding="utf-8"),
-                      EvalSettings(relearn_steps=args.relearn_steps), anchors=load_anchors(ASSETS / "demo_anchors.json"))
+    inputs = EvalInputs(load_probes(ASSETS / "probes.json"), (ASSETS / "demo_corpus.txt").read_text(encoding="utf-8"),
+                        (ASSETS / "retain.txt").read_text(encoding="utf-8"), load_anchors(ASSETS / "demo_anchors.json"))
+    result = evaluate(wb, adapters, inputs, EvalSettings(relearn_steps=args.relearn_steps))
     eval_s = time.time() - t1
     (out / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     md = table(result)

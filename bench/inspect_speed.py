@@ -11,26 +11,20 @@ Last line of output: JSON {"device", "ours_ms", "reference_ms", "ratio", "plain_
 """
 from __future__ import annotations
 
-import sys  # noqa: I001  (first: this file's name shadows the stdlib `inspect` while bench/ is on sys.path)
-from pathlib import Path
-
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path.pop(0)
-
 import argparse
 import json
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from engine.anchors import load_anchors  # noqa: E402
-from engine.inspection import inspect  # noqa: E402
-from engine.models import ModelConfig, Workbench  # noqa: E402
+from engine.anchors import load_anchors
+from engine.config import ModelConfig
+from engine.inspection import inspect
+from engine.io import ASSETS
+from engine.models import Workbench, load_model
 
 
 def sync():
@@ -51,15 +45,15 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def random_expert(wb: Workbench, path: Path, r: int = 16) -> Path:
+def random_expert(cfg: ModelConfig, path: Path, r: int = 16) -> Path:
+    """A random r=16 LoRA adapter on every linear layer (made on a second copy, then saved)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    peft_model = get_peft_model(wb.base, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
-                                                    init_lora_weights=False))
+    peft_model = get_peft_model(load_model(cfg)[0], LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
+                                                               init_lora_weights=False))
     peft_model.save_pretrained(path)
-    wb.base = peft_model.unload()  # leave the base as it was; the Workbench loads the adapter by name
-    wb.model = wb.base
+    del peft_model
     return path
 
 
@@ -103,34 +97,29 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        cfg = ModelConfig(str(llama7b(tmp)), precision="nf4", device="cuda") if args.llama7b else ModelConfig()
         t = time.perf_counter()
-        if args.llama7b:
-            wb = Workbench.load(ModelConfig(str(llama7b(tmp)), precision="nf4", device="cuda"))
-        else:
-            wb = Workbench.load(ModelConfig())
+        wb = Workbench.load(cfg)
         load_s = time.perf_counter() - t
-        wb.add_adapter("expert", random_expert(wb, tmp / "expert"))
 
-        anchors = load_anchors(ROOT / "assets" / "demo_anchors.json")
-        text = (ROOT / "assets" / "demo_corpus.txt").read_text()
+        anchors = load_anchors(ASSETS / "demo_anchors.json")
+        text = (ASSETS / "demo_corpus.txt").read_text()
         ids = wb.tokenizer(text)["input_ids"][: args.tokens]
         prompt = wb.tokenizer.decode(ids)
-
+        tr = inspect(wb, prompt, anchors).translation
+        with torch.no_grad():  # the floor: one plain batched forward, no adapter loaded yet
+            plain_ms = timed(lambda: wb.logits([(tr.original_ids, None), (tr.translated_ids, None),
+                                                (tr.original_ids, None)]), args.repeat)
+        wb.add_adapter("expert", random_expert(cfg, tmp / "expert"))
         result = inspect(wb, prompt, anchors, expert="expert")
-        tr = result.translation
 
         def ours():
             inspect(wb, prompt, anchors, expert="expert").view(5.0)
 
-        def plain():
-            wb._forward(wb.base if wb.model is wb.base else wb.model.get_base_model(),
-                        [tr.original_ids, tr.translated_ids, tr.original_ids], None)
-
         with torch.no_grad():
-            plain_ms = timed(plain, args.repeat)
             ours_ms = timed(ours, args.repeat)
             ref_ms = timed(lambda: naive(wb, tr, 5.0, 5), args.repeat)
-            alpha_ms = timed(lambda: result.generic_stats(float(time.perf_counter())), args.repeat)
+            alpha_ms = timed(lambda: result.generic_stats(time.perf_counter() % 500), args.repeat)
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"device                 {device}  ({wb.name}, {wb.precision})")

@@ -6,7 +6,7 @@
                      batched forward per group + labels for 3 alphas), next to the ceiling:
                      the same batched forwards (two sequences per block) with nothing else
 
-    .venv/bin/python bench/train.py [--model embedded] [--block 128] [--batch 4] [--steps 3]
+    .venv/bin/python bench/train_speed.py [--model embedded] [--block 128] [--batch 4] [--steps 3]
 
 On a GPU add --precision nf4 --gradient-checkpointing (targets of issue 4 for a Llama-2-7B shape,
 batch 8 x 512: peak <= 16 GB, 120 steps <= 90 s, labels >= 80% of the forward ceiling).
@@ -14,26 +14,25 @@ The last line is JSON.
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import json
+import os
+import tempfile
+import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[0] = str(ROOT)  # not bench/: bench/inspect.py would shadow the standard library's inspect
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
-
-from engine.anchors import load_anchors  # noqa: E402
-from engine.labels import generic_labels  # noqa: E402
-from engine.models import ModelConfig, Workbench  # noqa: E402
-from engine.train import (Hooks, TrainSpec, corpus_blocks, lora_model, memory_mib, pad_blocks,  # noqa: E402
-                          save_adapter, train)
-from engine.translation import Translator  # noqa: E402
+from engine.anchors import load_anchors
+from engine.config import ModelConfig
+from engine.data import corpus_blocks, pad_blocks
+from engine.io import ASSETS
+from engine.labels import generic_labels
+from engine.methods import TrainData
+from engine.methods.whp import WHP
+from engine.models import Workbench, load_model
+from engine.train import Hooks, TrainSpec, lora_model, memory_mib, save_adapter, train
+from engine.translation import Translator
 
 
 def sync(device):
@@ -55,14 +54,14 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("OBLIVIATE_HOME", tempfile.mkdtemp(prefix="obliviate-bench-"))
 
-    wb = Workbench.load(ModelConfig(args.model, args.precision, args.device))
-    device = wb.device
-    tok = wb.tokenizer
-    text = (ROOT / "assets" / "demo_corpus.txt").read_text(encoding="utf-8")
-    anchors = load_anchors(ROOT / "assets" / "demo_anchors.json")
+    cfg = ModelConfig(args.model, args.precision, args.device)
+    base, tok = load_model(cfg)
+    device = next(base.parameters()).device
+    text = (ASSETS / "demo_corpus.txt").read_text(encoding="utf-8")
+    anchors = load_anchors(ASSETS / "demo_anchors.json")
     blocks = corpus_blocks(tok, text * 4, args.block)
-    weights_mib = wb.memory()["parameters_mib"]
-    result: dict = {"model": wb.name, "precision": wb.precision, "device": device.type,
+    weights_mib = sum(p.numel() * p.element_size() for p in base.parameters()) / 2**20
+    result: dict = {"model": args.model, "precision": base.obliviate_precision, "device": device.type,
                     "block": args.block, "batch": args.batch, "weights_mib": round(weights_mib, 1)}
 
     # -- unlearn step vs a plain forward of the same batch ---------------------------------------
@@ -70,25 +69,25 @@ def main() -> None:
     labels = torch.roll(ids, -1, dims=1)  # any labels: the cost does not depend on their values
     x = ids[: args.batch].to(device)
     with torch.no_grad():
-        wb.base(input_ids=x)  # warm-up
+        base(input_ids=x)  # warm-up
         sync(device)
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            wb.base(input_ids=x)
+            base(input_ids=x)
         sync(device)
     forward_s = (time.perf_counter() - t0) / args.steps
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    model = lora_model(wb.base, rank=8, gradient_checkpointing=args.gradient_checkpointing)
-    spec = TrainSpec("unlearn", ids, lengths, labels, steps=1, lr=1e-4, batch_size=args.batch)
-    train(model, spec)  # warm-up step
+    model = lora_model(base, rank=8, gradient_checkpointing=args.gradient_checkpointing)
+    data = TrainData(ids, lengths, labels)
+    train(model, TrainSpec("unlearn", WHP(), data, steps=1, lr=1e-4, batch_size=args.batch))  # warm-up step
     times: list[float] = []
-    train(model, TrainSpec("unlearn", ids, lengths, labels, steps=args.steps, lr=1e-4, batch_size=args.batch),
+    train(model, TrainSpec("unlearn", WHP(), data, steps=args.steps, lr=1e-4, batch_size=args.batch),
           Hooks(on_step=lambda m: times.append(m["step_s"])))
     step_s = sum(times) / len(times)
     peak = memory_mib(device)
     expert_dir = save_adapter(model, Path(os.environ["OBLIVIATE_HOME"]) / "bench-expert")
-    wb = Workbench(model.unload(), tok, wb.config)
+    wb = Workbench(model.unload(), tok, cfg)
     wb.add_adapter("expert", expert_dir)
     result.update(unlearn_step_s=round(step_s, 3), forward_s=round(forward_s, 3),
                   step_over_forward=round(step_s / forward_s, 2), peak_memory_mib=round(peak, 1),
