@@ -238,6 +238,8 @@ def cmd_run(args) -> int:
     from .pipeline import execute
 
     out = Path(args.out) if args.out else None
+    if args.check:
+        return _check_run(args)
     if args.resume:
         if out is None:
             raise UserError("--resume needs --out RUN_DIR")
@@ -257,6 +259,29 @@ def cmd_run(args) -> int:
     return 0 if status.state == "finished" else 1
 
 
+def _check_run(args) -> int:
+    """`run CONFIG --check`: the validated config's method, phases and steps per phase, without a model."""
+    from .config import load_config
+    from .data import corpus_blocks
+    from .io import read_text_file
+    from .models import resolve_model_path
+    from .pipeline import plan, totals
+
+    if not args.config:
+        raise UserError("run --check needs a CONFIG file")
+    cfg = load_config(args.config)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model.name))
+    blocks = corpus_blocks(tok, read_text_file(cfg.corpus, "corpus"), cfg.data.block_size, cfg.data.max_blocks)
+    steps = totals(cfg, len(blocks))
+    out = {"method": cfg.method, "phases": plan(cfg), "steps": steps, "total_steps": sum(steps.values()),
+           "blocks": len(blocks), "tokens": sum(map(len, blocks)), "options": cfg.options.model_dump()
+           if cfg.options is not None else None}
+    print(dumps(out, indent=2))
+    return 0
+
+
 # Step verbs: (method, their flags in order). A flag is a legacy config key (engine.config.LEGACY),
 # so it names a config field whose type and help it takes.
 _COMMON = ("model", "precision", "device", "steps", "lr", "lora_rank", "batch_size", "block_size", "max_blocks",
@@ -272,6 +297,20 @@ STEP_VERBS = {
 _VERB_PATHS = {"reinforce": {"steps": "reinforce.steps", "lr": "reinforce.lr"}}  # --steps of reinforce: its phase
 
 
+def _method_verbs() -> None:
+    """A verb for every other unlearning method in the registry (npo, simnpo, rmu, undial, elm, ...):
+    the common flags, the retain term, SAM, and the method's own options (--beta, --layer, ...)."""
+    from .methods import METHODS
+
+    for name, m in METHODS.items():
+        verb = name.replace("_", "-")
+        if verb in STEP_VERBS or name in ("whp", "gradient_ascent", "reinforce_only"):
+            continue
+        doc = (sys.modules[m.__module__].__doc__ or "").strip().splitlines()
+        STEP_VERBS[verb] = (name, f"{doc[0] if doc else m.label} -> RUN_DIR/adapters/unlearned",
+                            ("retain", "retain_loss", "retain_weight"), True)
+
+
 def _flag_path(verb: str, key: str) -> str:
     from .config import LEGACY, LEGACY_STRINGS
 
@@ -283,6 +322,7 @@ def _step_parser(sub, verb: str) -> None:
 
     method, help_, extra, has_out = STEP_VERBS[verb]
     specs = _spec_index(RunConfig)
+    own = [p for p in specs if p.startswith(f"{method}.")] if method not in ("whp",) else []
     p = sub.add_parser(verb, help=help_)
     p.add_argument("--config", help="a config file whose fields the flags override")
     _add_field_flag(p, "corpus", specs["corpus"])
@@ -297,12 +337,16 @@ def _step_parser(sub, verb: str) -> None:
             continue
         _add_field_flag(p, key.replace("_", "-"), specs[_flag_path(verb, key)])
     p.add_argument("--goldfish", help="goldfish loss KIND[:K[:H]] (static or hash), e.g. hash:4:13")
+    for path in own:  # the method's own options, --beta, --layer, ... (engine/methods/<method>.py)
+        _add_field_flag(p, path.split(".", 1)[1].replace("_", "-"), specs[path])
+    if method != "reinforce_only":
+        _add_field_flag(p, "sam-rho", specs["unlearn.sam_rho"])
     if has_out:
         p.add_argument("--out", required=True, help="run directory")
         p.add_argument("--no-queue", action="store_true", help="do not wait for other jobs (one job at a time)")
     if method == "whp":
         _add_field_flag(p, "labels", specs["whp.labels"])
-    p.set_defaults(func=cmd_step, verb=verb, method=method)
+    p.set_defaults(func=cmd_step, verb=verb, method=method, own=own)
 
 
 def _step_config(args):
@@ -316,6 +360,12 @@ def _step_config(args):
         if value is None:
             continue
         set_path(data, _flag_path(args.verb, key), value)
+    for path in args.own:
+        value = getattr(args, path.split(".", 1)[1].replace("-", "_"), None)
+        if value is not None:
+            set_path(data, path, value)
+    if getattr(args, "sam_rho", None) is not None:
+        set_path(data, "unlearn.sam_rho", args.sam_rho)
     if args.goldfish:
         kind, *rest = args.goldfish.split(":")
         try:
@@ -534,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default OBLIVIATE_HOME/runs/<time>-<method>)")
     p.add_argument("--resume", action="store_true", help="continue a cancelled / interrupted run from its checkpoint")
     p.add_argument("--no-queue", action="store_true", help="do not wait for other jobs (one job at a time)")
+    p.add_argument("--check", action="store_true", help="validate the config and print its phases and steps; run nothing")
     p.set_defaults(func=cmd_run)
+    _method_verbs()
     for verb in STEP_VERBS:
         _step_parser(sub, verb)
 

@@ -101,6 +101,9 @@ class UnlearnConfig(Section):
     """Optimizer steps of the unlearning phase; the paper's curves run to 120."""
     lr: float = Field(1e-4, gt=0, le=1)
     """Learning rate of the unlearning phase."""
+    sam_rho: float | None = Field(None, ge=0, le=10)
+    """SAM on any method (Fan et al. 2025): the forget gradient is taken at weights perturbed by rho
+    along it (0.01-0.1; about 1.5x a step), the retain gradient at the current ones. None: off."""
 
 
 class RetainConfig(Section):

@@ -153,11 +153,14 @@ def fit(run: RunContext, phase: str, method: Method, data: TrainData, steps: int
     from .train import Stopped, TrainSpec, lora_model, save_adapter, train
 
     cfg = run.cfg
-    peft_model = lora_model(run.model, cfg.lora.rank, cfg.train.gradient_checkpointing, cfg.lora.layers)
+    n_layers = int(run.model.config.num_hidden_layers)
+    peft_model = lora_model(run.model, cfg.lora.rank, cfg.train.gradient_checkpointing, cfg.lora.layers,
+                            layers=method.lora_layers(n_layers))
     run.job.log(f"{phase}: {steps} steps, lr {lr}, batch {cfg.train.batch_size} x {cfg.train.grad_accum}, "
                 f"LoRA rank {cfg.lora.rank}")
     spec = TrainSpec(phase, method, data, steps, lr, cfg.train.batch_size, cfg.train.grad_accum, seed=cfg.seed,
-                     warmup=cfg.train.warmup, retain=retain, retain_weight=cfg.retain.weight)
+                     warmup=cfg.train.warmup, retain=retain, retain_weight=cfg.retain.weight,
+                     sam_rho=cfg.unlearn.sam_rho if phase == "unlearn" else None)
     try:
         train(peft_model, spec, _hooks(run, phase), run.acc)
     except Stopped as e:

@@ -23,10 +23,12 @@ from .methods import Method, Models, TrainData
 
 
 # -- LoRA ---------------------------------------------------------------------------------------
-def lora_model(base, rank: int, gradient_checkpointing: bool = False, top_layers: int | None = None):
+def lora_model(base, rank: int, gradient_checkpointing: bool = False, top_layers: int | None = None,
+               layers: list[int] | None = None):
     """A fresh trainable LoRA adapter on every linear layer of `base` (QLoRA when base is 4-bit).
 
     top_layers: adapt only the last N transformer layers; the backward pass then stops there.
+    layers: adapt exactly these layers (a method's choice, e.g. RMU's l-2..l); overrides top_layers.
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -34,10 +36,11 @@ def lora_model(base, rank: int, gradient_checkpointing: bool = False, top_layers
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    layers, targets = None, "all-linear"
-    if top_layers:
+    targets = "all-linear"
+    if top_layers and layers is None:
         L = base.config.num_hidden_layers
         layers = list(range(max(L - top_layers, 0), L))
+    if layers is not None:
         # PEFT wants explicit module names with layers_to_transform: every linear but the head.
         targets = sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules()
                           if isinstance(m, torch.nn.Linear) and "lm_head" not in n})
@@ -154,6 +157,7 @@ class TrainSpec:
     max_grad_norm: float = 1.0
     retain: TrainData | None = None  # retain rows; the method's retain term is added with retain_weight
     retain_weight: float = 1.0
+    sam_rho: float | None = None  # SAM: the forget gradient at the sharpness-perturbed weights (None: off)
 
 
 @dataclass
@@ -216,6 +220,33 @@ def _resume(model, opt, spec: TrainSpec, hooks: Hooks, main: bool) -> int:
         return -1
 
 
+def _sam_forget(models: Models, method: Method, batch, params: list, rho: float, grad_accum: int, acc):
+    """SAM (Fan et al. 2025) on the forget term: g = grad forget(theta); eps = rho g / ||g|| over all
+    trainable parameters; the forget gradient is taken again at theta + eps, then theta is restored
+    exactly (copied back, not subtracted). Gradients already accumulated in .grad are kept."""
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    loss = method.loss(models, batch)
+    acc.backward(loss / grad_accum)
+    grads = [p.grad for p in params]
+    norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads if g is not None]))
+    theta = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            if g is not None:
+                p.add_(g, alpha=float(rho / (norm + 1e-12)))
+        for p in params:
+            p.grad = None
+    acc.backward(method.loss(models, batch) / grad_accum)  # the forget gradient at theta + eps
+    with torch.no_grad():
+        for p, t, s in zip(params, theta, saved):
+            p.copy_(t)
+            if s is not None:
+                p.grad = s if p.grad is None else p.grad + s
+    return loss
+
+
 def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) -> dict:
     """Fit the trainable (LoRA) parameters of `model` (a PeftModel) for spec.steps optimizer steps.
 
@@ -246,6 +277,7 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
             save_trainer_state(hooks.checkpoint, get_peft_model_state_dict(models.peft), opt.state_dict(), step)
         acc.wait_for_everyone()
 
+    method.prepare(models, spec.data, device)
     if main and start == 0 and hooks.probe:
         hooks.on_step({"step": 0, "phase": spec.phase, "loss": None, "lr": 0.0, "tokens_per_s": None,
                        "probes": hooks.probe(models.peft), "memory_mib": memory_mib(device)})
@@ -259,13 +291,20 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
         total = torch.zeros((), device=device)
         for micro in range(spec.grad_accum):
             batch = spec.data.batch(batch_rows(len(spec.data), step, micro, spec, rank, world), device)
-            loss = method.loss(models, batch)
+            # Forget and retain terms get their own backward (gradients add up in .grad): the same
+            # order with and without SAM, so SAM at rho 0 equals the plain method bit for bit.
+            if spec.sam_rho is None:
+                loss = method.loss(models, batch)
+                acc.backward(loss / spec.grad_accum)
+            else:
+                loss = _sam_forget(models, method, batch, params, spec.sam_rho, spec.grad_accum, acc)
             tokens += batch.tokens
             if spec.retain is not None:
                 rbatch = spec.retain.batch(batch_rows(len(spec.retain), step, micro, spec, rank, world), device)
-                loss = loss + spec.retain_weight * method.retain_loss(models, rbatch)
+                rloss = spec.retain_weight * method.retain_loss(models, rbatch)
+                acc.backward(rloss / spec.grad_accum)
+                loss = loss.detach() + rloss.detach()
                 tokens += rbatch.tokens
-            acc.backward(loss / spec.grad_accum)
             total += loss.detach() / spec.grad_accum
         acc.clip_grad_norm_(params, spec.max_grad_norm)
         opt.step()

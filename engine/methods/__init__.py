@@ -5,13 +5,23 @@ plus one line below. The run config gains its options section, the CLI and the R
 fields, and run directories, curves and evaluation labels follow from the registry.
 """
 from .base import Batch, Method, Models, TrainData, retain_ce, retain_kl, token_ce  # noqa: F401
+from .elm import ELM
 from .gradient_ascent import GradientAscent
 from .next_token import NextToken
+from .npo import NPO
+from .rmu import RMU
+from .simnpo import SimNPO
+from .undial import UNDIAL
 from .whp import WHP
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (
     WHP,
     GradientAscent,
+    NPO,
+    SimNPO,
+    RMU,
+    UNDIAL,
+    ELM,
     NextToken,
 )}
 

@@ -4,7 +4,9 @@ A method (one file each in this folder, PEFT's one-shape-per-method) is a subcla
     name        its registry name (the config's `method:`)
     Options     its config section (a config.Section; None when it has no options)
     phases      the pipeline phases it needs, in order ("reinforce", "labels", "unlearn")
+    make_labels its labels phase, if it has one (WHP: generic labels; ELM: persona-guided targets)
     forget_data the rows its unlearning phase trains on (default: the corpus blocks, next-token labels)
+    prepare     once before training (RMU: its steering vector); lora_layers: which layers it adapts
     loss        its forget loss on one batch
     retain_loss its retain term on one retain batch (default: the config's `retain.loss`, kl or ce)
 
@@ -129,6 +131,13 @@ class Method:
     def requirements(cls, data: dict) -> list[str]:
         """Problems of a (nested, raw) config that only this method knows about."""
         return []
+
+    def lora_layers(self, n_layers: int) -> list[int] | None:
+        """The layers this method's adapter trains (None: the config's lora.layers, the top N or all)."""
+        return None
+
+    def prepare(self, models: "Models", data: "TrainData", device) -> None:
+        """Called by the training loop once before the first step (the adapter is still fresh)."""
 
     def label_units(self, n_blocks: int) -> int:
         """Progress units of the labels phase (only methods with a labels phase have one)."""
