@@ -1,19 +1,24 @@
-"""The forgetting benchmark (issue 5's quality target): the demo runs, then one evaluation of them all.
+"""The forgetting benchmark: every method's demo run, then the same evaluations of them all.
 
-    whp         assets/demo.yaml as shipped: WHP with soft labels and a KL retain term
-    whp-paper   the same run with the paper's recipe: hard labels, no retain term
-    ga          assets/demo_ga.yaml: gradient ascent with the same KL retain term
+    whp         assets/demo.yaml as shipped: WHP, soft labels, KL retain term
+    whp-paper   the same run with the paper's recipe: hard labels, no retain term (the same expert)
+    ga npo simnpo rmu undial elm    assets/demo_<method>.yaml: the same data, LoRA and retain text
+    <best>+sam  the method that meets the quality target with the smallest relearning give-back
+                (else the one that forgets most within the retain limits), again with SAM (--sam-rho)
 
-Each run reuses the expert of the first (same corpus, same seed) and is skipped when its adapter
-already exists under --out. Then `engine.evaluate` measures the baseline, the expert and every run
-in one table, every figure next to the baseline measured in the same evaluation, and checks the
-target: familiarity (probability) -80% or more, completion familiarity -70% or more, retain
-probes and retain perplexity within 10%.
+Each run is skipped when its adapter already exists under --out. Then two evaluations, each with
+the baseline measured in the same evaluation:
+    shipped     assets/probes.json (the probes the demos were tuned on): familiarity, retain probes and
+                perplexity, verbatim memorisation, the summary / preamble in context, 10 relearning steps
+    held-out    assets/heldout_probes.json (written independently, never tuned on): the probability of
+                the whole answer, completions naming a Harry Potter entity the prompt did not, and
+                neighbouring-fiction questions (nats per answer)
+and the quality target: familiarity (probability) -80% or more, retain probes and retain perplexity
+within 10%, and less of the drop given back after relearning than WHP as shipped.
 
-    .venv/bin/python bench/forgetting.py [--out runs/bench-forgetting] [--relearn-steps 10]
+    .venv/bin/python bench/forgetting.py [--out runs/bench-forgetting] [--relearn-steps 10] [--sam-rho 0.05]
 
-Writes OUT/eval.json, OUT/table.md (the README's table) and docs/forgetting.png (familiarity vs
-utility, the README's plot; needs kaleido and a Chromium, skipped with a note otherwise).
+Writes OUT/eval.json, OUT/heldout.json, OUT/table.md (the README's tables) and docs/forgetting.png.
 The last line is JSON.
 """
 from __future__ import annotations
@@ -25,20 +30,16 @@ import shutil
 import time
 from pathlib import Path
 
+from engine.anchors import load_anchors
 from engine.config import load_config, with_overrides
 from engine.evaluation import EvalInputs, EvalSettings, evaluate
-from engine.anchors import load_anchors
 from engine.io import ASSETS, ROOT
 from engine.models import Workbench
 from engine.pipeline import execute
 from engine.probes import load_probes
 
-TARGETS = {  # metric: (limit on the relative change vs the baseline, "fall" or "hold")
-    "familiarity_probability": (-0.80, "fall"),
-    "familiarity_completion": (-0.70, "fall"),
-    "retain_probability": (0.10, "hold"),
-    "retain_perplexity": (0.10, "hold"),
-}
+METHOD_CONFIGS = {"ga": "demo_ga.yaml", "npo": "demo_npo.yaml", "simnpo": "demo_simnpo.yaml", "rmu": "demo_rmu.yaml",
+                  "undial": "demo_undial.yaml", "elm": "demo_elm.yaml"}
 
 
 def run(name: str, config: Path, out: Path, **over) -> Path:
@@ -54,71 +55,105 @@ def run(name: str, config: Path, out: Path, **over) -> Path:
     if status.state != "finished":
         raise SystemExit(f"{name}: {status.state}: {status.error}")
     print(f"{name}: finished in {time.time() - t0:.0f} s", flush=True)
+    (run_dir / "seconds.txt").write_text(f"{time.time() - t0:.0f}\n")
     return run_dir
 
 
 def change(value, base):
-    return None if value is None or not base else value / base - 1
+    return None if value is None or base in (None, 0) else value / base - 1
 
 
-def table(result: dict) -> str:
+def give_back(m: dict, base: dict) -> float | None:
+    """Share of the familiarity drop that 10 relearning steps give back: (relearned - m) / (baseline - m)."""
+    if m.get("robust_relearn") is None or base["familiarity_probability"] <= m["familiarity_probability"]:
+        return None
+    return (m["robust_relearn"] - m["familiarity_probability"]) / (base["familiarity_probability"] -
+                                                                   m["familiarity_probability"])
+
+
+SHIPPED_ROWS = [("familiarity (probability)", "familiarity_probability", 3),
+                ("familiarity (completion)", "familiarity_completion", 3),
+                ("verbatim ROUGE-L", "verbatim_rougeL", 3),
+                ("retain probes", "retain_probability", 3),
+                ("retain perplexity", "retain_perplexity", 1),
+                ("familiarity, summary in context", "robust_summary", 3),
+                ("familiarity, expert preamble", "robust_expert_preamble", 3),
+                ("familiarity after relearning", "robust_relearn", 3)]
+HELDOUT_ROWS = [("held-out: P(whole answer)", "familiarity_probability_full", 4),
+                ("held-out: completions naming HP", "familiarity_completion", 3),
+                ("held-out: other fiction, nats/answer", "retain_answer_nll", 2)]
+
+
+def table(result: dict, rows, relative: str = "ratio") -> list[str]:
     models = result["models"]
     base = models["baseline"]
-    rows = [("familiarity (probability)", "familiarity_probability", 3),
-            ("familiarity (completion)", "familiarity_completion", 3),
-            ("verbatim ROUGE-L", "verbatim_rougeL", 3),
-            ("retain probes", "retain_probability", 3),
-            ("retain perplexity", "retain_perplexity", 1),
-            ("familiarity, summary in context", "robust_summary", 3),
-            ("familiarity, expert preamble", "robust_expert_preamble", 3),
-            ("familiarity after relearning", "robust_relearn", 3)]
-    names = list(models)
-    out = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    out = []
     for label, key, digits in rows:
-        if all(models[m].get(key) is None for m in names):
+        if all(models[m].get(key) is None for m in models):
             continue
         cells = []
-        for m in names:
+        for m in models:
             v = models[m].get(key)
-            c = change(v, base.get(key))
-            cells.append("—" if v is None else f"{v:.{digits}f}" + ("" if m == "baseline" or c is None else f" ({c:+.0%})"))
+            if v is None:
+                cells.append("—")
+                continue
+            text = f"{v:.{digits}f}"
+            if m != "baseline" and base.get(key) is not None:
+                text += f" ({v - base[key]:+.2f})" if relative == "delta" or key.endswith("_nll") else \
+                    f" ({change(v, base[key]):+.0%})" if base[key] else ""
+            cells.append(text)
         out.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
+    return out
 
 
-def check(result: dict, name: str) -> dict:
-    base, m = result["models"]["baseline"], result["models"][name]
-    verdict = {}
-    for key, (limit, kind) in TARGETS.items():
-        c = change(m.get(key), base.get(key))
-        verdict[key] = {"change": c, "ok": c is not None and (c <= limit if kind == "fall" else abs(c) <= limit)}
-    return verdict
+def markdown(shipped: dict, heldout: dict) -> str:
+    names = list(shipped["models"])
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += table(shipped, SHIPPED_ROWS)
+    base = shipped["models"]["baseline"]
+    gb = [give_back(shipped["models"][m], base) for m in names]
+    lines.append("| relearning gives back | " + " | ".join("—" if g is None else f"{g:.0%}" for g in gb) + " |")
+    lines += table(heldout, HELDOUT_ROWS)
+    return "\n".join(lines)
 
 
-def plot(result: dict, path: Path) -> str | None:
-    """Familiarity vs utility, one point per model (the paper's trade-off). Returns a note when skipped."""
+def verdict(shipped: dict, name: str, whp_back: float | None) -> dict:
+    base, m = shipped["models"]["baseline"], shipped["models"][name]
+    fam = change(m["familiarity_probability"], base["familiarity_probability"])
+    ret = change(m["retain_probability"], base["retain_probability"])
+    ppl = change(m["retain_perplexity"], base["retain_perplexity"])
+    back = give_back(m, base)
+    ok = fam <= -0.8 and abs(ret) <= 0.1 and abs(ppl) <= 0.1
+    return {"familiarity": fam, "retain": ret, "perplexity": ppl, "gives_back": back, "meets_forget_keep": ok,
+            "beats_whp_relearning": ok and back is not None and whp_back is not None and back < whp_back}
+
+
+def plot(shipped: dict, path: Path) -> str | None:
+    """Familiarity vs retain probes, one point per model, the target box shaded. A note when skipped."""
     try:
         import plotly.graph_objects as go
     except ImportError:
         return "plot skipped: plotly missing"
     if not os.environ.get("BROWSER_PATH") and Path("/usr/bin/chromium").exists():
         os.environ["BROWSER_PATH"] = "/usr/bin/chromium"  # kaleido renders through a Chromium
-    models = result["models"]
+    models = shipped["models"]
     base = models["baseline"]
     fig = go.Figure()
-    # The quality target: familiarity down by 80% or more, retain probes within 10% of the baseline.
     fig.add_shape(type="rect", x0=0.9 * base["retain_probability"], x1=1.1 * base["retain_probability"],
                   y0=0, y1=0.2 * base["familiarity_probability"], fillcolor="seagreen", opacity=0.12, line_width=0)
     fig.add_annotation(x=base["retain_probability"], y=0.2 * base["familiarity_probability"], text="target",
                        showarrow=False, yshift=10, font=dict(color="seagreen"))
-    for name, m in models.items():
+    positions = ["top center", "bottom center", "middle right", "middle left"]
+    for k, (name, m) in enumerate(models.items()):
         fig.add_trace(go.Scatter(x=[m["retain_probability"]], y=[m["familiarity_probability"]], name=name,
-                                 mode="markers+text", text=[name], textposition="top center",
-                                 marker=dict(size=14)))
-    fig.update_layout(title=f"Forgetting vs keeping on {result['model']} (demo corpus)",
+                                 mode="markers+text", text=[name], textposition=positions[k % 4],
+                                 marker=dict(size=13)))
+    top = max(m["familiarity_probability"] for m in models.values())
+    fig.update_layout(title=f"Forgetting vs keeping on {shipped['model']} (demo corpus, shipped probes)",
                       xaxis_title="retain-probe probability (keep: higher is better)",
                       yaxis_title="familiarity probability (forget: lower is better)",
-                      showlegend=False, template="plotly_white", width=760, height=480)
+                      xaxis_range=[0, 1.15 * max(m["retain_probability"] for m in models.values())],
+                      yaxis_range=[0, 1.1 * top], showlegend=False, template="plotly_white", width=860, height=540)
     try:
         fig.write_image(str(path), scale=2)
     except Exception as e:  # noqa: BLE001 - kaleido or its browser missing: the numbers still stand
@@ -130,45 +165,70 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-forgetting"))
     ap.add_argument("--relearn-steps", type=int, default=10)
+    ap.add_argument("--sam-rho", type=float, default=0.05)
     ap.add_argument("--plot", default=str(ROOT / "docs" / "forgetting.png"))
-    ap.add_argument("--from-eval", action="store_true", help="redraw the table and plot from OUT/eval.json only")
+    ap.add_argument("--from-eval", action="store_true", help="redraw the tables and plot from OUT's JSON only")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_eval:
-        result = json.loads((out / "eval.json").read_text())
-        print(table(result))
-        print(plot(result, Path(args.plot)) or f"plot: {args.plot}")
+        shipped, heldout = (json.loads((out / f).read_text()) for f in ("eval.json", "heldout.json"))
+        print(markdown(shipped, heldout))
+        print(plot(shipped, Path(args.plot)) or f"plot: {args.plot}")
         return
 
     t0 = time.time()
     whp = run("whp", ASSETS / "demo.yaml", out)
     expert = str(whp / "adapters" / "expert")
-    runs = {"whp": whp,
-            "whp-paper": run("whp-paper", ASSETS / "demo.yaml", out,
-                             **{"whp.expert": expert, "whp.labels": "hard", "retain.text": None}),
-            "ga": run("ga", ASSETS / "demo_ga.yaml", out)}
+    runs = {"whp": whp, "whp-paper": run("whp-paper", ASSETS / "demo.yaml", out,
+                                         **{"whp.expert": expert, "whp.labels": "hard", "retain.text": None})}
+    runs.update({name: run(name, ASSETS / cfg, out) for name, cfg in METHOD_CONFIGS.items()})
     train_s = time.time() - t0
 
     wb = Workbench.load()
-    adapters = {"expert": expert, **{n: str(d / "adapters" / "unlearned") for n, d in runs.items()}}
+    anchors = load_anchors(ASSETS / "demo_anchors.json")
+    corpus = (ASSETS / "demo_corpus.txt").read_text(encoding="utf-8")
+
+    def evaluate_all(runs: dict) -> tuple[dict, dict]:
+        adapters = {"expert": expert, **{n: str(d / "adapters" / "unlearned") for n, d in runs.items()}}
+        shipped = evaluate(wb, adapters, EvalInputs(load_probes(ASSETS / "probes.json"), corpus,
+                                                    (ASSETS / "retain.txt").read_text(encoding="utf-8"), anchors),
+                           EvalSettings(relearn_steps=args.relearn_steps))
+        heldout = evaluate(wb, adapters, EvalInputs(load_probes(ASSETS / "heldout_probes.json"), corpus, "", anchors),
+                           EvalSettings(verbatim_passages=0, retain_max_tokens=0, robustness=False))
+        return shipped, heldout
+
     t1 = time.time()
-    inputs = EvalInputs(load_probes(ASSETS / "probes.json"), (ASSETS / "demo_corpus.txt").read_text(encoding="utf-8"),
-                        (ASSETS / "retain.txt").read_text(encoding="utf-8"), load_anchors(ASSETS / "demo_anchors.json"))
-    result = evaluate(wb, adapters, inputs, EvalSettings(relearn_steps=args.relearn_steps))
+    shipped, heldout = evaluate_all(runs)
+    whp_back = give_back(shipped["models"]["whp"], shipped["models"]["baseline"])
+    verdicts = {n: verdict(shipped, n, whp_back) for n in runs}
+    meets = [n for n, v in verdicts.items() if v["meets_forget_keep"]]
+    best = min(meets, key=lambda n: verdicts[n]["gives_back"] if verdicts[n]["gives_back"] is not None else 9) \
+        if meets else min(verdicts, key=lambda n: verdicts[n]["familiarity"] + (9 if abs(verdicts[n]["retain"]) > 0.1 else 0))
+    if best == "whp-paper":
+        best_cfg, over = ASSETS / "demo.yaml", {"whp.expert": expert, "whp.labels": "hard", "retain.text": None}
+    else:
+        best_cfg, over = ASSETS / METHOD_CONFIGS.get(best, "demo.yaml"), {}
+    runs[f"{best}+sam"] = run(f"{best}+sam", best_cfg, out, **over, **{"unlearn.sam_rho": args.sam_rho})
+    shipped, heldout = evaluate_all(runs)  # once more with the SAM run: every number from the same evaluation
     eval_s = time.time() - t1
-    (out / "eval.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    md = table(result)
+    whp_back = give_back(shipped["models"]["whp"], shipped["models"]["baseline"])
+    verdicts = {n: verdict(shipped, n, whp_back) for n in runs}
+    (out / "eval.json").write_text(json.dumps(shipped, indent=2, ensure_ascii=False))
+    (out / "heldout.json").write_text(json.dumps(heldout, indent=2, ensure_ascii=False))
+    md = markdown(shipped, heldout)
     (out / "table.md").write_text(md + "\n")
     print(md)
-    note = plot(result, Path(args.plot))
-    print(note or f"plot: {args.plot}")
-    verdicts = {n: check(result, n) for n in runs}
+    print(plot(shipped, Path(args.plot)) or f"plot: {args.plot}")
     for n, v in verdicts.items():
-        print(f"{n:10s} " + "  ".join(f"{k} {x['change']:+.0%} {'ok' if x['ok'] else 'MISSED'}"
-                                      if x["change"] is not None else f"{k} n/a" for k, x in v.items()))
-    print(json.dumps({"train_s": round(train_s, 1), "eval_s": round(eval_s, 1), "verdicts": verdicts,
-                      "models": result["models"]}))
+        print(f"{n:12s} familiarity {v['familiarity']:+.0%} retain {v['retain']:+.0%} perplexity {v['perplexity']:+.0%} "
+              f"gives back {'—' if v['gives_back'] is None else format(v['gives_back'], '.0%')}"
+              f"{'  MEETS forget/keep' if v['meets_forget_keep'] else ''}"
+              f"{' and beats WHP on relearning' if v['beats_whp_relearning'] else ''}")
+    seconds = {n: float((d / "seconds.txt").read_text()) for n, d in runs.items() if (d / "seconds.txt").exists()}
+    print(json.dumps({"train_s": round(train_s, 1), "eval_s": round(eval_s, 1), "run_seconds": seconds,
+                      "best": best, "verdicts": verdicts, "models": shipped["models"],
+                      "heldout": heldout["models"]}))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from engine.config import ModelConfig
 from engine.data import corpus_blocks, pad_blocks
 from engine.io import ASSETS
 from engine.labels import generic_labels
-from engine.methods import TrainData
+from engine.methods import METHODS, TrainData
 from engine.methods.whp import WHP
 from engine.models import Workbench, load_model
 from engine.train import Hooks, TrainSpec, lora_model, memory_mib, save_adapter, train
@@ -38,6 +38,36 @@ from engine.translation import Translator
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def method_step(name: str, base, vocab: int, data: TrainData, args, device, forward_s: float):
+    """Seconds per optimizer step of one method (KL retain term on a second batch where the method takes
+    one; RMU its own), with soft targets where the method reads them, and the peak memory after it.
+    Returns (figures, the base model again without the adapter)."""
+    from engine.methods import METHODS
+
+    method = METHODS[name]()
+    extra = {}
+    if name in ("whp", "elm"):  # soft targets: random ids and log-probs, the cost is the same
+        k = 16
+        ids = torch.randint(0, vocab, (*data.ids.shape, k), dtype=torch.int32)
+        logp = torch.randn(*data.ids.shape, k).log_softmax(-1).half()
+        extra = {"soft_ids": ids, "soft_logp": logp}
+        if name == "whp":
+            method.options = method.options.model_copy(update={"labels": "soft", "soft_top_k": k})
+    forget = TrainData(data.ids, data.lengths, data.labels, extra)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = lora_model(base, rank=8, gradient_checkpointing=args.gradient_checkpointing,
+                       layers=method.lora_layers(int(base.config.num_hidden_layers)))
+    spec = lambda steps: TrainSpec("unlearn", method, forget, steps=steps, lr=1e-4, batch_size=args.batch,  # noqa: E731
+                                   retain=data, retain_weight=1.0)
+    train(model, spec(1))  # warm-up
+    times: list[float] = []
+    train(model, spec(args.steps), Hooks(on_step=lambda m: times.append(m["step_s"])))
+    step_s = sum(times) / len(times)
+    return {"step_s": round(step_s, 3), "step_over_forward": round(step_s / forward_s, 2),
+            "peak_memory_mib": round(memory_mib(device), 1)}, model.unload()
 
 
 def main() -> None:
@@ -51,6 +81,8 @@ def main() -> None:
     ap.add_argument("--label-blocks", type=int, default=8)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--methods", default="all", help="comma-separated registry names, 'all' (every unlearning "
+                                                         "method) or 'none'")
     args = ap.parse_args()
     os.environ.setdefault("OBLIVIATE_HOME", tempfile.mkdtemp(prefix="obliviate-bench-"))
 
@@ -87,7 +119,18 @@ def main() -> None:
     step_s = sum(times) / len(times)
     peak = memory_mib(device)
     expert_dir = save_adapter(model, Path(os.environ["OBLIVIATE_HOME"]) / "bench-expert")
-    wb = Workbench(model.unload(), tok, cfg)
+    base = model.unload()
+    # -- every method's step, same batch, same forward reference ----------------------------------
+    names = [n for n, m in METHODS.items() if "unlearn" in m.phases] if args.methods == "all" else \
+        [n for n in args.methods.split(",") if n and n != "none"]
+    per_method = {}
+    for name in names:
+        per_method[name], base = method_step(name, base, int(base.config.vocab_size), data, args, device, forward_s)
+        print(f"  {name:16s} {per_method[name]['step_s']:7.3f} s/step = x{per_method[name]['step_over_forward']:.2f} "
+              f"the forward   peak {per_method[name]['peak_memory_mib']:.0f} MiB")
+    result["methods"] = per_method
+
+    wb = Workbench(base, tok, cfg)
     wb.add_adapter("expert", expert_dir)
     result.update(unlearn_step_s=round(step_s, 3), forward_s=round(forward_s, 3),
                   step_over_forward=round(step_s / forward_s, 2), peak_memory_mib=round(peak, 1),

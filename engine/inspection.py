@@ -78,6 +78,7 @@ class Inspection:
     tracked_ids: dict[str, int]  # tracked string -> its first token id
     notes: list[str] = field(default_factory=list)
     truncated: int = 0
+    target: str = "whp"  # whp: generic = base(translated) - alpha relu(expert - base); elm: the ELM-style target
     _views: dict = field(default_factory=dict, repr=False)
 
     def piece(self, token_id: int) -> str:
@@ -133,7 +134,8 @@ class Inspection:
             for text, tid in self.tracked_ids.items()
         }
         return {
-            "model": self.model, "alpha": alpha, "notes": self.notes, "truncated_tokens": self.truncated,
+            "model": self.model, "alpha": alpha, "target": self.target, "notes": self.notes,
+            "truncated_tokens": self.truncated,
             "translated_text": self.tokenizer.decode(self.translation.translated_ids),
             "translated_tokens": self.translated_tokens, "mapping": self.translation.mapping,
             "terms": [vars(o) for o in self.translation.occurrences],
@@ -150,8 +152,14 @@ def inspect(
     top_k: int = 5,
     track: list[str] | tuple[str, ...] = (),
     seed: int = 0,
+    elm=None,
 ) -> Inspection:
-    """Run the prompt once through every model and keep what any alpha's view needs."""
+    """Run the prompt once through every model and keep what any alpha's view needs.
+
+    elm: an ElmOptions (engine/methods/elm.py) to show the ELM-style target as the generic row instead
+    of WHP's: the baseline after the novice and the expert persona prefixes join the batch, and
+    view(x) reads x as eta. The prompt is then not translated (ELM uses no dictionary).
+    """
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError("the prompt is empty: type some text to inspect")
     if len(prompt) > MAX_PROMPT_CHARS:
@@ -163,7 +171,12 @@ def inspect(
     notes: list[str] = []
     truncated = 0
     limit = wb.max_length
-    rows = 1 + (anchors is not None) + bool(expert) + bool(unlearned)
+    if elm is not None:
+        from .methods.elm import persona_prefixes
+
+        novice, expert_prefix = persona_prefixes(tok, elm)
+        anchors = None
+    rows = 1 + (anchors is not None) + bool(expert) + bool(unlearned) + 2 * (elm is not None)
     most = LOGITS_BUDGET // (rows * wb.vocab_size * 4)
     if len(ids) > most and most < limit:
         raise UserError(f"the prompt is {len(ids):,} tokens; inspecting {rows} models keeps every position's "
@@ -187,13 +200,18 @@ def inspect(
         batch.append((ids, expert))
     if unlearned:
         batch.append((ids, unlearned))
+    n_models = len(batch)
+    if elm is not None:
+        batch += [(novice + ids, None), (expert_prefix + ids, None)]
     logits = wb.logits(batch)
     base_o = logits[0]
     base_t = logits[1] if not translation.is_identity else base_o
-    expert_o = logits[len(batch) - 1 - bool(unlearned)] if expert else None
-    unlearned_o = logits[-1] if unlearned else None
+    expert_o = logits[n_models - 1 - bool(unlearned)] if expert else None
+    unlearned_o = logits[n_models - 1] if unlearned else None
 
-    if expert is None and translation.occurrences:
+    if elm is not None:
+        notes.append(f"generic is the ELM-style target: the baseline + eta x (novice - expert) about {elm.concept!r}")
+    elif expert is None and translation.occurrences:
         notes.append("no expert: generic is the baseline on the translated prompt (anchored terms only)")
     elif expert is None:
         notes.append("no expert and no anchored term in the prompt: generic equals the baseline")
@@ -212,10 +230,15 @@ def inspect(
         stats["expert"] = _stats(expert_o, nxt, top_k, track_list)
     if unlearned_o is not None:
         stats["unlearned"] = _stats(unlearned_o, nxt, top_k, track_list)
-    parts = generic_parts(translation, base_t, expert_o)
+    if elm is not None:
+        from .methods.elm import elm_parts
+
+        parts = elm_parts(base_o, logits[-2][len(novice):], logits[-1][len(expert_prefix):], elm)
+    else:
+        parts = generic_parts(translation, base_t, expert_o)
     return Inspection(
         model=wb.name, ids=ids, tokens=[tok.decode([i]) for i in ids], translation=translation,
         translated_tokens=[tok.decode([i]) for i in translation.translated_ids], parts=parts, stats=stats,
         baseline_logp=base_o[parts.rows].log_softmax(-1), tokenizer=tok, top_k=top_k,
-        tracked_ids=tracked_ids, notes=notes, truncated=truncated,
+        tracked_ids=tracked_ids, notes=notes, truncated=truncated, target="elm" if elm is not None else "whp",
     )

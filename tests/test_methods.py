@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import ASSETS, make_tiny_llama, run_cli
 from engine.data import IGNORE, pad_blocks
@@ -131,7 +130,6 @@ def test_a_fresh_adapter_gives_the_neutral_values(tiny_dir, tokenizer):
 
 
 def test_rmu_never_computes_the_layers_above_its_layer(deep_dir, tokenizer):
-    from engine.methods import Models
     from engine.methods.rmu import RmuOptions, decoder_of
     from engine.train import TrainSpec, train
 
@@ -241,3 +239,23 @@ def test_the_registry_gives_each_method_a_config_section_a_form_and_a_verb():
         assert name.replace("_", "-") in verbs or name in ("whp", "reinforce_only"), name
     cfg = run_config({"corpus": str(ASSETS / "demo_corpus.txt"), "method": "elm", "elm": {"concept": "X", "eta": 4}})
     assert cfg.options.eta == 4 and isinstance(METHODS["elm"].from_config(cfg), ELM)
+
+
+def test_inspect_shows_the_elm_target_as_the_generic_row(tiny_wb):
+    from engine.inspection import inspect
+    from engine.methods.elm import persona_prefixes
+
+    o = ElmOptions(concept="wizards", eta=2.0, ramp=2)
+    prompt = "Harry went to the castle with Ron and"
+    view = inspect(tiny_wb, prompt, elm=o, top_k=3).view(2.0)
+    assert view["target"] == "elm" and any("ELM-style" in n for n in view["notes"])
+    tok = tiny_wb.tokenizer
+    ids = tok(prompt)["input_ids"]
+    novice, expert = persona_prefixes(tok, o)
+    base, nov, exp = tiny_wb.logits([(ids, None), (novice + ids, None), (expert + ids, None)])
+    want = elm_parts(base, nov[len(novice):], exp[len(expert):], o).logits(2.0)[-1].softmax(-1).topk(3)
+    last = view["positions"][-1]["generic"]
+    assert [t["id"] for t in last] == want.indices.tolist()
+    assert [t["prob"] for t in last] == pytest.approx(want.values.tolist(), rel=1e-4)
+    again = inspect(tiny_wb, prompt, elm=o, top_k=3)
+    assert again.view(0.0)["positions"][-1]["generic"][0]["id"] == int(base[-1].argmax())  # eta 0: the baseline

@@ -234,7 +234,6 @@ def test_the_same_run_under_accelerate_with_two_processes(tiny_dir, tmp_path, ho
 def test_an_old_run_directory_still_loads_resumes_and_shows(tiny_dir, tmp_path, home):
     """A gradient-ascent run directory as the engine wrote it before the redesign: a flat config.json,
     the phase called gradient_ascent, a pickled checkpoint. It lists, reads and resumes."""
-    from engine.data import corpus_blocks, pad_blocks
     from engine.models import ModelConfig, load_model
     from engine.pipeline import execute
     from engine.train import lora_model

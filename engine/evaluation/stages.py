@@ -65,6 +65,7 @@ def probabilities(ctx: EvalContext, tick) -> None:
             mine = [lp for lp, mt in zip(lps, meta) if mt == (m, kind)]
             ctx.results[m][f"{kind}_probability"] = _mean(first_token_probabilities(mine))
             ctx.results[m][f"{kind}_probability_full"] = _mean(float(lp.sum().exp()) for lp in mine)
+            ctx.results[m][f"{kind}_answer_nll"] = _mean(float(-lp.sum()) for lp in mine)
     tick()
 
 
