@@ -114,6 +114,30 @@ def run_cli(*args: str, env: dict | None = None):
     )
 
 
+def cli(*args: str, env: dict | None = None):
+    """`engine.cli.main(args)` in this process (no interpreter start-up, no re-import: seconds per call):
+    for tests of what a verb does, not of the process around it (those use run_cli)."""
+    import contextlib
+    import io
+    import subprocess
+
+    from engine.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse's usage errors
+                code = e.code if isinstance(e.code, int) else 2
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return subprocess.CompletedProcess(["engine", *args], code or 0, out.getvalue(), err.getvalue())
+
+
 def open_page(page: str, timeout: float = 60):
     """The workbench through app/main.py (sidebar and all), switched to pages/<page>.py, run once."""
     from streamlit.testing.v1 import AppTest

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import ASSETS, make_tiny_llama, run_cli
+from conftest import ASSETS, cli, make_tiny_llama
 from engine.data import IGNORE, pad_blocks
 from engine.methods import METHODS, NPO, RMU, UNDIAL, Batch, GradientAscent, NextToken, SimNPO, TrainData
 from engine.methods.elm import ELM, ElmOptions, elm_parts
@@ -201,7 +201,7 @@ def test_every_method_runs_two_steps_through_the_cli_and_saves_a_loadable_adapte
     from engine.models import Workbench
 
     out = tmp_path / verb
-    r = run_cli(verb, "--corpus", str(ASSETS / "demo_corpus.txt"), "--model", str(tiny_dir), "--steps", "2",
+    r = cli(verb, "--corpus", str(ASSETS / "demo_corpus.txt"), "--model", str(tiny_dir), "--steps", "2",
                 "--block-size", "32", "--max-blocks", "4", "--batch-size", "2", "--lora-rank", "4",
                 "--retain", str(ASSETS / "retain_train.txt"), "--out", str(out), *extra,
                 env={"OBLIVIATE_HOME": str(tmp_path / "home")})
@@ -221,7 +221,7 @@ def test_a_bad_method_option_is_one_error_line(tiny_dir, tmp_path):
     for verb, extra, fragment in (("npo", ["--beta", "-1"], "npo.beta"), ("simnpo", ["--forget-weight", "0"], "forget_weight"),
                                   ("rmu", ["--layer", "9", "--steps", "1", "--max-blocks", "2", "--block-size", "16"],
                                    "past the model's last layer")):
-        r = run_cli(verb, *common, *extra, env={"OBLIVIATE_HOME": str(tmp_path / "home")})
+        r = cli(verb, *common, *extra, env={"OBLIVIATE_HOME": str(tmp_path / "home")})
         errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
         assert r.returncode == 2 and len(errors) == 1 and fragment in errors[0], (verb, r.stderr[-1500:])
         assert "Traceback" not in r.stderr
