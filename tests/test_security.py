@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ASSETS, ROOT, open_page, run_cli
+from conftest import ASSETS, ROOT, cli, open_page, run_cli
 from engine import jobs
 from engine.errors import UserError, is_oom
 from engine.io import browser_path, parse_json, parse_yaml, read_text_file
@@ -240,6 +240,7 @@ def test_cancel_signals_no_process_but_the_jobs_own(tmp_path, monkeypatch):
                 pass  # a dead or missing pid reads as interrupted: nothing to cancel
         assert [s for s in sent if s[1] != 0] == [], "no signal to -1, 0, or a process that is not this job"
     finally:
+        monkeypatch.undo()  # Popen.kill goes through os.kill: without this the test waits out the sleep
         victim.kill()
         victim.wait()
 
@@ -277,7 +278,7 @@ def test_garbage_status_files_are_safe_records(tmp_path, monkeypatch, app_env):
     listed = jobs.list_jobs(runs)
     assert len(listed) == 5 and all(isinstance(s.state, str) for s in listed)
     assert {s.state for s in listed} <= {*jobs.STATES, "unreadable"}
-    r = run_cli("runs", "list", "--root", str(runs))
+    r = cli("runs", "list", "--root", str(runs))
     assert r.returncode == 0, r.stderr
     at = open_page("runs")
     assert not at.exception
@@ -318,10 +319,10 @@ def test_yaml_alias_bombs_and_huge_values_are_refused_quickly(tmp_path):
         f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
     (tmp_path / "bomb.yaml").write_text(bomb + "corpus: x\n")
     t0 = time.time()
-    r = run_cli("run", str(tmp_path / "bomb.yaml"), "--out", str(tmp_path / "run"))
+    r = cli("run", str(tmp_path / "bomb.yaml"), "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "aliases" in r.stderr and time.time() - t0 < 30
     (tmp_path / "big.yaml").write_text(f"corpus: x\nsteps: '{'9' * 100_000}'\nmethod: {'m' * 50_000}\n")
-    r = run_cli("run", str(tmp_path / "big.yaml"), "--out", str(tmp_path / "run"))
+    r = cli("run", str(tmp_path / "big.yaml"), "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and len(r.stderr) < 1500, len(r.stderr)
     with pytest.raises(UserError, match="aliases"):
         parse_yaml("a: &x 1\nb: *x\n")
@@ -344,7 +345,7 @@ def test_malformed_dictionaries_are_one_line_each(tmp_path):
         with pytest.raises(UserError) as e:
             load_anchors(tmp_path / name).check()
         assert "\n" not in str(e.value) and len(str(e.value)) < 300, (name, str(e.value)[:300])
-        r = run_cli("anchors", "validate", str(tmp_path / name))
+        r = cli("anchors", "validate", str(tmp_path / name))
         assert r.returncode == 2 and "Traceback" not in r.stderr, (name, r.stderr[-500:])
     d = AnchorDictionary.from_json('{"Harry": {"translations": ["Jon"], "enabled": false}}')
     assert d.disabled == {"Harry"}, "a real false still switches a term off"
@@ -380,7 +381,7 @@ def test_config_paths_must_be_readable_utf8_files(tmp_path, tiny_dir):
 def test_bad_outputs_are_refused_before_any_work(tmp_path, tiny_dir):
     existing = tmp_path / "a-file"
     existing.write_text("x")
-    r = run_cli("run", str(ASSETS / "demo.yaml"), "--out", str(existing))
+    r = cli("run", str(ASSETS / "demo.yaml"), "--out", str(existing))
     assert r.returncode == 2 and "not a directory" in r.stderr
     corpus = tmp_path / "c.txt"
     corpus.write_text(CORPUS)
@@ -460,9 +461,9 @@ def test_the_label_cache_key_follows_the_weights_not_the_file_names(tiny_dir, tm
 
 def test_alpha_must_be_finite_and_json_is_strict(tiny_dir):
     for alpha in ("nan", "inf", "-5"):
-        r = run_cli("inspect", "Ron and", "--model", str(tiny_dir), "--alpha", alpha, "--json")
+        r = cli("inspect", "Ron and", "--model", str(tiny_dir), "--alpha", alpha, "--json")
         assert r.returncode == 2 and "alpha" in r.stderr, alpha
-    r = run_cli("inspect", "Harry met Ron and", "--model", str(tiny_dir), "--track", " Hermione", "--json",
+    r = cli("inspect", "Harry met Ron and", "--model", str(tiny_dir), "--track", " Hermione", "--json",
                 "--anchors", str(ASSETS / "demo_anchors.json"))
     assert r.returncode == 0, r.stderr
 
