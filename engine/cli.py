@@ -70,7 +70,13 @@ def cmd_inspect(args) -> int:
     wb = Workbench.load(_model_config(args))
     expert = wb.add_adapter("expert", args.expert) if args.expert else None
     unlearned = wb.add_adapter("unlearned", args.unlearned) if args.unlearned else None
-    view = inspect(wb, args.prompt, anchors, expert, unlearned, top_k=args.top_k, track=args.track or ()).view(args.alpha)
+    elm = None
+    if args.target == "elm":  # the ELM-style target as the generic row: eta takes alpha's place in the view
+        from .methods.elm import ElmOptions
+
+        elm = ElmOptions.make(**({"concept": args.concept} if args.concept is not None else {}))
+    view = inspect(wb, args.prompt, anchors, expert, unlearned, top_k=args.top_k, track=args.track or (),
+                   elm=elm).view(args.alpha)
     if args.json:
         print(dumps(view))
         return 0
@@ -533,7 +539,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expert", help="expert LoRA adapter directory (or a full checkpoint)")
     p.add_argument("--unlearned", help="unlearned LoRA adapter directory")
     p.add_argument("--anchors", help="anchor dictionary (.json or .csv)")
-    p.add_argument("--alpha", type=float, default=5.0)
+    p.add_argument("--alpha", type=float, default=5.0, help="alpha (with --target elm: eta)")
+    p.add_argument("--target", choices=("whp", "elm"), default="whp",
+                   help="the generic row: WHP's (expert + dictionary) or the ELM-style target (baseline personas)")
+    p.add_argument("--concept", help="with --target elm: what is erased, e.g. 'the Harry Potter books'")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--track", action="append", help="a token to follow along the prompt, e.g. ' Paris'")
     p.add_argument("--json", action="store_true")

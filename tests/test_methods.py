@@ -259,3 +259,14 @@ def test_inspect_shows_the_elm_target_as_the_generic_row(tiny_wb):
     assert [t["prob"] for t in last] == pytest.approx(want.values.tolist(), rel=1e-4)
     again = inspect(tiny_wb, prompt, elm=o, top_k=3)
     assert again.view(0.0)["positions"][-1]["generic"][0]["id"] == int(base[-1].argmax())  # eta 0: the baseline
+
+
+def test_the_cli_inspects_with_the_elm_target(tiny_dir):
+    r = cli("inspect", "Harry went to the castle with Ron and", "--model", str(tiny_dir), "--target", "elm",
+            "--concept", "the wizard school", "--alpha", "2", "--json")
+    assert r.returncode == 0, r.stderr[-1500:]
+    view = json.loads(r.stdout)
+    assert view["target"] == "elm" and all(p["generic"] for p in view["positions"])
+    assert any("the wizard school" in n for n in view["notes"])
+    r = cli("inspect", "Ron and", "--model", str(tiny_dir), "--target", "elm", "--concept", "")
+    assert r.returncode == 2 and r.stderr.startswith("error:") and "concept" in r.stderr
