@@ -31,7 +31,11 @@ def lora_model(base, rank: int, gradient_checkpointing: bool = False, top_layers
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+        # Non-reentrant checkpointing, as below: PEFT passes {} on, and torch then falls back to
+        # reentrant checkpointing (with a warning), which recomputes through a second autograd
+        # graph that DDP does not expect.
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     layers, targets = None, "all-linear"
