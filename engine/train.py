@@ -31,9 +31,8 @@ def lora_model(base, rank: int, gradient_checkpointing: bool = False, top_layers
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
-        # Non-reentrant checkpointing, as below: PEFT passes {} on, and torch then falls back to
-        # reentrant checkpointing (with a warning), which recomputes through a second autograd
-        # graph that DDP does not expect.
+        # Non-reentrant checkpointing, as below: PEFT passes {} on, and torch then falls back to the
+        # reentrant kind (with a warning), which needs PEFT's inputs-require-grad hook.
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing,
                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing:
