@@ -7,10 +7,12 @@
                      the same batched forwards (two sequences per block) with nothing else
 
     .venv/bin/python bench/train_speed.py [--model embedded] [--block 128] [--batch 4] [--steps 3]
+        [--methods whp,gradient_ascent | all] [--rank 8] [--json FILE]
 
 On a GPU add --precision nf4 --gradient-checkpointing (targets of issue 4 for a Llama-2-7B shape,
-batch 8 x 512: peak <= 16 GB, 120 steps <= 90 s, labels >= 80% of the forward ceiling).
-The last line is JSON.
+batch 8 x 512: peak <= 16 GB, 120 steps <= 90 s, labels >= 80% of the forward ceiling; bench/gpu.sh
+runs it so). The unlearn step is timed for each method named (default: whp); the top-level figures
+are the first method's, `methods` holds each. The last line is JSON (`--json FILE`: also there).
 """
 from __future__ import annotations
 
@@ -28,8 +30,7 @@ from engine.config import ModelConfig
 from engine.data import corpus_blocks, pad_blocks
 from engine.io import ASSETS
 from engine.labels import generic_labels
-from engine.methods import TrainData
-from engine.methods.whp import WHP
+from engine.methods import METHODS, TrainData
 from engine.models import Workbench, load_model
 from engine.train import Hooks, TrainSpec, lora_model, memory_mib, save_adapter, train
 from engine.translation import Translator
@@ -51,7 +52,14 @@ def main() -> None:
     ap.add_argument("--label-blocks", type=int, default=8)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--methods", default="whp", help="comma-separated registry names, or `all`")
+    ap.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    ap.add_argument("--json", type=Path, help="also write the result (the last line) to this file")
     args = ap.parse_args()
+    names = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        ap.error(f"--methods: unknown {unknown}; one or more of {', '.join(METHODS)} (or all)")
     os.environ.setdefault("OBLIVIATE_HOME", tempfile.mkdtemp(prefix="obliviate-bench-"))
 
     cfg = ModelConfig(args.model, args.precision, args.device)
@@ -76,26 +84,34 @@ def main() -> None:
             base(input_ids=x)
         sync(device)
     forward_s = (time.perf_counter() - t0) / args.steps
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    model = lora_model(base, rank=8, gradient_checkpointing=args.gradient_checkpointing)
     data = TrainData(ids, lengths, labels)
-    train(model, TrainSpec("unlearn", WHP(), data, steps=1, lr=1e-4, batch_size=args.batch))  # warm-up step
-    times: list[float] = []
-    train(model, TrainSpec("unlearn", WHP(), data, steps=args.steps, lr=1e-4, batch_size=args.batch),
-          Hooks(on_step=lambda m: times.append(m["step_s"])))
-    step_s = sum(times) / len(times)
-    peak = memory_mib(device)
-    expert_dir = save_adapter(model, Path(os.environ["OBLIVIATE_HOME"]) / "bench-expert")
-    wb = Workbench(model.unload(), tok, cfg)
+    result["methods"] = {}
+    expert_dir = Path(os.environ["OBLIVIATE_HOME"]) / "bench-expert"
+    for name in names:
+        method = METHODS[name]()  # default options: WHP with hard labels
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        model = lora_model(base, rank=args.rank, gradient_checkpointing=args.gradient_checkpointing)
+        train(model, TrainSpec("unlearn", method, data, steps=1, lr=1e-4, batch_size=args.batch))  # warm-up step
+        times: list[float] = []
+        train(model, TrainSpec("unlearn", method, data, steps=args.steps, lr=1e-4, batch_size=args.batch),
+              Hooks(on_step=lambda m: times.append(m["step_s"])))
+        step_s = sum(times) / len(times)
+        peak = memory_mib(device)
+        row = dict(unlearn_step_s=round(step_s, 3), forward_s=round(forward_s, 3),
+                   step_over_forward=round(step_s / forward_s, 2), peak_memory_mib=round(peak, 1),
+                   peak_over_weights=round(peak / weights_mib, 2), est_120_steps_s=round(120 * step_s, 1))
+        result["methods"][name] = row
+        if name == names[0]:
+            result.update(row)
+            save_adapter(model, expert_dir)  # the expert of the labels benchmark below
+        base = model.unload()
+        print(f"{name:<16} unlearn step {step_s:8.3f} s   (plain forward of the same batch {forward_s:.3f} s, "
+              f"x{step_s / forward_s:.2f}); 120 steps {120 * step_s:.0f} s")
+        print(f"{'':<16} peak memory  {peak:8.0f} MiB (weights {weights_mib:.0f} MiB)"
+              + ("  [CPU: max RSS of the process]" if device.type != "cuda" else ""))
+    wb = Workbench(base, tok, cfg)
     wb.add_adapter("expert", expert_dir)
-    result.update(unlearn_step_s=round(step_s, 3), forward_s=round(forward_s, 3),
-                  step_over_forward=round(step_s / forward_s, 2), peak_memory_mib=round(peak, 1),
-                  peak_over_weights=round(peak / weights_mib, 2),
-                  est_120_steps_s=round(120 * step_s, 1))
-    print(f"unlearn step   {step_s:8.3f} s   (plain forward of the same batch {forward_s:.3f} s, x{step_s / forward_s:.2f})")
-    print(f"peak memory    {peak:8.0f} MiB (weights {weights_mib:.0f} MiB)"
-          + ("  [CPU: max RSS of the process]" if device.type != "cuda" else ""))
 
     # -- generic labels vs the forward ceiling ---------------------------------------------------
     lb = blocks[: args.label_blocks]
@@ -120,6 +136,8 @@ def main() -> None:
     print(f"generic labels {n_tokens / labels_s:8.1f} tok/s (ceiling: plain batched forwards, two per block, "
           f"{n_tokens / ceiling_s:.1f} tok/s; {100 * ceiling_s / labels_s:.0f}% of it)")
     print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

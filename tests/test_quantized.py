@@ -290,3 +290,31 @@ def test_cuda_each_rank_takes_its_own_gpu(q_dirs, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")
     wb = load(model_dir, "nf4", "cuda")
     assert {p.device for p in wb._base.parameters()} == {torch.device("cuda", 0)}
+
+
+# -- bench/gpu.sh, dry run -----------------------------------------------------------------------------
+def test_the_gpu_script_dry_run_writes_every_figure_and_log(tmp_path):
+    """bench/gpu.sh OUTDIR --dry-run: the GPU check's steps on the CPU with a tiny NF4 model."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from engine.methods import METHODS
+
+    out = tmp_path / "gpu"
+    r = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh"), str(out), "--dry-run"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable,
+                                                    "OBLIVIATE_GPU_DIR": str(tmp_path / "nothing-carried")})
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    steps = (out / "steps.txt").read_text().split()
+    assert [s for s in steps if s.startswith("rc=")] == ["rc=0"] * 5
+    assert {p.name for p in out.iterdir()} == {"gpu.log", "steps.txt", "inspect.json", "train.json", "pytest.log",
+                                               "summary.md", "summary.json"}
+    inspect_ = json.loads((out / "inspect.json").read_text())
+    assert inspect_["precision"] == "nf4" and inspect_["ours_ms"] > 0 and inspect_["plain_forward_ms"] > 0
+    train_ = json.loads((out / "train.json").read_text())
+    assert train_["precision"] == "nf4" and set(train_["methods"]) == set(METHODS)
+    assert all(row["unlearn_step_s"] > 0 for row in train_["methods"].values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(v is not None for v in summary["figures"].values()) and "skipped" in summary["pytest"]
+    assert "bench/gpu.sh" in (out / "gpu.log").read_text() and "| whp |" in (out / "summary.md").read_text()
