@@ -82,13 +82,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log its rc and 
 
 echo "== bench/gpu.sh $(date -u +%FT%TZ) dry-run=$DRY work=$WORK"
 "$PY" - <<'EOF'
-import importlib, platform, torch
+import importlib.metadata as md, platform, torch
 print("python", platform.python_version(), "| torch", torch.__version__, "| cuda", torch.version.cuda)
-for m in ("transformers", "peft", "accelerate", "bitsandbytes", "safetensors", "pydantic"):
+for m in ("transformers", "peft", "accelerate", "bitsandbytes", "safetensors", "pydantic", "rouge_score"):
     try:
-        print(f"{m} {importlib.import_module(m).__version__}")
-    except Exception as e:  # noqa: BLE001 - report, the steps below fail with the details
-        print(f"{m} MISSING ({type(e).__name__}: {e})")
+        print(m, md.version(m))
+    except md.PackageNotFoundError:  # the steps below fail with the details
+        print(m, "MISSING")
 if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     print(f"GPU {p.name}, {p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs")

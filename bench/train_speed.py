@@ -7,12 +7,10 @@
                      the same batched forwards (two sequences per block) with nothing else
 
     .venv/bin/python bench/train_speed.py [--model embedded] [--block 128] [--batch 4] [--steps 3]
-        [--methods whp,gradient_ascent | all] [--rank 8] [--json FILE]
 
 On a GPU add --precision nf4 --gradient-checkpointing (targets of issue 4 for a Llama-2-7B shape,
-batch 8 x 512: peak <= 16 GB, 120 steps <= 90 s, labels >= 80% of the forward ceiling; bench/gpu.sh
-runs it so). The unlearn step is timed for each method named (default: whp); the top-level figures
-are the first method's, `methods` holds each. The last line is JSON (`--json FILE`: also there).
+batch 8 x 512: peak <= 16 GB, 120 steps <= 90 s, labels >= 80% of the forward ceiling).
+The last line is JSON (`--json FILE`: also there; bench/gpu.sh reads it).
 """
 from __future__ import annotations
 
@@ -31,6 +29,7 @@ from engine.data import corpus_blocks, pad_blocks
 from engine.io import ASSETS
 from engine.labels import generic_labels
 from engine.methods import METHODS, TrainData
+from engine.methods.whp import WHP
 from engine.models import Workbench, load_model
 from engine.train import Hooks, TrainSpec, lora_model, memory_mib, save_adapter, train
 from engine.translation import Translator
@@ -39,6 +38,36 @@ from engine.translation import Translator
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def method_step(name: str, base, vocab: int, data: TrainData, args, device, forward_s: float):
+    """Seconds per optimizer step of one method (KL retain term on a second batch where the method takes
+    one; RMU its own), with soft targets where the method reads them, and the peak memory after it.
+    Returns (figures, the base model again without the adapter)."""
+    from engine.methods import METHODS
+
+    method = METHODS[name]()
+    extra = {}
+    if name in ("whp", "elm"):  # soft targets: random ids and log-probs, the cost is the same
+        k = 16
+        ids = torch.randint(0, vocab, (*data.ids.shape, k), dtype=torch.int32)
+        logp = torch.randn(*data.ids.shape, k).log_softmax(-1).half()
+        extra = {"soft_ids": ids, "soft_logp": logp}
+        if name == "whp":
+            method.options = method.options.model_copy(update={"labels": "soft", "soft_top_k": k})
+    forget = TrainData(data.ids, data.lengths, data.labels, extra)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = lora_model(base, rank=8, gradient_checkpointing=args.gradient_checkpointing,
+                       layers=method.lora_layers(int(base.config.num_hidden_layers)))
+    spec = lambda steps: TrainSpec("unlearn", method, forget, steps=steps, lr=1e-4, batch_size=args.batch,  # noqa: E731
+                                   retain=data, retain_weight=1.0)
+    train(model, spec(1))  # warm-up
+    times: list[float] = []
+    train(model, spec(args.steps), Hooks(on_step=lambda m: times.append(m["step_s"])))
+    step_s = sum(times) / len(times)
+    return {"step_s": round(step_s, 3), "step_over_forward": round(step_s / forward_s, 2),
+            "peak_memory_mib": round(memory_mib(device), 1)}, model.unload()
 
 
 def main() -> None:
@@ -52,14 +81,10 @@ def main() -> None:
     ap.add_argument("--label-blocks", type=int, default=8)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--gradient-checkpointing", action="store_true")
-    ap.add_argument("--methods", default="whp", help="comma-separated registry names, or `all`")
-    ap.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    ap.add_argument("--methods", default="all", help="comma-separated registry names, 'all' (every unlearning "
+                                                         "method) or 'none'")
     ap.add_argument("--json", type=Path, help="also write the result (the last line) to this file")
     args = ap.parse_args()
-    names = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
-    if unknown or not names:
-        ap.error(f"--methods: unknown {unknown}; one or more of {', '.join(METHODS)} (or all)")
     os.environ.setdefault("OBLIVIATE_HOME", tempfile.mkdtemp(prefix="obliviate-bench-"))
 
     cfg = ModelConfig(args.model, args.precision, args.device)
@@ -84,34 +109,37 @@ def main() -> None:
             base(input_ids=x)
         sync(device)
     forward_s = (time.perf_counter() - t0) / args.steps
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = lora_model(base, rank=8, gradient_checkpointing=args.gradient_checkpointing)
     data = TrainData(ids, lengths, labels)
-    result["methods"] = {}
-    expert_dir = Path(os.environ["OBLIVIATE_HOME"]) / "bench-expert"
+    train(model, TrainSpec("unlearn", WHP(), data, steps=1, lr=1e-4, batch_size=args.batch))  # warm-up step
+    times: list[float] = []
+    train(model, TrainSpec("unlearn", WHP(), data, steps=args.steps, lr=1e-4, batch_size=args.batch),
+          Hooks(on_step=lambda m: times.append(m["step_s"])))
+    step_s = sum(times) / len(times)
+    peak = memory_mib(device)
+    expert_dir = save_adapter(model, Path(os.environ["OBLIVIATE_HOME"]) / "bench-expert")
+    base = model.unload()
+    # -- every method's step, same batch, same forward reference ----------------------------------
+    names = [n for n, m in METHODS.items() if "unlearn" in m.phases] if args.methods == "all" else \
+        [n for n in args.methods.split(",") if n and n != "none"]
+    per_method = {}
     for name in names:
-        method = METHODS[name]()  # default options: WHP with hard labels
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        model = lora_model(base, rank=args.rank, gradient_checkpointing=args.gradient_checkpointing)
-        train(model, TrainSpec("unlearn", method, data, steps=1, lr=1e-4, batch_size=args.batch))  # warm-up step
-        times: list[float] = []
-        train(model, TrainSpec("unlearn", method, data, steps=args.steps, lr=1e-4, batch_size=args.batch),
-              Hooks(on_step=lambda m: times.append(m["step_s"])))
-        step_s = sum(times) / len(times)
-        peak = memory_mib(device)
-        row = dict(unlearn_step_s=round(step_s, 3), forward_s=round(forward_s, 3),
-                   step_over_forward=round(step_s / forward_s, 2), peak_memory_mib=round(peak, 1),
-                   peak_over_weights=round(peak / weights_mib, 2), est_120_steps_s=round(120 * step_s, 1))
-        result["methods"][name] = row
-        if name == names[0]:
-            result.update(row)
-            save_adapter(model, expert_dir)  # the expert of the labels benchmark below
-        base = model.unload()
-        print(f"{name:<16} unlearn step {step_s:8.3f} s   (plain forward of the same batch {forward_s:.3f} s, "
-              f"x{step_s / forward_s:.2f}); 120 steps {120 * step_s:.0f} s")
-        print(f"{'':<16} peak memory  {peak:8.0f} MiB (weights {weights_mib:.0f} MiB)"
-              + ("  [CPU: max RSS of the process]" if device.type != "cuda" else ""))
+        per_method[name], base = method_step(name, base, int(base.config.vocab_size), data, args, device, forward_s)
+        print(f"  {name:16s} {per_method[name]['step_s']:7.3f} s/step = x{per_method[name]['step_over_forward']:.2f} "
+              f"the forward   peak {per_method[name]['peak_memory_mib']:.0f} MiB")
+    result["methods"] = per_method
+
     wb = Workbench(base, tok, cfg)
     wb.add_adapter("expert", expert_dir)
+    result.update(unlearn_step_s=round(step_s, 3), forward_s=round(forward_s, 3),
+                  step_over_forward=round(step_s / forward_s, 2), peak_memory_mib=round(peak, 1),
+                  peak_over_weights=round(peak / weights_mib, 2),
+                  est_120_steps_s=round(120 * step_s, 1))
+    print(f"unlearn step   {step_s:8.3f} s   (plain forward of the same batch {forward_s:.3f} s, x{step_s / forward_s:.2f})")
+    print(f"peak memory    {peak:8.0f} MiB (weights {weights_mib:.0f} MiB)"
+          + ("  [CPU: max RSS of the process]" if device.type != "cuda" else ""))
 
     # -- generic labels vs the forward ceiling ---------------------------------------------------
     lb = blocks[: args.label_blocks]

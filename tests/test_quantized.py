@@ -293,6 +293,7 @@ def test_cuda_each_rank_takes_its_own_gpu(q_dirs, monkeypatch):
 
 
 # -- bench/gpu.sh, dry run -----------------------------------------------------------------------------
+@pytest.mark.slow  # five Python processes that import torch: about a minute on 2 busy cores
 def test_the_gpu_script_dry_run_writes_every_figure_and_log(tmp_path):
     """bench/gpu.sh OUTDIR --dry-run: the GPU check's steps on the CPU with a tiny NF4 model."""
     import subprocess
@@ -313,8 +314,9 @@ def test_the_gpu_script_dry_run_writes_every_figure_and_log(tmp_path):
     inspect_ = json.loads((out / "inspect.json").read_text())
     assert inspect_["precision"] == "nf4" and inspect_["ours_ms"] > 0 and inspect_["plain_forward_ms"] > 0
     train_ = json.loads((out / "train.json").read_text())
-    assert train_["precision"] == "nf4" and set(train_["methods"]) == set(METHODS)
-    assert all(row["unlearn_step_s"] > 0 for row in train_["methods"].values())
+    assert train_["precision"] == "nf4" and train_["unlearn_step_s"] > 0 and train_["labels_tokens_per_s"] > 0
+    assert set(train_["methods"]) == {n for n, m in METHODS.items() if "unlearn" in m.phases}
+    assert all(row["step_s"] > 0 for row in train_["methods"].values())
     summary = json.loads((out / "summary.json").read_text())
     assert all(v is not None for v in summary["figures"].values()) and "skipped" in summary["pytest"]
     assert "bench/gpu.sh" in (out / "gpu.log").read_text() and "| whp |" in (out / "summary.md").read_text()
