@@ -320,3 +320,32 @@ def test_the_gpu_script_dry_run_writes_every_figure_and_log(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert all(v is not None for v in summary["figures"].values()) and "skipped" in summary["pytest"]
     assert "bench/gpu.sh" in (out / "gpu.log").read_text() and "| whp |" in (out / "summary.md").read_text()
+
+
+# -- configs/fsdp_qlora.yaml ---------------------------------------------------------------------------
+def test_the_fsdp_qlora_config_reads_as_accelerate_launch_reads_it(monkeypatch):
+    """The shipped config is what `accelerate launch --config_file` turns into FSDP settings; the
+    settings QLoRA needs under FSDP1 are the ones it holds."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    from conftest import ROOT
+
+    args = launch_command_parser().parse_args(["--config_file", str(ROOT / "configs" / "fsdp_qlora.yaml"),
+                                               "-m", "engine", "run", "run.yaml"])
+    args, _, _ = _validate_launch_command(args)
+    env = prepare_multi_gpu_env(args)
+    assert args.use_fsdp and args.num_processes == 2
+    assert {k: env[k] for k in ("ACCELERATE_USE_FSDP", "FSDP_SHARDING_STRATEGY", "FSDP_AUTO_WRAP_POLICY",
+                                "FSDP_USE_ORIG_PARAMS", "FSDP_CPU_RAM_EFFICIENT_LOADING",
+                                "FSDP_SYNC_MODULE_STATES")} == {
+        "ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
+        "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_USE_ORIG_PARAMS": "false",
+        "FSDP_CPU_RAM_EFFICIENT_LOADING": "true", "FSDP_SYNC_MODULE_STATES": "true"}
+    if not torch.cuda.is_available():  # the documented limit: no FSDP on the CPU (README, "Past one GPU")
+        from accelerate import FullyShardedDataParallelPlugin
+
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        with pytest.raises(RuntimeError, match="no available devices"):
+            FullyShardedDataParallelPlugin()
