@@ -97,7 +97,7 @@ EOF
 if [[ $DRY == 1 ]]; then
   MODEL=$WORK/tiny
   step model 120 "$PY" bench/gpu_check.py model "$MODEL" --dry-run "${TOKENIZER[@]}"
-  step inspect 180 "$PY" bench/inspect_speed.py --model "$MODEL" --precision nf4 --device cpu --tokens 64 \
+  step inspect 180 "$PY" bench/inspect_speed.py --model "$MODEL" --precision nf4 --device cpu --tokens 32 \
     --repeat 1 --json "$OUT/inspect.json"
   step train 180 "$PY" bench/train_speed.py --model "$MODEL" --precision nf4 --device cpu --block 32 --batch 2 \
     --steps 1 --label-blocks 2 --group 2 --gradient-checkpointing --methods all --json "$OUT/train.json"

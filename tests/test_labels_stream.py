@@ -147,8 +147,9 @@ blocks = corpus_blocks(wb.tokenizer, {TEXT!r}, 32)
 ls = labels.generic_labels(wb, "expert", load_anchors({str(ROOT / "assets" / "demo_anchors.json")!r}), blocks,
                            alphas=(5,), seed=4, group=2, rank=acc.process_index, world=acc.num_processes,
                            barrier=acc.wait_for_everyone)
-print("RESULT" + json.dumps({{"rank": acc.process_index, "info": ls.info(), "sum": int(ls.for_alpha(5).sum())}}),
-      flush=True)
+# One file per rank: the two ranks' stdout interleaves.
+open({str(tmp_path)!r} + f"/rank{{acc.process_index}}.json", "w").write(
+    json.dumps({{"rank": acc.process_index, "info": ls.info(), "sum": int(ls.for_alpha(5).sum())}}))
 """)
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     r = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
@@ -156,7 +157,7 @@ print("RESULT" + json.dumps({{"rank": acc.process_index, "info": ls.info(), "sum
                         str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OBLIVIATE_HOME": str(home), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = [json.loads(line[6:]) for line in r.stdout.splitlines() if line.startswith("RESULT")]
+    rows = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert sorted(row["rank"] for row in rows) == [0, 1]
     assert rows[0]["info"] == rows[1]["info"] and rows[0]["sum"] == rows[1]["sum"]  # the same labels on both
     assert set(rows[0]["info"]["blocks_by_rank"]) == {"0", "1"}
