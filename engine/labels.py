@@ -20,16 +20,15 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .anchors import AnchorDictionary
-from .errors import UserError
 from .data import IGNORE, pad_blocks
+from .errors import UserError
 from .generic import generic_parts
 from .io import atomic_write_bytes, atomic_write_json, obliviate_home
 from .models import Workbench, resolve_model_path

@@ -1,15 +1,11 @@
 """Generic labels of a long corpus: built shard by shard (the same labels as one piece), resumed
 from the shards a killed build left, and shared out across ranks with the set written once."""
-import json
 import os
-import subprocess
-import sys
 import threading
 
 import pytest
 import torch
 
-from conftest import ROOT
 from engine import labels as labels_mod
 from engine.data import corpus_blocks
 from engine.labels import generic_labels, shard_plan
@@ -127,38 +123,3 @@ def test_ranks_build_disjoint_shares_and_the_set_is_written_once(setup, home, sm
     assert [r for r in renames if r.endswith(reference.key)] == [str(home / "labels" / reference.key)]
     same(reference, out[0])
     same(reference, out[1])
-
-
-def test_two_processes_under_accelerate_share_the_labels(tiny_dir, tiny_expert_dir, home, tmp_path):
-    """The same with real ranks: `accelerate launch` with two gloo processes on the CPU."""
-    script = tmp_path / "labels_ddp.py"
-    script.write_text(f"""
-import json, sys
-from accelerate import Accelerator
-from engine import labels
-from engine.anchors import load_anchors
-from engine.data import corpus_blocks
-from engine.models import ModelConfig, Workbench
-labels.SHARD_TOKENS = 64
-acc = Accelerator(cpu=True)
-wb = Workbench.load(ModelConfig({str(tiny_dir)!r}, device="cpu"))
-wb.add_adapter("expert", {str(tiny_expert_dir)!r})
-blocks = corpus_blocks(wb.tokenizer, {TEXT!r}, 32)
-ls = labels.generic_labels(wb, "expert", load_anchors({str(ROOT / "assets" / "demo_anchors.json")!r}), blocks,
-                           alphas=(5,), seed=4, group=2, rank=acc.process_index, world=acc.num_processes,
-                           barrier=acc.wait_for_everyone)
-# One file per rank: the two ranks' stdout interleaves.
-open({str(tmp_path)!r} + f"/rank{{acc.process_index}}.json", "w").write(
-    json.dumps({{"rank": acc.process_index, "info": ls.info(), "sum": int(ls.for_alpha(5).sum())}}))
-""")
-    accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    r = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29531",
-                        str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OBLIVIATE_HOME": str(home), "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
-    assert sorted(row["rank"] for row in rows) == [0, 1]
-    assert rows[0]["info"] == rows[1]["info"] and rows[0]["sum"] == rows[1]["sum"]  # the same labels on both
-    assert set(rows[0]["info"]["blocks_by_rank"]) == {"0", "1"}
-    assert len(list((home / "labels").iterdir())) == 1, "one label set, no partial left behind"

@@ -248,7 +248,7 @@ def test_cuda_nf4_weights_take_under_a_third_of_bf16_and_checkpointing_saves_mem
     step at 4 x 512 with and without gradient checkpointing."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from engine.methods import TrainData, token_ce, Models
+    from engine.methods import Models, TrainData, token_ce
     from engine.train import lora_model
 
     cfg = LlamaConfig(vocab_size=len(q_tokenizer), hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
@@ -300,6 +300,7 @@ def test_the_gpu_script_dry_run_writes_every_figure_and_log(tmp_path):
     import sys
 
     from conftest import ROOT
+
     from engine.methods import METHODS
 
     out = tmp_path / "gpu"
@@ -328,7 +329,6 @@ def test_the_fsdp_qlora_config_reads_as_accelerate_launch_reads_it(monkeypatch):
     settings QLoRA needs under FSDP1 are the ones it holds."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from accelerate.utils.launch import prepare_multi_gpu_env
-
     from conftest import ROOT
 
     args = launch_command_parser().parse_args(["--config_file", str(ROOT / "configs" / "fsdp_qlora.yaml"),
