@@ -60,7 +60,9 @@ def sidebar() -> state.Context:
         c1, c2 = st.columns(2)
         precision = c1.selectbox("Precision", PRECISIONS, key=state.PRECISION,
                                  help="auto: NF4 on a GPU for models over 1B parameters, bf16 on a "
-                                      "smaller GPU model, fp32 on the CPU.")
+                                      "smaller GPU model, fp32 on the CPU. nf4 and int8 also run on the "
+                                      "CPU (bitsandbytes), about 5x slower than fp32: for checking the "
+                                      "4-bit path, not for speed.")
         device = c2.selectbox("Device", ("auto", "cpu", "cuda"), key=state.DEVICE)
         model_key = f"{model.strip()}|{precision}|{device}"
         wb, error = None, None
@@ -75,6 +77,9 @@ def sidebar() -> state.Context:
             st.caption(f"**{wb.name}** · {wb.precision} on {wb.device.type} · "
                        f"{mem['parameters_mib']:.0f} MiB of weights{extra} · "
                        f"{len(wb.adapters)} adapter(s) loaded")
+            if wb.device.type == "cpu" and wb.precision in ("nf4", "int8"):
+                st.caption(f"{wb.precision} on the CPU works but is slow (about 5x fp32): choose fp32 "
+                           "here for speed.")
 
         st.subheader("Compare", divider="gray")
         expert_dir = adapter_picker(

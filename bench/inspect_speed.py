@@ -7,7 +7,10 @@
 
 CPU (default): the embedded SmolLM2-135M with a random r=16 expert adapter.
 GPU (`--llama7b`, CUDA only): a random-initialised Llama-2-7B shape in NF4 with an r=16 expert.
-Last line of output: JSON {"device", "ours_ms", "reference_ms", "ratio", "plain_forward_ms", ...}.
+Any saved model: `--model DIR --precision nf4 --device cuda` (bench/gpu.sh passes the 7B shape it
+saved once).
+Last line of output: JSON {"device", "ours_ms", "reference_ms", "ratio", "plain_forward_ms", ...};
+`--json FILE` writes it there too.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from engine.anchors import load_anchors
 from engine.config import ModelConfig
 from engine.inspection import inspect
 from engine.io import ASSETS
-from engine.models import Workbench, load_model
+from engine.models import Workbench
 
 
 def sync():
@@ -45,15 +48,17 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def random_expert(cfg: ModelConfig, path: Path, r: int = 16) -> Path:
-    """A random r=16 LoRA adapter on every linear layer (made on a second copy, then saved)."""
+def random_expert(wb: Workbench, path: Path, r: int = 16) -> Path:
+    """A random r=16 LoRA adapter on every linear layer, made on the loaded base and saved; the base
+    is left as it was (a second 4-bit copy of a 7B model would cost a load and 4 GB)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    peft_model = get_peft_model(load_model(cfg)[0], LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
-                                                               init_lora_weights=False))
+    base = wb.release()
+    peft_model = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
+                                                 init_lora_weights=False))
     peft_model.save_pretrained(path)
-    del peft_model
+    assert peft_model.unload() is base  # LoRA layers out, in place: the Workbench's model again
     return path
 
 
@@ -91,13 +96,18 @@ def naive(wb: Workbench, translation, alpha: float, k: int) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama7b", action="store_true", help="GPU: random Llama-2-7B shape in NF4")
+    ap.add_argument("--model", default="embedded", help="a model directory (or `embedded`)")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--device", default="auto")
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json", type=Path, help="also write the result (the last line) to this file")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        cfg = ModelConfig(str(llama7b(tmp)), precision="nf4", device="cuda") if args.llama7b else ModelConfig()
+        cfg = ModelConfig(str(llama7b(tmp)), precision="nf4", device="cuda") if args.llama7b else \
+            ModelConfig(args.model, args.precision, args.device)
         t = time.perf_counter()
         wb = Workbench.load(cfg)
         load_s = time.perf_counter() - t
@@ -110,7 +120,7 @@ def main() -> None:
         with torch.no_grad():  # the floor: one plain batched forward, no adapter loaded yet
             plain_ms = timed(lambda: wb.logits([(tr.original_ids, None), (tr.translated_ids, None),
                                                 (tr.original_ids, None)]), args.repeat)
-        wb.add_adapter("expert", random_expert(cfg, tmp / "expert"))
+        wb.add_adapter("expert", random_expert(wb, tmp / "expert"))
         result = inspect(wb, prompt, anchors, expert="expert")
 
         def ours():
@@ -121,7 +131,7 @@ def main() -> None:
             ref_ms = timed(lambda: naive(wb, tr, 5.0, 5), args.repeat)
             alpha_ms = timed(lambda: result.generic_stats(time.perf_counter() % 500), args.repeat)
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device = torch.cuda.get_device_name(wb.device) if wb.device.type == "cuda" else "cpu"
     print(f"device                 {device}  ({wb.name}, {wb.precision})")
     print(f"tokens                 {len(tr.original_ids)} original, {len(tr.translated_ids)} translated, "
           f"{len(tr.occurrences)} anchored terms")
@@ -130,10 +140,15 @@ def main() -> None:
     print(f"ours (inspect + view)  {ours_ms:8.1f} ms  = {ours_ms / plain_ms:.2f} x plain forward")
     print(f"naive reference        {ref_ms:8.1f} ms  = {ref_ms / ours_ms:.2f} x ours")
     print(f"new alpha (no model)   {alpha_ms:8.1f} ms")
-    print(json.dumps({"device": device, "tokens": len(tr.original_ids), "ours_ms": round(ours_ms, 1),
-                      "reference_ms": round(ref_ms, 1), "ratio": round(ours_ms / ref_ms, 3),
-                      "plain_forward_ms": round(plain_ms, 1), "ours_vs_plain": round(ours_ms / plain_ms, 3),
-                      "alpha_view_ms": round(alpha_ms, 1), "load_s": round(load_s, 2)}))
+    result = {"device": device, "model": wb.name, "precision": wb.precision, "tokens": len(tr.original_ids),
+              "ours_ms": round(ours_ms, 1), "reference_ms": round(ref_ms, 1), "ratio": round(ours_ms / ref_ms, 3),
+              "plain_forward_ms": round(plain_ms, 1), "ours_vs_plain": round(ours_ms / plain_ms, 3),
+              "alpha_view_ms": round(alpha_ms, 1), "load_s": round(load_s, 2)}
+    if wb.device.type == "cuda":
+        result["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

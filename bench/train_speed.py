@@ -10,7 +10,7 @@
 
 On a GPU add --precision nf4 --gradient-checkpointing (targets of issue 4 for a Llama-2-7B shape,
 batch 8 x 512: peak <= 16 GB, 120 steps <= 90 s, labels >= 80% of the forward ceiling).
-The last line is JSON.
+The last line is JSON (`--json FILE`: also there; bench/gpu.sh reads it).
 """
 from __future__ import annotations
 
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--methods", default="all", help="comma-separated registry names, 'all' (every unlearning "
                                                          "method) or 'none'")
+    ap.add_argument("--json", type=Path, help="also write the result (the last line) to this file")
     args = ap.parse_args()
     os.environ.setdefault("OBLIVIATE_HOME", tempfile.mkdtemp(prefix="obliviate-bench-"))
 
@@ -163,6 +164,8 @@ def main() -> None:
     print(f"generic labels {n_tokens / labels_s:8.1f} tok/s (ceiling: plain batched forwards, two per block, "
           f"{n_tokens / ceiling_s:.1f} tok/s; {100 * ceiling_s / labels_s:.0f}% of it)")
     print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

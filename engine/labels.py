@@ -8,7 +8,10 @@ top-k tokens of the generic distribution with their log-probabilities.
 
 The dataset lives under OBLIVIATE_HOME/labels/<key>, where the key hashes the model, the expert
 adapter's weights, the dictionary version, the corpus tokens and the settings: the same inputs
-never run the model twice.
+never run the model twice. It is written as shards of about SHARD_TOKENS corpus tokens while it is
+built (<key>.partial/, renamed to <key>/ when complete), so a whole book streams through with one
+shard and one group's logits in memory, a killed build resumes from its shards, and under
+`accelerate launch` each rank builds its share of them.
 """
 from __future__ import annotations
 
@@ -17,23 +20,48 @@ import json
 import math
 import os
 import shutil
-import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from .anchors import AnchorDictionary
-from .errors import UserError
 from .data import IGNORE, pad_blocks
+from .errors import UserError
 from .generic import generic_parts
-from .io import atomic_write_json, obliviate_home
+from .io import atomic_write_bytes, atomic_write_json, obliviate_home
 from .models import Workbench, resolve_model_path
 from .translation import Translator
 
 LABELS_VERSION = 2  # bump when the label computation changes: old caches stop matching
 DEFAULT_ALPHAS = (2.5, 5.0, 10.0)
+SHARD_TOKENS = 1 << 16  # corpus tokens per shard file: the unit a killed build resumes from
+
+
+class _LazyByAlpha(Mapping):
+    """alpha -> tensors, each read from the label set's shards on first use: a soft label set of a
+    whole book is (N, T, k) per alpha, and a run trains on one alpha."""
+
+    def __init__(self, alphas, load: Callable[[float], object]):
+        self._alphas, self._load, self._got = [float(a) for a in alphas], load, {}
+
+    def __getitem__(self, alpha):
+        alpha = float(alpha)
+        if alpha not in self._alphas:
+            raise KeyError(alpha)
+        if alpha not in self._got:
+            self._got[alpha] = self._load(alpha)
+        return self._got[alpha]
+
+    def __iter__(self):
+        return iter(self._alphas)
+
+    def __len__(self) -> int:
+        return len(self._alphas)
+
+    def __contains__(self, alpha) -> bool:  # without reading anything
+        return float(alpha) in self._alphas
 
 
 @dataclass
@@ -46,8 +74,8 @@ class LabelSet:
     cached: bool = False  # True when read from disk without running the model
     stats: dict = field(default_factory=dict)
     # alpha -> ((N, T, k) int32 token ids, (N, T, k) float16 log-probs); only when built with top_k > 0.
-    # Rows without a label hold token 0 and log-prob -inf.
-    soft: dict[float, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # Rows without a label hold token 0 and log-prob -inf. Read per alpha on first use.
+    soft: Mapping[float, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def info(self) -> dict:
         """What a run's labels.json records: the cache key and place, whether it was a hit, statistics."""
@@ -116,35 +144,134 @@ def label_key(wb: Workbench, expert: str | None, anchors: AnchorDictionary, bloc
     return _sha(model_fingerprint(wb).encode(), expert_fp.encode(), anchors.version().encode(), corpus, settings)[:24]
 
 
+# -- shards ------------------------------------------------------------------------------------------
+def shard_plan(n_blocks: int, block_len: int) -> list[range]:
+    """Block ranges of the shards: about SHARD_TOKENS tokens each, fixed by the corpus alone (never by
+    the number of ranks or label_batch), so a resumed or re-sharded build finds the shards it wrote."""
+    per = max(1, SHARD_TOKENS // max(block_len, 1))
+    return [range(s, min(s + per, n_blocks)) for s in range(0, n_blocks, per)]
+
+
+def _shard_name(j: int) -> str:
+    return f"shard-{j:05d}.safetensors"
+
+
+def _shard_meta(path: Path) -> dict | None:
+    """A shard's own record (block range, counts, the rank that built it), or None when the file is
+    missing or unreadable (a shard cut short is rebuilt, never trusted)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {})["shard"])
+    except Exception:  # noqa: BLE001 - truncated, foreign or half-written: build it again
+        return None
+
+
+def _cat(files: list[Path], name: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    parts = []
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            parts.append(f.get_tensor(name))
+    return torch.cat(parts)
+
+
 def _load(path: Path, key: str) -> LabelSet | None:
+    """The finished label set under `path` (shards + meta.json, or the single-file layout of older
+    versions), or None when there is none. Soft labels are read per alpha on first use."""
     from safetensors.torch import load_file
 
-    meta_file, tensors_file = path / "meta.json", path / "labels.safetensors"
-    if not (meta_file.exists() and tensors_file.exists()):
+    meta_file = path / "meta.json"
+    if not meta_file.exists():
         return None
-    meta = json.loads(meta_file.read_text())
-    t = load_file(str(tensors_file))
-    labels = {float(a): t[f"labels_{a}"].long() for a in meta["alphas"]}
-    soft = {float(a): (t[f"soft_ids_{a}"], t[f"soft_logp_{a}"]) for a in meta["alphas"] if f"soft_ids_{a}" in t}
-    return LabelSet(t["ids"].long(), t["lengths"].long(), labels, key, path, cached=True, stats=meta["stats"],
-                    soft=soft)
-
-
-def _save(ls: LabelSet) -> None:
-    from safetensors.torch import save_file
-
-    ls.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=ls.path.parent, prefix=f".{ls.key}."))
-    tensors = {"ids": ls.ids.int().contiguous(), "lengths": ls.lengths.int().contiguous()}
-    tensors.update({f"labels_{a}": v.int().contiguous() for a, v in ls.labels.items()})
-    for a, (sid, slp) in ls.soft.items():
-        tensors.update({f"soft_ids_{a}": sid.contiguous(), f"soft_logp_{a}": slp.contiguous()})
-    save_file(tensors, str(tmp / "labels.safetensors"))
-    atomic_write_json(tmp / "meta.json", {"key": ls.key, "alphas": list(ls.labels), "stats": ls.stats})
     try:
-        os.replace(tmp, ls.path)  # atomic: a concurrent builder either wins or finds ours
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
+        meta = json.loads(meta_file.read_text())
+        alphas = [float(a) for a in meta["alphas"]]
+        if "shards" not in meta:  # one labels.safetensors (LABELS_VERSION 2 before sharding)
+            t = load_file(str(path / "labels.safetensors"))
+            soft = {a: (t[f"soft_ids_{a}"], t[f"soft_logp_{a}"]) for a in alphas if f"soft_ids_{a}" in t}
+            return LabelSet(t["ids"].long(), t["lengths"].long(), {a: t[f"labels_{a}"].long() for a in alphas}, key,
+                            path, cached=True, stats=meta["stats"], soft=soft)
+        files = [path / n for n in meta["shards"]]
+        ids, lengths = _cat(files, "ids").long(), _cat(files, "lengths").long()
+        labels = {a: _cat(files, f"labels_{a}").long() for a in alphas}
+    except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
+        return None
+    soft = _LazyByAlpha(alphas, lambda a: (_cat(files, f"soft_ids_{a}"), _cat(files, f"soft_logp_{a}"))) \
+        if meta.get("top_k") else {}
+    return LabelSet(ids, lengths, labels, key, path, cached=True, stats=meta["stats"], soft=soft)
+
+
+def _build_shard(wb: Workbench, expert: str | None, translator: Translator, blocks: list[list[int]], rows: range,
+                 block_len: int, alphas: list[float], seed, group: int, top_k: int,
+                 tick: Callable[[int], None]) -> tuple[dict[str, torch.Tensor], dict]:
+    """The labels of blocks `rows`: (tensors, counts). One batched forward per `group` blocks, each
+    with baseline(translated) and expert(original); a group's logits are freed before the next."""
+    n, T, limit = len(rows), block_len, wb.max_length
+    ids, lengths = pad_blocks([blocks[i] for i in rows], wb.tokenizer.pad_token_id or 0)
+    if ids.shape[1] < T:
+        ids = torch.nn.functional.pad(ids, (0, T - ids.shape[1]), value=wb.tokenizer.pad_token_id or 0)
+    labels = {a: torch.full((n, T), IGNORE, dtype=torch.int32) for a in alphas}
+    soft = {a: (torch.zeros((n, T, top_k), dtype=torch.int32),
+                torch.full((n, T, top_k), -math.inf, dtype=torch.float16)) for a in alphas} if top_k else {}
+    occurrences = 0
+    for g0 in range(0, n, group):
+        chunk = list(range(g0, min(g0 + group, n)))  # rows of this shard; block rows.start + r
+        translations = []
+        for r in chunk:
+            tr = translator.translate(blocks[rows.start + r], f"{seed}:{rows.start + r}")
+            tr.translated_ids = tr.translated_ids[:limit]  # a longer translation loses its tail labels
+            tr.mapping = [j if j < limit else -1 for j in tr.mapping]
+            translations.append(tr)
+            occurrences += len(tr.occurrences)
+        # One forward: [base(translated_0), expert(original_0), base(translated_1), ...]
+        batch: list[tuple[list[int], str | None]] = []
+        for r, tr in zip(chunk, translations):
+            batch.append((tr.translated_ids, None))
+            if expert:
+                batch.append((blocks[rows.start + r], expert))
+        logits = wb.logits(batch)
+        per = 2 if expert else 1
+        for k, (r, tr) in enumerate(zip(chunk, translations)):
+            parts = generic_parts(tr, logits[per * k], logits[per * k + 1] if expert else None)
+            L = int(lengths[r])
+            for a in alphas:
+                labels[a][r, :L] = parts.labels(a).int().cpu()
+                if top_k:
+                    top_ids, top_logp = parts.soft(a, top_k)
+                    where = parts.rows.cpu()
+                    soft[a][0][r, where] = top_ids.int().cpu()
+                    soft[a][1][r, where] = top_logp.half().cpu()
+        del logits
+        tick(len(chunk))
+    # Counts summed over shards into the label set's statistics.
+    nxt = torch.full_like(ids, IGNORE)
+    nxt[:, :-1] = ids[:, 1:]
+    labelled = labels[alphas[0]] != IGNORE
+    real_next = labelled & (torch.arange(T)[None] < (lengths[:, None] - 1))
+    counts = {"blocks": n, "tokens": int(lengths.sum()), "labelled": int(labelled.sum()),
+              "term_occurrences": occurrences, "real_next": int(real_next.sum()),
+              "changed": {str(a): int(((labels[a] != nxt) & real_next).sum()) for a in alphas}}
+    tensors = {"ids": ids.int(), "lengths": lengths.int()}
+    tensors.update({f"labels_{a}": v for a, v in labels.items()})
+    for a, (sid, slp) in soft.items():
+        tensors.update({f"soft_ids_{a}": sid, f"soft_logp_{a}": slp})
+    return tensors, counts
+
+
+def _stats(counts: list[dict], alphas: list[float]) -> dict:
+    real_next = sum(c["real_next"] for c in counts)
+    return {
+        "blocks": sum(c["blocks"] for c in counts), "tokens": sum(c["tokens"] for c in counts),
+        "labelled": sum(c["labelled"] for c in counts),
+        "term_occurrences": sum(c["term_occurrences"] for c in counts),
+        # Fraction of labelled positions whose generic label differs from the real next token.
+        # It counts the anchored-term and expert-driven changes AND every position where the
+        # baseline's own top guess already differed (most of them on a small model).
+        "changed": {str(a): sum(c["changed"][str(a)] for c in counts) / max(real_next, 1) for a in alphas},
+    }
 
 
 def generic_labels(
@@ -158,77 +285,119 @@ def generic_labels(
     cache: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
     top_k: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] = lambda: None,
 ) -> LabelSet:
     """Generic labels for every block and alpha; read from the cache when the inputs match.
 
     expert: the name of a loaded adapter on `wb` (None: anchored-term translation alone).
     group: blocks per batched forward (2 * group sequences per forward).
     top_k: also keep soft labels, the top_k tokens of the generic distribution (0: hard labels only).
+    on_progress(blocks done, blocks): after each group (an estimate across ranks).
+    rank, world, barrier: under `accelerate launch` every rank calls this with its process index,
+        the number of processes and `wait_for_everyone`; each builds its share of the shards, rank 0
+        writes the label set once, and every rank returns it.
+
+    Shards (about SHARD_TOKENS tokens each) are written to OBLIVIATE_HOME/labels/<key>.partial as
+    they are built: memory holds one shard and one group's logits, and a killed build continues
+    from the shards already written. cache=False keeps everything in memory (one process only).
     """
     if not blocks:
         raise UserError("the corpus gave no blocks")
     if expert is not None and expert not in wb.adapters:
         raise UserError(f"no adapter named {expert!r} is loaded")
+    if not cache and world > 1:
+        raise ValueError("cache=False builds in one process; several ranks share their shards through the cache")
     alphas = sorted({float(a) for a in alphas})
     key = label_key(wb, expert, anchors, blocks, alphas, seed, top_k)
     path = obliviate_home() / "labels" / key
+    total = len(blocks)
+    progress = on_progress or (lambda done, n: None)
     if cache and (hit := _load(path, key)) is not None:
-        if on_progress:
-            on_progress(len(blocks), len(blocks))
+        progress(total, total)
         return hit
 
-    translator = Translator(wb.tokenizer, anchors)
-    limit = wb.max_length
-    ids, lengths = pad_blocks(blocks, wb.tokenizer.pad_token_id or 0)
-    labels = {a: torch.full_like(ids, IGNORE) for a in alphas}
-    N, T = ids.shape
-    soft = {a: (torch.zeros((N, T, top_k), dtype=torch.int32),
-                torch.full((N, T, top_k), -math.inf, dtype=torch.float16)) for a in alphas} if top_k else {}
-    occurrences = 0
-    for g0 in range(0, len(blocks), group):
-        chunk = list(range(g0, min(g0 + group, len(blocks))))
-        translations = []
-        for i in chunk:
-            tr = translator.translate(blocks[i], f"{seed}:{i}")
-            tr.translated_ids = tr.translated_ids[:limit]  # a longer translation loses its tail labels
-            tr.mapping = [j if j < limit else -1 for j in tr.mapping]
-            translations.append(tr)
-            occurrences += len(tr.occurrences)
-        # One forward: [base(translated_0), expert(original_0), base(translated_1), ...]
-        batch: list[tuple[list[int], str | None]] = []
-        for i, tr in zip(chunk, translations):
-            batch.append((tr.translated_ids, None))
-            if expert:
-                batch.append((blocks[i], expert))
-        logits = wb.logits(batch)
-        per = 2 if expert else 1
-        for k, (i, tr) in enumerate(zip(chunk, translations)):
-            parts = generic_parts(tr, logits[per * k], logits[per * k + 1] if expert else None)
-            for a in alphas:
-                labels[a][i, : len(blocks[i])] = parts.labels(a).cpu()
-                if top_k:
-                    top_ids, top_logp = parts.soft(a, top_k)
-                    rows = parts.rows.cpu()
-                    soft[a][0][i, rows] = top_ids.int().cpu()
-                    soft[a][1][i, rows] = top_logp.half().cpu()
-        del logits
-        if on_progress:
-            on_progress(chunk[-1] + 1, len(blocks))
+    block_len = max(map(len, blocks))
+    plan = shard_plan(total, block_len)
+    partial = path.with_name(f"{key}.partial")
+    done = {j for j in range(len(plan)) if cache and _shard_meta(partial / _shard_name(j)) is not None}
+    barrier()  # every rank has listed the shards of an earlier attempt before any writes a new one
+    mine = [j for j in range(len(plan)) if j not in done][rank::world]
+    resumed = sum(len(plan[j]) for j in done)
+    built = 0
 
-    nxt = torch.full_like(ids, IGNORE)
-    nxt[:, :-1] = ids[:, 1:]
-    labelled = labels[alphas[0]] != IGNORE
-    real_next = labelled & (torch.arange(ids.shape[1])[None] < (lengths[:, None] - 1))
-    stats = {
-        "blocks": len(blocks), "tokens": int(lengths.sum()), "labelled": int(labelled.sum()),
-        "term_occurrences": occurrences,
-        # Fraction of labelled positions whose generic label differs from the real next token.
-        # It counts the anchored-term and expert-driven changes AND every position where the
-        # baseline's own top guess already differed (most of them on a small model).
-        "changed": {str(a): float(((labels[a] != nxt) & real_next).sum() / max(int(real_next.sum()), 1))
-                    for a in alphas},
-    }
-    out = LabelSet(ids, lengths, labels, key, path, cached=False, stats=stats, soft=soft)
-    if cache:
-        _save(out)
+    def tick(n: int):
+        nonlocal built
+        built += n
+        progress(min(total, resumed + built * world), total)  # other ranks move at about the same pace
+
+    translator = Translator(wb.tokenizer, anchors)
+    in_memory: dict[int, tuple[dict, dict]] = {}
+    for j in mine:
+        tensors, counts = _build_shard(wb, expert, translator, blocks, plan[j], block_len, alphas, seed, group,
+                                       top_k, tick)
+        counts.update(first=plan[j].start, rank=rank, world=world)
+        if cache:
+            _write_shard(partial / _shard_name(j), tensors, counts)
+        else:
+            in_memory[j] = (tensors, counts)
+    if not cache:
+        return _assemble(in_memory, plan, alphas, key, path, resumed=0)
+    barrier()  # every rank's shards are on disk
+    if rank == 0:
+        _finish(wb, expert, translator, blocks, plan, block_len, alphas, seed, group, top_k, key, path, partial,
+                resumed, tick)
+    barrier()  # the label set is written once, by rank 0
+    out = _load(path, key)
+    if out is None:
+        raise UserError(f"the generic labels {key} were not written (see the log of rank 0)")
+    out.cached = False
+    progress(total, total)
     return out
+
+
+def _write_shard(file: Path, tensors: dict[str, torch.Tensor], counts: dict) -> None:
+    from safetensors.torch import save
+
+    atomic_write_bytes(file, save({k: v.contiguous() for k, v in tensors.items()},
+                                  metadata={"shard": json.dumps(counts)}))
+
+
+def _finish(wb, expert, translator, blocks, plan, block_len, alphas, seed, group, top_k, key: str, path: Path,
+            partial: Path, resumed: int, tick) -> None:
+    """Rank 0: build any shard still missing (a rank that died), then meta.json, then one rename."""
+    counts = []
+    for j, rows in enumerate(plan):
+        file = partial / _shard_name(j)
+        meta = _shard_meta(file)
+        if meta is None:
+            tensors, meta = _build_shard(wb, expert, translator, blocks, rows, block_len, alphas, seed, group,
+                                         top_k, tick)
+            meta.update(first=rows.start, rank=0, world=1)
+            _write_shard(file, tensors, meta)
+        counts.append(meta)
+    by_rank: dict[str, int] = {}
+    for c in counts:
+        by_rank[str(c["rank"])] = by_rank.get(str(c["rank"]), 0) + c["blocks"]
+    stats = {**_stats(counts, alphas), "shards": len(plan), "blocks_by_rank": by_rank, "resumed_blocks": resumed}
+    atomic_write_json(partial / "meta.json", {"key": key, "alphas": alphas, "top_k": top_k, "stats": stats,
+                                              "shards": [_shard_name(j) for j in range(len(plan))]})
+    try:
+        os.replace(partial, path)  # atomic: a concurrent builder either wins or finds ours
+    except OSError:
+        if _load(path, key) is None:
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _assemble(shards: dict[int, tuple[dict, dict]], plan: list[range], alphas: list[float], key: str, path: Path,
+              resumed: int) -> LabelSet:
+    """A label set from shards held in memory (cache=False)."""
+    order = [shards[j] for j in range(len(plan))]
+    cat = lambda name: torch.cat([t[name] for t, _ in order])  # noqa: E731
+    counts = [c for _, c in order]
+    stats = {**_stats(counts, alphas), "shards": len(plan), "resumed_blocks": resumed}
+    soft = {a: (cat(f"soft_ids_{a}"), cat(f"soft_logp_{a}")) for a in alphas if f"soft_ids_{a}" in order[0][0]}
+    return LabelSet(cat("ids").long(), cat("lengths").long(), {a: cat(f"labels_{a}").long() for a in alphas}, key,
+                    path, cached=False, stats=stats, soft=soft)

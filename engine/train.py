@@ -33,7 +33,10 @@ def lora_model(base, rank: int, gradient_checkpointing: bool = False, top_layers
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(base, "is_loaded_in_4bit", False) or getattr(base, "is_loaded_in_8bit", False):
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing)
+        # Non-reentrant checkpointing, as below: PEFT passes {} on, and torch then falls back to the
+        # reentrant kind (with a warning), which needs PEFT's inputs-require-grad hook.
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=gradient_checkpointing,
+                                               gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     targets = "all-linear"

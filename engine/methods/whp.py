@@ -97,12 +97,11 @@ class WHP(Method):
         tick = (lambda done, n: on_progress(math.ceil(done / group))) if on_progress else None
         try:
             wb.add_adapter("expert", run.expert_dir)
-            build = lambda **kw: generic_labels(wb, "expert", anchors, run.blocks, self.alphas(),  # noqa: E731
-                                                run.cfg.seed, group, top_k=self.top_k(), **kw)
-            # Rank 0 builds (or reads) the cache; the other ranks then read it.
-            labels = build(on_progress=tick) if run.main else None
-            run.acc.wait_for_everyone()
-            return labels if run.main else build()
+            # Under accelerate each rank builds its share of the shards; rank 0 writes the set once.
+            return generic_labels(wb, "expert", anchors, run.blocks, self.alphas(), run.cfg.seed, group,
+                                  on_progress=tick if run.main else None, top_k=self.top_k(),
+                                  rank=run.acc.process_index, world=run.acc.num_processes,
+                                  barrier=run.acc.wait_for_everyone)
         finally:
             run.model = wb.release()
 
