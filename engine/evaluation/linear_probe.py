@@ -36,13 +36,15 @@ def fit(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2, iters: int = 100) ->
     x, y = x.double(), y.double()
     mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
     z = (x - mean) / std  # (N, H)
+    weight = torch.where(y > 0, 0.5 / y.sum(), 0.5 / (1 - y).sum())  # (N,) each class half the loss: no drift to the majority
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y) + l2 * (w * w).sum()
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y, weight=weight, reduction="sum")
+        loss = nll + l2 * (w * w).sum()
         loss.backward()
         return loss
 

@@ -89,6 +89,12 @@ METRICS: tuple[Metric, ...] = (
            "lower", "representation"),
 )
 BY_NAME = {m.name: m for m in METRICS}
+# The WHP paper's benchmarks on Llama-2-7b-chat, before -> after unlearning (Eldan & Russinovich 2023,
+# Table 1, as copied into the project's reference notes; OpenBookQA's pair is not in that copy).
+PAPER_WHP: dict[str, tuple[float, float] | None] = {
+    "arc_challenge": (0.440, 0.414), "arc_easy": (0.744, 0.724), "boolq": (0.807, 0.796),
+    "hellaswag": (0.577, 0.557), "piqa": (0.767, 0.760), "winogrande": (0.663, 0.657), "openbookqa": None,
+}
 ROBUSTNESS = ("familiarity_probability", "robust_summary", "robust_expert_preamble", "robust_few_shot", "robust_relearn")
 
 
