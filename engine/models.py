@@ -221,6 +221,18 @@ class Workbench:
     def is_full_model(self, name: str | None) -> bool:
         return name in self._full
 
+    def adapted_layers(self, name: str | None) -> list[int]:
+        """The transformer blocks (0-based) adapter `name` changes: every block for a full checkpoint or
+        an all-layer LoRA, the top N for a run's `lora.layers: N`, none for the baseline."""
+        if name is None:
+            return []
+        if name in self._full:
+            return list(range(self.num_layers))
+        layers = self._model.peft_config[name].layers_to_transform
+        if layers is None:
+            return list(range(self.num_layers))
+        return [layers] if isinstance(layers, int) else sorted(layers)
+
     # -- adapters ----------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | os.PathLike) -> str:
         """Load a PEFT LoRA adapter directory (or a full causal-LM checkpoint) under `name`.

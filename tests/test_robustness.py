@@ -225,11 +225,23 @@ def test_linear_probe_stage_on_the_tiny_model(tiny_wb, tiny_unlearned_dir):
         assert 0.0 <= result["models"][m]["probe_accuracy_own"] <= 1.0
     # "Harry Potter" vs "cooking" in the prompt's words: the baseline's own states separate them
     assert result["models"]["baseline"]["probe_accuracy"] == 1.0
-    assert any(n.startswith("linear probe: block 1 of 2") for n in result["notes"])
+    assert any(n.startswith("linear probe: the output of block 1 of 2") for n in result["notes"])
     h = tiny_wb.hidden_states([(tiny_wb.tokenizer("a b c")["input_ids"], None), ([1, 2], None)], 1)
     assert h.shape == (2, 32)
     with pytest.raises(UserError, match="out of range"):
         tiny_wb.hidden_states([([1, 2], None)], 3)
+
+
+def test_the_probe_reads_a_block_the_adapters_change(tiny_wb, tiny_unlearned_dir, tmp_path):
+    from engine.evaluation.stages import probe_layer
+    from test_evaluate import _qv_lora
+
+    top = tiny_wb.add_adapter("top", _qv_lora(tmp_path / "qv", tiny_wb.config.name))  # block 1 of 0..1 only
+    every = tiny_wb.add_adapter("every", tiny_unlearned_dir)
+    assert (tiny_wb.adapted_layers(top), tiny_wb.adapted_layers(every), tiny_wb.adapted_layers(None)) == ([1], [0, 1], [])
+    assert probe_layer(tiny_wb, [None, every]) == 1  # the middle of 2 blocks
+    assert probe_layer(tiny_wb, [None, top]) == 2  # block 0's output is the baseline's for every model
+    assert probe_layer(tiny_wb, [None]) == 1
 
 
 # -- quantisation -----------------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ class EvalSettings(Section):
     linear_probe: bool = True
     """A logistic-regression probe on a middle layer (HP prompts vs other prompts), fit on the baseline."""
     probe_layer: int | None = Field(None, ge=0)
-    """Hidden state the probe reads: the output of this block (0: the embeddings; None: the middle one)."""
+    """Hidden state the probe reads: the output of this block (0: the embeddings; None: halfway through
+    the blocks the adapters change, stages.probe_layer)."""
     relearn_curve: list[int] = []
     """Relearning curve: LoRA steps at which familiarity is measured, in one run per model and source
     (e.g. [0, 5, 10, 25, 50]; empty: skip)."""

@@ -279,6 +279,18 @@ def quantisation(ctx: EvalContext, tick) -> None:
     ctx.notes += notes
 
 
+def probe_layer(wb: Workbench, names: list[str | None]) -> int:
+    """The hidden state the probe reads by default: halfway through the blocks the adapters change.
+
+    hidden_states[i] is the output of block i - 1 (0: the embeddings). An adapter on the top 10 of
+    30 blocks leaves blocks 0..19 exactly as the baseline's, where any probe scores every model the
+    same by construction; for adapters on every block this is the model's middle.
+    """
+    changed = [layer for n in names for layer in wb.adapted_layers(n)]
+    first = min(changed) + 1 if changed else 1
+    return (first + wb.num_layers) // 2
+
+
 def probing(ctx: EvalContext, tick) -> None:
     """probe_accuracy / probe_accuracy_own: a linear probe's held-out balanced accuracy at telling the
     probability probes' prompts (the target) from the retain probes' (other knowledge)."""
@@ -287,7 +299,7 @@ def probing(ctx: EvalContext, tick) -> None:
     from . import linear_probe
 
     wb, s = ctx.wb, ctx.settings
-    layer = wb.num_layers // 2 if s.probe_layer is None else s.probe_layer
+    layer = s.probe_layer if s.probe_layer is not None else probe_layer(wb, list(ctx.models.values()))
     if layer > wb.num_layers:
         ctx.notes.append(f"linear probe skipped: layer {layer}, but the model has blocks 0..{wb.num_layers}")
         return
@@ -303,8 +315,11 @@ def probing(ctx: EvalContext, tick) -> None:
     for m, vals in found.items():
         ctx.results[m].update(vals)
     k = min(5, len(ctx.prob_items), len(ctx.retain_items))
-    ctx.notes.append(f"linear probe: block {layer} of {wb.num_layers}, last token, {len(ctx.prob_items)} target vs "
-                     f"{len(ctx.retain_items)} other prompts, {k}-fold; balanced accuracy, chance 0.5")
+    untouched = [m for m, n in ctx.models.items() if n is not None and min(wb.adapted_layers(n)) >= layer]
+    ctx.notes.append(f"linear probe: the output of block {layer} of {wb.num_layers}, last token, "
+                     f"{len(ctx.prob_items)} target vs {len(ctx.retain_items)} other prompts, {k}-fold; balanced "
+                     f"accuracy, chance 0.5" + (f"; {', '.join(untouched)} change no block up to it: their states are the "
+                                                f"baseline's" if untouched else ""))
     tick()
 
 
