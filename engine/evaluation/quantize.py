@@ -16,8 +16,8 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..config import ModelConfig
 from ..models import Workbench, adapter_name
