@@ -111,9 +111,9 @@ def benchmarks(wb: Workbench, models: dict[str, str | None], tasks, limit: int,
 
 @contextlib.contextmanager
 def _offline():
-    """No hub, no progress bars (a line per request in a job's log), lm-eval's warnings only when they
-    are errors; the environment as it was afterwards."""
-    keys = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    """No hub, lm-eval's warnings only when they are errors; the environment as it was afterwards.
+    (lm-eval's request progress bars stay: tqdm reads TQDM_DISABLE when it is imported, long before.)"""
+    keys = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     saved = {k: os.environ.get(k) for k in keys}
     level = logging.getLogger("lm_eval").level
     os.environ.update(keys)
