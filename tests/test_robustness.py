@@ -7,6 +7,7 @@ Evaluate page's panels."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 
 import pytest
@@ -255,8 +256,9 @@ def test_merged_checkpoint_equals_the_adapter(tiny_wb, tiny_unlearned_dir, tmp_p
     assert tiny_wb.save_merged(None, tmp_path / "b") == str(tiny_wb.config.name)  # the baseline: its own source
 
 
-def test_quantised_familiarity_on_the_tiny_model_on_the_cpu(tiny_wb, tiny_unlearned_dir):
+def test_quantised_familiarity_on_the_tiny_model_on_the_cpu(tiny_wb, tiny_unlearned_dir, caplog):
     seen = []
+    caplog.set_level(logging.WARNING)
     result = evaluate(tiny_wb, {"unlearned": str(tiny_unlearned_dir)}, _inputs(PROBES_ONLY),
                       EvalSettings(**QUIET, quantize=["nf4", "int8"]), progress=lambda s, d, t: seen.append((s, d, t)))
     for m in ("baseline", "unlearned"):
@@ -267,6 +269,8 @@ def test_quantised_familiarity_on_the_tiny_model_on_the_cpu(tiny_wb, tiny_unlear
     assert base["familiarity_nf4"] == pytest.approx(base["familiarity_nf4_unmerged"], rel=1e-3)  # one model, two routes
     assert [s for s, _, _ in seen].count("quantisation") == 4 and seen[-1][1] == seen[-1][2]
     assert tiny_wb.adapters == {}
+    assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]  # one line per 8-bit matmul otherwise
+    assert logging.getLogger("bitsandbytes").level == logging.NOTSET  # and the logger as it was
 
 
 # -- benchmarks, offline ------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ precisions on the CPU (slowly) and on CUDA, so the same code serves either.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import tempfile
 import warnings
@@ -32,6 +34,19 @@ def _familiarity(wb: Workbench, items, names: list[str | None], budget: int) -> 
     return [sum(probs[j * k: (j + 1) * k]) / k for j in range(len(names))]
 
 
+@contextlib.contextmanager
+def _quiet(logger: str):
+    """A logger's warnings off for the block: bitsandbytes logs "MatMul8bitLt: inputs will be cast from
+    bfloat16 to float16" on every 8-bit matmul (a thousand lines in a job's log for one evaluation)."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def quantized(wb: Workbench, models: dict[str, str | None], items: list[tuple[list[int], list[int]]],
               precisions: list[str], budget: int, tick: Callable[[], None] = lambda: None) -> tuple[dict, list[str]]:
     """({display name: {familiarity_<prec>: x, familiarity_<prec>_unmerged: y}}, notes).
@@ -42,8 +57,8 @@ def quantized(wb: Workbench, models: dict[str, str | None], items: list[tuple[li
     device = "cuda" if wb.device.type == "cuda" else "cpu"
     out: dict[str, dict] = {m: {} for m in models}
     notes = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # bitsandbytes: "inputs will be cast from bfloat16 to float16", per layer
+    with warnings.catch_warnings(), _quiet("bitsandbytes"):
+        warnings.simplefilter("ignore")
         root = Path(tempfile.mkdtemp(prefix="obliviate-merged-"))
         try:
             for m, name in models.items():
