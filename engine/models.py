@@ -221,6 +221,18 @@ class Workbench:
     def is_full_model(self, name: str | None) -> bool:
         return name in self._full
 
+    def adapted_layers(self, name: str | None) -> list[int]:
+        """The transformer blocks (0-based) adapter `name` changes: every block for a full checkpoint or
+        an all-layer LoRA, the top N for a run's `lora.layers: N`, none for the baseline."""
+        if name is None:
+            return []
+        if name in self._full:
+            return list(range(self.num_layers))
+        layers = self._model.peft_config[name].layers_to_transform
+        if layers is None:
+            return list(range(self.num_layers))
+        return [layers] if isinstance(layers, int) else sorted(layers)
+
     # -- adapters ----------------------------------------------------------------------------
     def add_adapter(self, name: str, path: str | os.PathLike) -> str:
         """Load a PEFT LoRA adapter directory (or a full causal-LM checkpoint) under `name`.
@@ -357,6 +369,24 @@ class Workbench:
         return out
 
     @torch.no_grad()
+    def hidden_states(self, batch: list[Row], layer: int) -> torch.Tensor:
+        """(B, H) float32 on the CPU: the residual stream after block `layer` (0: the embeddings) at
+        each row's last token, for (token ids, adapter) rows mixed in one forward as in logits()."""
+        if not 0 <= layer <= self.num_layers:
+            raise UserError(f"layer {layer} is out of range: the model has blocks 0..{self.num_layers}")
+        with self.lock:
+            out: list = [None] * len(batch)
+            for model, idx in self._route([n for _, n in batch]).values():
+                ids, mask = pad([batch[i][0] for i in idx], self.tokenizer.pad_token_id)
+                hs = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), output_hidden_states=True,
+                           **self._adapter_kwargs(model, [batch[i][1] for i in idx])).hidden_states[layer]  # (B, T, H)
+                last = torch.tensor([len(batch[i][0]) - 1 for i in idx], device=hs.device)  # right padding
+                rows = hs[torch.arange(len(idx), device=hs.device), last].float().cpu()  # (B, H)
+                for j, i in enumerate(idx):
+                    out[i] = rows[j]
+            return torch.stack(out)
+
+    @torch.no_grad()
     def generate(self, batch: list[Row], max_new_tokens: int, temperature: float = 0.0, seed: int = 0,
                  batch_size: int = 16) -> list[list[int]]:
         """New token ids for each (prompt ids, adapter) row, cut at end-of-sequence.
@@ -478,6 +508,37 @@ class Workbench:
                     return
                 model.set_adapter(name, inference_mode=True)
             yield model
+
+    def save_merged(self, name: str | None, path: str | os.PathLike) -> str:
+        """A full checkpoint of adapter `name` that load_model reads at any precision (quantisation).
+
+        An adapter is merged into a fresh full-precision copy of the base weights, loaded on the CPU
+        from the source (never this Workbench's own, perhaps quantised, copy), and saved under `path`
+        as safetensors with the tokenizer. The baseline (None) and full checkpoints are their own
+        source: their path (or hub id) comes back and nothing is written.
+        """
+        from peft import PeftModel
+
+        if name is None:
+            return resolve_model_path(self.config.name)
+        if name not in self.adapters:
+            raise UserError(f"no adapter named {name!r} is loaded")
+        if name in self._full:
+            return self.adapters[name]
+        dtype = torch.float32 if approx_params(self._base.config) <= 1e9 else torch.bfloat16  # 7B: 13.5 GB, not 27
+        try:
+            base = AutoModelForCausalLM.from_pretrained(resolve_model_path(self.config.name), dtype=dtype,
+                                                        use_safetensors=True, trust_remote_code=False)
+            merged = PeftModel.from_pretrained(base, self.adapters[name]).merge_and_unload()  # W + (alpha/r) B A
+        except Exception as e:  # noqa: BLE001 - as add_adapter: every failure to read means the same
+            if is_oom(e):
+                raise oom_error(f"merging adapter {name}") from None
+            raise UserError(f"cannot merge adapter {name}: {first_line(e)}") from None
+        Path(path).mkdir(parents=True, exist_ok=True)
+        merged.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+        del merged, base
+        return str(path)
 
     def memory(self) -> dict:
         """Parameter memory of what is loaded (and CUDA allocator figures on a GPU), in MiB."""

@@ -7,6 +7,7 @@ A probes file (assets/probes.json) holds
     summary          a summary of the target text, for the in-context attack
     expert_preamble  "you are an expert on ...", likewise
     concept          what the probes are about ("the books of the corpus"), for the LLM judge's prompt
+    few_shot         [{question, answer}]: question/answer pairs for the few-shot in-context attack
 
 `score` gives log P(each target token | prompt) for (prompt, target) items through any forward
 function. Training curves (engine/pipeline.py, on the model being trained) and the evaluation table
@@ -33,6 +34,7 @@ class Probes:
     summary: str = ""
     expert_preamble: str = ""
     concept: str = "the target text"
+    few_shot: list[dict] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data, name: str = "probes") -> "Probes":
@@ -53,13 +55,17 @@ class Probes:
         for key in ("summary", "expert_preamble", "concept"):
             if not isinstance(data.get(key, ""), str):
                 problems.append(f"{key} must be a string")
+        shots = data.get("few_shot", [])
+        if not (isinstance(shots, list) and all(isinstance(q, dict) and isinstance(q.get("question"), str)
+                                                and isinstance(q.get("answer"), str) for q in shots)):
+            problems.append("few_shot must be a list of {question, answer} strings")
         if problems:
             raise UserError(f"{name}: " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""))
         if not any(data.get(k) for k in ("probability", "completion", "retain")):
             raise UserError(f"{name}: no probes (probability, completion and retain are all empty)")
         return cls(list(data.get("probability", [])), list(data.get("completion", [])),
                    list(data.get("retain", [])), data.get("summary", ""), data.get("expert_preamble", ""),
-                   data.get("concept") or "the target text")
+                   data.get("concept") or "the target text", list(shots))
 
     def tracked(self) -> list[dict]:
         """The probes a run tracks while it trains: {name, prompt, target, kind: forget | retain}."""

@@ -12,12 +12,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import state
+from app import robustness_panel, state
 from engine import jobs
 from engine.config import ModelConfig
 from engine.errors import UserError
 from engine.evaluation import EvalRequest, EvalSettings
-from engine.evaluation.table import ROBUSTNESS, metric, ordered
+from engine.evaluation.table import ROBUSTNESS, metric, scalar_keys
 from engine.io import browser_path, check_text_file
 from engine.methods import METHODS
 
@@ -84,7 +84,9 @@ with st.expander("Settings"):
     relearn = c3.number_input("relearning steps", 0, 200, 0, key="eval_relearn",
                               help="Relearning attack: LoRA steps of each model on the first 512 corpus tokens "
                                    "before familiarity is measured again (0: skip; ~seconds per step on a CPU).")
-    robust = st.checkbox("Familiarity with the HP summary and the expert preamble in context", True, key="eval_robust")
+    robust = st.checkbox("Familiarity with the HP summary, the expert preamble and few-shot pairs in context", True,
+                         key="eval_robust")
+    robustness = robustness_panel.settings_inputs()
     j1, j2 = st.columns(2)
     judge_model = j1.text_input("LLM judge model (optional)", key="eval_judge",
                                 help="Grades every completion 0-3 through an OpenAI-compatible endpoint; "
@@ -120,7 +122,7 @@ if st.button("Evaluate", type="primary", key="eval_start", disabled=bool(active)
             if f and (problem := check_text_file(f, what)):
                 raise UserError(problem)
         settings = EvalSettings.make(max_new_tokens=int(max_new), verbatim_passages=int(passages),
-                                relearn_steps=int(relearn), robustness=bool(robust),
+                                relearn_steps=int(relearn), robustness=bool(robust), **robustness,
                                 judge_model=judge_model.strip() or None, judge_base_url=judge_url.strip() or None)
         request = EvalRequest.make(model=model, adapters=adapters, probes=probes, corpus=corpus, retain=retain,
                               anchors=str(state.anchors_path()), settings=settings)
@@ -181,8 +183,7 @@ else:
         st.caption(f"model **{result['model']}** · {len(models)} models · {result['seconds']:.0f} s")
         for note in result.get("notes", []):
             st.info(note)
-        cols = [k for k in ordered({k for v in models.values() for k in v})
-                if any(v.get(k) is not None for v in models.values())]
+        cols = scalar_keys(models)  # curves and per-attack details are drawn by the robustness panel
         table = pd.DataFrame([{label(k): v.get(k) for k in cols} for v in models.values()],
                              index=list(models))
         st.dataframe(table.style.format("{:.4g}", na_rep="–"), key="eval_table")
@@ -227,6 +228,7 @@ else:
                                   for k in robust[1:]} for v in models.values()], index=list(models))
             st.caption("How much comes back: familiarity under pressure ÷ plain familiarity (1 = no change).")
             st.dataframe(back.style.format("{:.2f}x", na_rep="–"), key="eval_back")
+        robustness_panel.show(result)
 
         ex = result.get("examples", {})
         with st.expander("Completions and verbatim continuations"):

