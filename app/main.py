@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 st.set_option("client.showErrorDetails", "none")
 st.set_page_config(page_title="Obliviate", page_icon=":material/auto_fix_high:", layout="wide")
 # Results above the fold at 1280 x 720: less of Streamlit's default top padding and title size.
-st.html("<style>[data-testid='stMainBlockContainer']{padding-top:2.2rem;padding-bottom:3rem}"
+st.html("<style>[data-testid='stMainBlockContainer']{padding-top:4rem;padding-bottom:3rem}"
         "h1{font-size:2.1rem !important;padding-top:0.2rem !important}</style>")
 
 # The first script run imports torch and transformers (seconds) and loads the model: say so at once

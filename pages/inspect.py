@@ -40,11 +40,17 @@ def examples() -> dict[str, list[str]]:
     return dict(picks)
 
 
-def _use_example() -> None:
-    chosen = st.session_state.get("inspect_example")
-    if chosen:
-        st.session_state[PROMPT] = chosen
-        st.session_state[PINNED] = ", ".join(examples().get(chosen, [])) or st.session_state.get(PINNED, "")
+def _use_example(chosen: str) -> None:
+    st.session_state[PROMPT] = chosen
+    st.session_state[PINNED] = ", ".join(examples().get(chosen, [])) or st.session_state.get(PINNED, "")
+
+
+def example_buttons(columns: int) -> None:
+    """One button per example prompt (it fills the prompt box and pins its probe's target)."""
+    cols = st.columns(columns)
+    for i, text in enumerate(examples()):
+        cols[i % columns].button(text, key=f"inspect_example_{i}", on_click=_use_example, args=(text,),
+                                 width="stretch")
 
 
 for key in (PROMPT, PINNED, "inspect_metric", "inspect_top_k", "inspect_use_anchors", state.ALPHA):
@@ -57,12 +63,10 @@ if first_open:
     st.markdown("**Start here:** pick the first example. The bars show how likely each model finds "
                 "“Hermione” after *…Ron and*: the baseline knows it, generic and the unlearned model "
                 "should not. Then click any token of the prompt to see what every model expects there.")
-    st.pills("Examples", list(examples()), key="inspect_example", on_change=_use_example,
-             label_visibility="collapsed")
+    example_buttons(3)
 else:  # the examples stay one click away without pushing the results down
     with t2.popover("Examples", icon=":material/list:", width="stretch"):
-        st.pills("Examples", list(examples()), key="inspect_example", on_change=_use_example,
-                 label_visibility="collapsed")
+        example_buttons(1)
 c1, c2, c3 = st.columns([6, 3, 2.4])
 prompt = c1.text_input("Prompt", key=PROMPT, placeholder="Harry Potter's two best friends are Ron and",
                        help="Press Enter to inspect. The last position's predictions are what the "

@@ -151,7 +151,7 @@ def test_selecting_a_position_pinned_bars_and_metrics(app_env, tiny_expert_dir):
 def test_an_example_prompt_fills_the_prompt_box_and_pins_its_target(app_env):
     at = _app().run()
     probe = json.loads((ROOT / "assets" / "probes.json").read_text())["probability"][1]
-    at.pills(key="inspect_example").set_value(probe["prompt"]).run()
+    at.button(key="inspect_example_1").click().run()
     assert not at.exception, at.exception
     assert at.text_input(key="inspect_prompt").value == probe["prompt"]
     assert at.text_input(key="inspect_pinned").value == probe["target"].strip()

@@ -129,6 +129,12 @@ def _slider(page, label: str):
     return page.locator('[data-testid="stSlider"]').filter(has_text=label).get_by_role("slider")
 
 
+# The sidebar's pickers hold the demo's adapters (the URL mirrors them).
+DEMO_PICKED = ("() => { const q = new URL(location.href).searchParams;"
+               " return (q.get('expert') || '').endsWith('/demo/adapters/expert')"
+               " && (q.get('unlearned') || '').endsWith('/demo/adapters/unlearned'); }")
+
+
 def _selected(page, pos: int, timeout: float = 60_000) -> None:
     page.locator(f'.obl-strip .tok.sel[data-pos="{pos}"]').wait_for(timeout=timeout)
 
@@ -148,8 +154,8 @@ def test_first_open_the_strip_and_state_in_the_url(server, page):
     if saw_progress:
         page.screenshot(path=str(ARTIFACTS / "first_open_building_1440.png"))
     # Selected by default as soon as the demo run finishes (the page reruns by itself).
-    sidebar.get_by_text("demo (expert of the demo run)").wait_for(timeout=300_000)
-    sidebar.get_by_text("demo (unlearned of the demo run)").wait_for()
+    page.wait_for_function(DEMO_PICKED, timeout=300_000)
+    sidebar.get_by_text("2 adapter(s) loaded").wait_for()
 
     page.get_by_role("button", name=example, exact=True).first.click()
     page.wait_for_function("tail => { const s = document.querySelector('.obl-strip');"
@@ -181,7 +187,7 @@ def test_first_open_the_strip_and_state_in_the_url(server, page):
     page.reload()
     _selected(page, 2, timeout=120_000)
     assert page.get_by_role("textbox", name="Prompt").input_value() == example
-    sidebar.get_by_text("demo (unlearned of the demo run)").wait_for()
+    sidebar.get_by_text("2 adapter(s) loaded").wait_for()
     page.get_by_role("link", name="Anchors").click()
     page.locator(".obl-align").wait_for(timeout=120_000)
     page.get_by_role("link", name="Inspect").click()
