@@ -34,6 +34,14 @@ UNLEARNED, UNLEARNED_PATH = "unlearned", "unlearned_path"
 ALPHA = "alpha"
 _PENDING = "_pending_sidebar"  # values another page asks the sidebar to take on the next run
 _CTX = "_context"
+_KEEP = "_keep"  # widget values that outlive their page (Streamlit forgets a widget not drawn in a run)
+_URL_READ = "_url_read"
+DEFAULT_ALPHA = 5.0
+# What a link to the Inspect page carries: URL parameter -> session key (the widget's key).
+URL_KEYS = {"prompt": "inspect_prompt", "pos": "inspect_pos", "pin": "inspect_pinned", "colour": "inspect_metric",
+            "alpha": ALPHA, "tokens": "inspect_top_k", "anchors": "inspect_use_anchors"}
+URL_DEFAULTS = {"inspect_prompt": "", "inspect_pinned": "Hermione, Emily", "inspect_metric": "logp",
+                "alpha": DEFAULT_ALPHA, "inspect_top_k": 5, "inspect_use_anchors": True}
 
 
 @dataclass
@@ -47,6 +55,8 @@ class Context:
     adapters_key: str  # changes when a chosen adapter or its weights change
     alpha: float
     error: str | None = None
+    adapter_errors: list[str] | None = None  # a bad expert or unlearned path (the other still loads)
+    demo: object = None  # engine.jobs.Status of this model's demo run, or None
 
 
 def default_model() -> str:
@@ -70,10 +80,12 @@ def load_workbench(model: str, precision: str, device: str) -> Workbench:
 
 
 # -- adapters --------------------------------------------------------------------------------------
-def run_adapters(kind: str) -> list[str]:
-    """Adapter directories `<run>/adapters/<kind>` (kind: expert or unlearned) of every run, newest first."""
-    found = [Path(d) for run in jobs.list_runs() if (d := jobs.run_adapters(run.dir).get(kind))]
-    found.sort(key=lambda d: d.stat().st_mtime, reverse=True)
+def run_adapters(kind: str, model: str | None = None) -> list[str]:
+    """Adapter directories `<run>/adapters/<kind>` (kind: expert or unlearned) of every run, the
+    demo's first, then newest first; with `model`, only runs of that model (or of an unknown one)."""
+    found = [Path(d) for run in jobs.list_runs() if (d := jobs.run_adapters(run.dir).get(kind))
+             and (model is None or jobs.run_model(run.dir) in ("", model))]
+    found.sort(key=lambda d: (d.parents[1].name != jobs.DEMO, -d.stat().st_mtime))
     return [str(d) for d in found]
 
 
@@ -81,7 +93,18 @@ def adapter_label(choice: str) -> str:
     if choice in (NONE, PATH):
         return choice
     p = Path(choice)
-    return f"run {p.parents[1].name}" if p.parent.name == "adapters" else str(p)
+    if p.parent.name == "adapters":
+        run = p.parents[1].name
+        return f"demo ({p.name} of the demo run)" if run == jobs.DEMO else f"run {run}"
+    return str(p)
+
+
+def demo_adapter(kind: str, model: str) -> str | None:
+    """The finished demo run's adapter of this kind for this model, or None."""
+    demo = jobs.find_demo(model)
+    if demo is None or demo.state != "finished":
+        return None
+    return jobs.run_adapters(demo.dir).get(kind)
 
 
 def _fingerprint(path: Path) -> str:
@@ -123,11 +146,78 @@ def apply_pending() -> None:
     """Called by the entry point before it draws the sidebar widgets."""
     for kind, path in st.session_state.pop(_PENDING, {}).items():
         known = run_adapters(kind)
-        if path in known:
+        st.session_state[f"_picked_{kind}"] = True  # chosen by a page or a link: no demo default
+        if path == NONE:
+            st.session_state[kind] = NONE
+        elif path in known:
             st.session_state[kind] = path
         else:
             st.session_state[kind] = PATH
             st.session_state[f"{kind}_path"] = path
+
+
+# -- state that stays: across pages, reloads and shared links -------------------------------------
+def keep(key: str, value) -> None:
+    """Remember a widget's value beyond its page (Streamlit drops the state of widgets not drawn)."""
+    st.session_state.setdefault(_KEEP, {})[key] = value
+
+
+def kept(key: str, default=None):
+    return st.session_state.get(_KEEP, {}).get(key, default)
+
+
+def restore(key: str, default=None) -> None:
+    """Before a page draws the widget `key`: give it its kept value (from another page or the URL)."""
+    if key not in st.session_state:
+        st.session_state[key] = kept(key, URL_DEFAULTS.get(key, default))
+
+
+def _parse(key: str, raw: str):
+    if key in ("inspect_pos", "inspect_top_k"):
+        return int(raw)
+    if key == ALPHA:
+        return min(max(round(float(raw) * 2) / 2, 0.0), 20.0)  # the slider's range and step
+    if key == "inspect_use_anchors":
+        return raw not in ("0", "false", "off")
+    if key == "inspect_prompt":
+        return raw[:MAX_PROMPT_CHARS]
+    return raw[:500]
+
+
+def read_url() -> None:
+    """Once per browser session (a reload, a shared link): the URL's parameters become the kept
+    values the pages start from; the adapters go through the sidebar's pending choice."""
+    if st.session_state.get(_URL_READ):
+        return
+    st.session_state[_URL_READ] = True
+    q = st.query_params
+    for param, key in URL_KEYS.items():
+        if param in q:
+            try:
+                keep(key, _parse(key, q[param]))
+            except ValueError:
+                pass  # a hand-edited link: that one value falls back to its default
+    if "pos" in q and "prompt" in q:
+        keep("inspect_pos_prompt", kept("inspect_prompt"))
+    for kind in (EXPERT, UNLEARNED):
+        if kind in q:
+            use_adapter(kind, q[kind])
+
+
+def write_url(expert_dir: str | None, unlearned_dir: str | None) -> None:
+    """The current Inspect state as the URL's query (defaults left out), so a reload or a copied
+    link opens the same view. Written only when it changed."""
+    want: dict[str, str] = {}
+    for param, key in URL_KEYS.items():
+        value = st.session_state.get(key, kept(key, URL_DEFAULTS.get(key)))
+        if value is None or value == URL_DEFAULTS.get(key) or (param == "pos" and "prompt" not in want):
+            continue
+        want[param] = ("1" if value else "0") if isinstance(value, bool) else (
+            f"{value:g}" if isinstance(value, float) else str(value))
+    want[EXPERT] = expert_dir or NONE
+    want[UNLEARNED] = unlearned_dir or NONE
+    if st.query_params.to_dict() != want:
+        st.query_params.from_dict(want)
 
 
 def set_context(ctx: Context) -> None:

@@ -18,11 +18,18 @@ from engine.errors import UserError
 from engine.secrets import env_key_for
 from engine.suggest import LLMConfig, Suggestions, accept_rows, suggest_llm, suggest_offline
 
-COLUMNS = ["accept", "term", "translation", "score", "count", "example", "source"]
+COLUMNS = ["accept", "term", "translation", "status", "score", "count", "example", "source"]
 
 
-def _store(key: str, result: Suggestions, what: str) -> None:
-    st.session_state[f"{key}_rows"] = result.rows()
+def _store(key: str, result: Suggestions, what: str, current: AnchorDictionary) -> None:
+    """The review rows, each marked against the dictionary: a term it already has is left unticked
+    (ticking it adds only the candidates it lacks; nothing is ever replaced)."""
+    rows = []
+    for r in result.rows():
+        cands = [c.strip() for c in str(r["translation"] or "").split("|") if c.strip()]
+        status = current.status_of(r["term"], cands)
+        rows.append({**r, "status": status, "accept": bool(r["accept"]) and status == "new"})
+    st.session_state[f"{key}_rows"] = rows
     st.session_state[f"{key}_report"] = result.report
     st.session_state[f"{key}_failures"] = result.failures
     st.session_state[f"{key}_what"] = what
@@ -34,7 +41,7 @@ def _clear(key: str) -> None:
         st.session_state.pop(f"{key}_{k}", None)
 
 
-def _run(key: str, label: str, call) -> None:
+def _run(key: str, label: str, call, current: AnchorDictionary) -> None:
     """Run one suggestion with a progress bar; a UserError is shown and nothing changes."""
     with st.status(label, expanded=True) as status:
         bar = st.progress(0.0, text="starting…")
@@ -49,7 +56,7 @@ def _run(key: str, label: str, call) -> None:
             st.error(f"{e}. Nothing was added.")
             return
         status.update(label=f"{label}: {len(result.items)} terms to review", state="complete", expanded=False)
-    _store(key, result, label)
+    _store(key, result, label, current)
 
 
 def render_suggest_panel(current: AnchorDictionary, wb=None, expert: str | None = None, corpus: str = "",
@@ -97,7 +104,7 @@ def render_suggest_panel(current: AnchorDictionary, wb=None, expert: str | None 
             except UserError as e:
                 st.error(str(e))
             else:
-                _run(key, f"Asking {model}", lambda p: suggest_llm(text, config, api_key=api_key or None, progress=p))
+                _run(key, f"Asking {model}", lambda p: suggest_llm(text, config, api_key=api_key or None, progress=p), current)
     with offline_tab:
         st.caption("Ranks the text's proper names by how improbable the baseline finds them"
                    + (" and how much the expert's log-likelihood rises on them" if expert else "")
@@ -107,7 +114,7 @@ def render_suggest_panel(current: AnchorDictionary, wb=None, expert: str | None 
             st.info("Load a model in the sidebar to suggest offline.")
         elif st.button("Suggest offline", key=f"{key}_offline", icon=":material/memory:", disabled=not text.strip()):
             _run(key, f"Reading with {wb.name}" + (" and the expert" if expert else ""),
-                 lambda p: suggest_offline(wb, text, expert=expert, top_k=int(top_k), progress=p))
+                 lambda p: suggest_offline(wb, text, expert=expert, top_k=int(top_k), progress=p), current)
 
     for note in st.session_state.pop(f"{key}_notes", []):
         st.info(note)
@@ -116,16 +123,19 @@ def render_suggest_panel(current: AnchorDictionary, wb=None, expert: str | None 
         return None
 
     # -- review ---------------------------------------------------------------------------------------
+    known = sum(r.get("status", "new") != "new" for r in rows)
     st.markdown(f"**Review** ({len(rows)} suggestions from {st.session_state[f'{key}_what']}): tick the rows "
-                "to add, edit translations (`|` between candidates); nothing is saved until you Save above.")
+                "to add, edit translations (`|` between candidates); nothing is saved until you Save above."
+                + (f" {known} are already in the dictionary (see *status*) and start unticked: ticking one "
+                   "adds only the candidates it lacks, never replaces them." if known else ""))
     for f in st.session_state.get(f"{key}_failures", []):
         st.warning(f"Skipped {f}")
     if report := st.session_state.get(f"{key}_report"):
         with st.expander(f"Consolidation dropped {len(report)} term(s)"):
             st.markdown("\n".join(f"- {r}" for r in report))
     a1, a2, _ = st.columns([1, 1, 4])
-    if a1.button("Accept all", key=f"{key}_all"):
-        st.session_state[f"{key}_rows"] = [{**r, "accept": True} for r in rows]
+    if a1.button("Accept all new", key=f"{key}_all", help="Tick every row whose term is not in the dictionary yet"):
+        st.session_state[f"{key}_rows"] = [{**r, "accept": r.get("status", "new") == "new"} for r in rows]
         st.session_state[f"{key}_gen"] += 1
         st.rerun()
     if a2.button("Reject all", key=f"{key}_none"):
@@ -134,12 +144,14 @@ def render_suggest_panel(current: AnchorDictionary, wb=None, expert: str | None 
         st.rerun()
     edited = st.data_editor(
         pd.DataFrame(rows, columns=COLUMNS), key=f"{key}_editor_{st.session_state[f'{key}_gen']}",
-        hide_index=True, width="stretch", height=360, disabled=["score", "count", "example", "source"],
+        hide_index=True, width="stretch", height=360, disabled=["status", "score", "count", "example", "source"],
         column_config={
             "accept": st.column_config.CheckboxColumn("add", help="Add this row to the dictionary"),
             "term": st.column_config.TextColumn("term", help="As written in the text"),
             "translation": st.column_config.TextColumn(
                 "translation", width="medium", help="Generic stand-ins separated by |; blank rows are not added"),
+            "status": st.column_config.TextColumn("status", help="new, or already in the dictionary (and what "
+                                                                  "ticking it would add)"),
             "score": st.column_config.NumberColumn("score", format="%.2f",
                                                    help="LLM: chunks naming it; offline: surprisal or rise x log count"),
             "count": st.column_config.NumberColumn("count", help="Occurrences in the text"),

@@ -25,8 +25,8 @@ METRIC_LEGEND = {
 
 CSS = """
 <style>
-.obl-strip{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:1.05rem;line-height:2.2;}
-.obl-strip .tok{white-space:pre;padding:2px 1px;margin:0 1px;border-radius:4px;border-bottom:3px solid transparent;}
+.obl-strip{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:1.05rem;line-height:2.2;white-space:normal;overflow-wrap:anywhere;word-break:break-word;max-width:100%;}
+.obl-strip .tok{white-space:pre-wrap;display:inline-block;padding:0 1px;margin:1px 1px;border-radius:4px;border-bottom:3px solid transparent;line-height:1.7;}
 .obl-strip .tok.term{border-bottom-color:#7c3aed;font-weight:600;}
 .obl-strip .tok.sel{outline:2px solid #111;outline-offset:1px;}
 .obl-strip .tok.nolabel{background-image:repeating-linear-gradient(135deg,rgba(0,0,0,.10) 0 3px,transparent 3px 6px);}
@@ -83,10 +83,32 @@ def _colour(metric: str, v: float | None) -> str:
     return "rgba(239,68,68,0.55)" if v else "transparent"
 
 
-def token_strip_html(view: dict, metric: str, selected: int | None = None) -> str:
+def card_html(p: dict) -> str:
+    """The hover card of one token: its next token, every model's p and rank of it, KL, the term."""
+    rows = []
+    for m in MODELS:
+        nx = p.get(f"{m}_next")
+        if p.get(m) and nx and nx["prob"] is not None:
+            rows.append(f'<tr><td>{m}</td><td class="n">p {nx["prob"]:.3f}</td><td class="n">rank {nx["rank"]}</td></tr>')
+    head = f'<div class="h">#{p["index"]} {show(repr(p["token"]))}</div>'
+    nxt = (f'<div class="m">next token {show(repr(p["next_token"]))}</div>' if p["next_token"] is not None
+           else '<div class="m">end of the prompt: what the models say next</div>')
+    extra = []
+    if p["kl_baseline_generic"] is not None:
+        extra.append(f"KL(baseline ‖ generic) {p['kl_baseline_generic']:.3f}")
+    if p["term"]:
+        extra.append(f"inside the anchored term {show(repr(p['term']))}")
+    if p["aligned_to"] < 0:
+        extra.append("no generic label here (dropped from training)")
+    tail = "".join(f'<div class="m">{e}</div>' for e in extra)
+    return f'{head}{nxt}<table>{"".join(rows)}</table>{tail}'
+
+
+def token_strip_html(view: dict, metric: str, selected: int | None = None, alpha: float | None = None) -> str:
     """The prompt's tokens coloured by `metric`; anchored terms underlined; `selected` outlined.
 
-    Each token is `<span class="tok" data-pos=i data-value=v>` so tests and users can find it.
+    Each token is `<span class="tok" data-pos=i data-value=v data-card=...>` (the card: every
+    model's p and rank of the actual next token, shown on hover by app/strip.py). The strip wraps.
     """
     values = metric_values(view, metric)
     spans = []
@@ -99,28 +121,30 @@ def token_strip_html(view: dict, metric: str, selected: int | None = None) -> st
             classes.append("sel")
         if p["aligned_to"] < 0:
             classes.append("nolabel")
-        tip = [f"#{i} {p['token']!r}"]
-        if p["next_token"] is not None:
-            tip.append(f"next {p['next_token']!r}")
-        for m in MODELS:
-            nx = p.get(f"{m}_next")
-            if p.get(m) and nx and nx["prob"] is not None:
-                tip.append(f"{m}: p={nx['prob']:.3f} rank {nx['rank']}")
-        if p["kl_baseline_generic"] is not None:
-            tip.append(f"KL(b‖g)={p['kl_baseline_generic']:.3f}")
-        if p["term"]:
-            tip.append(f"anchored term {p['term']!r}")
-        if p["aligned_to"] < 0:
-            tip.append("no generic label (dropped)")
         data_v = "" if v is None else f"{v:.4f}"
         spans.append(
             f'<span class="{" ".join(classes)}" data-pos="{i}" data-value="{data_v}" '
-            f'title="{html.escape(" · ".join(tip))}" style="background-color:{_colour(metric, v)}">'
+            f'data-card="{html.escape(card_html(p), quote=True)}" style="background-color:{_colour(metric, v)}">'
             f"{show(p['token'])}</span>"
         )
-    legend = METRIC_LEGEND[metric] + " Purple underline = anchored term; outlined = selected position."
-    return (f'{CSS}<div class="obl-strip" data-metric="{metric}">{"".join(spans)}</div>'
+    legend = METRIC_LEGEND[metric] + " Purple underline = anchored term; outlined = selected position. " \
+                                     "Click a token to select it; hover it for every model's numbers."
+    alpha_attr = "" if alpha is None else f' data-alpha="{alpha:g}"'
+    return (f'{CSS}<div class="obl-strip" data-metric="{metric}"{alpha_attr}>{"".join(spans)}</div>'
             f'<div class="obl-legend">{html.escape(legend)}</div>')
+
+
+def word_at(tokens: list[str], i: int) -> str:
+    """The whole word token i belongs to (" Herm" + "ione" -> "Hermione"), for "add as term"."""
+    def glued(t: str) -> bool:  # continues the word before it
+        return bool(t) and (t[0].isalnum() or t[0] == "-")  # "'s" stays off: "Hogwarts", not "Hogwarts's"
+
+    lo, hi = i, i
+    while lo > 0 and glued(tokens[lo]) and tokens[lo - 1].strip() and tokens[lo - 1].strip()[-1:].isalnum():
+        lo -= 1
+    while hi + 1 < len(tokens) and glued(tokens[hi + 1]) and tokens[hi + 1][:1].isalnum():
+        hi += 1
+    return "".join(tokens[lo: hi + 1]).strip().strip(".,;:!?\"()[]")
 
 
 # -- the top-k table -------------------------------------------------------------------------------
@@ -146,6 +170,141 @@ def topk_rows(position: dict, model: str) -> list[dict]:
          **({"vs baseline": rank_change(t["id"], r, base)} if model != "baseline" else {})}
         for r, t in enumerate(top, start=1)
     ]
+
+
+TOPK_CSS = """
+<style>
+.obl-topk{border-collapse:collapse;width:100%;font-size:0.86rem;table-layout:fixed}
+.obl-topk th{text-align:left;font-weight:600;padding:2px 6px;border-bottom:1px solid #ddd;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.obl-topk th .sub{font-weight:400;color:#666;font-size:0.75rem}
+.obl-topk td{padding:2px 6px;border-bottom:1px solid #f1f1f1;white-space:nowrap;overflow:hidden}
+.obl-topk .cell{display:flex;align-items:baseline;gap:3px;min-width:0}
+.obl-topk .cell .t{overflow:hidden;text-overflow:ellipsis;white-space:pre;min-width:0}
+.obl-topk td.r,.obl-topk th.r{color:#888;width:2.2em;text-align:right}
+.obl-topk .t{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
+.obl-topk .p{margin-left:auto;font-variant-numeric:tabular-nums;color:#333;flex:none}
+.obl-topk .d{font-size:0.72rem;flex:none}
+.obl-topk .d.up{color:#15803d}.obl-topk .d.down{color:#b91c1c}.obl-topk .d.new{color:#7c3aed}
+.obl-topk td.hit{font-weight:700}
+</style>
+"""
+
+
+def topk_table_html(position: dict, models: list[str], alpha: float | None = None) -> str:
+    """One compact table: a column per model, a row per rank; each cell the token, its probability
+    as a bar behind it, and its rank change against the baseline. The token that actually follows is
+    bold. Above each column: that model's p and rank of the actual next token.
+
+    Cells carry data-model, data-rank, data-token (repr) and data-p, for tests and users alike.
+    """
+    cols = [m for m in models if position.get(m)]
+    k = max((len(position[m]) for m in cols), default=0)
+    head = []
+    for m in cols:
+        nx = position.get(f"{m}_next")
+        sub = f"next: p {nx['prob']:.3f}, #{nx['rank']}" if nx and nx["prob"] is not None else ""
+        name = f"{m} (α {alpha:g})" if m == "generic" and alpha is not None else m
+        head.append(f'<th data-model="{m}">{html.escape(name)}<br><span class="sub">{sub}</span></th>')
+    missing = [m for m in models if m not in cols]
+    body = []
+    nxt = position.get("next_token")
+    for r in range(k):
+        cells = ['<td class="r">' + str(r + 1) + "</td>"]
+        for m in cols:
+            top = position[m]
+            if r >= len(top):
+                cells.append("<td></td>")
+                continue
+            t = top[r]
+            ch = rank_change(t["id"], r + 1, position.get("baseline")) if m != "baseline" else ""
+            cls = "up" if ch.startswith("▲") else "down" if ch.startswith("▼") else "new" if ch == "new" else ""
+            delta = f'<span class="d {cls}">{ch}</span>' if ch and ch != "=" else ""
+            bar = f"background:linear-gradient(90deg,rgba(37,99,235,.16) {t['prob'] * 100:.1f}%,transparent 0)"
+            hit = " hit" if nxt is not None and t["token"] == nxt else ""
+            cells.append(f'<td class="c{hit}" style="{bar}" data-model="{m}" data-rank="{r + 1}" '
+                         f'data-token="{html.escape(repr(t["token"]), quote=True)}" data-p="{t["prob"]:.6g}">'
+                         f'<div class="cell"><span class="t">{show(repr(t["token"]))}</span>{delta}'
+                         f'<span class="p">{t["prob"]:.3f}</span></div></td>')
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    note = ""
+    if "generic" in missing:
+        note = ('<div class="obl-legend">No generic column here: this position is inside an anchored term '
+                "or just before a repeated one, so training leaves it out.</div>")
+    return (f'{TOPK_CSS}<table class="obl-topk"><thead><tr><th class="r">#</th>{"".join(head)}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>{note}')
+
+
+def pinned_bars(view: dict, pos: int, models: list[str]) -> list[dict]:
+    """Per pinned token at one position: each model's probability and its change from the baseline.
+
+    [{"token": " Herm", "model": "generic", "p": 0.017, "change": -0.98}, ...]; change is relative
+    (p / baseline - 1), None for the baseline itself or where there is no value.
+    """
+    out = []
+    for text, per_model in view["tracked"].items():
+        base = per_model.get("baseline", [None] * (pos + 1))[pos]
+        for m in models:
+            series = per_model.get(m)
+            if series is None:
+                continue
+            p = series[pos]
+            change = None if m == "baseline" or p is None or not base else p / base - 1
+            out.append({"token": text, "model": m, "p": p, "change": change})
+    return out
+
+
+def headline(bars: list[dict]) -> str:
+    """"P(' Herm'): 0.745 / 0.817 / ~0 / 0.017 (baseline / expert / generic / unlearned), −98%"
+    (bars' tokens as they should read, e.g. their repr)."""
+    lines = []
+    for text in dict.fromkeys(b["token"] for b in bars):
+        row = [b for b in bars if b["token"] == text and b["p"] is not None]
+        if not row:
+            continue
+        probs = " / ".join("~0" if b["p"] < 5e-4 else f"{b['p']:.3f}" for b in row)
+        names = " / ".join(b["model"] for b in row)
+        last = row[-1]
+        change = f", {last['change']:+.0%} for {last['model']}" if last["change"] is not None else ""
+        lines.append(f"**P({text})**: {probs} ({names}){change}")
+    return "  \n".join(lines)
+
+
+def highlight(text: str, words: list[str]) -> str:
+    """Escaped text with each whole-word occurrence of `words` marked (<mark>)."""
+    import re
+
+    escaped = show(text)
+    for w in sorted({w for w in words if w.strip()}, key=len, reverse=True):
+        pattern = r"(?<![\w])" + re.escape(html.escape(w)) + r"(?![\w])"
+        escaped = re.sub(pattern, lambda m: f"<mark>{m.group(0)}</mark>", escaped)
+    return escaped
+
+
+def completions_html(examples: dict[str, dict]) -> str:
+    """Completion probes as a table: one row per prompt, one column per model, the familiar words
+    each completion named highlighted (the words familiarity_completion counted)."""
+    models = [m for m in examples if examples[m].get("completion")]
+    if not models:
+        return ""
+    prompts = list(dict.fromkeys(e["prompt"] for m in models for e in examples[m]["completion"]))
+    by = {m: {e["prompt"]: e for e in examples[m]["completion"]} for m in models}
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    rows = []
+    for pr in prompts:
+        cells = []
+        for m in models:
+            e = by[m].get(pr)
+            if e is None:
+                cells.append("<td></td>")
+                continue
+            cls = ' class="fam"' if e.get("familiar") else ""
+            cells.append(f"<td{cls}>{highlight(e['completion'], e.get('familiar') or [])}</td>")
+        rows.append(f'<tr><td class="pr">{show(pr)}</td>{"".join(cells)}</tr>')
+    css = ("<style>.obl-comp{border-collapse:collapse;width:100%;font-size:0.85rem}"
+           ".obl-comp th,.obl-comp td{border-bottom:1px solid #eee;padding:4px 6px;vertical-align:top;text-align:left}"
+           ".obl-comp td.pr{color:#555;width:24%}.obl-comp td.fam{background:#fff7ed}"
+           ".obl-comp mark{background:#fde68a;padding:0 1px;border-radius:2px}</style>")
+    return f'{css}<table class="obl-comp"><thead><tr><th>prompt</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 # -- translation and alignment ---------------------------------------------------------------------
@@ -193,29 +352,34 @@ def anchor_rows(entries: dict[str, list[str]], disabled: set[str]) -> list[dict]
              "enabled": t not in disabled} for t, cands in entries.items()]
 
 
-def rows_to_entries(rows: list[dict]) -> tuple[dict[str, list[str]], set[str], list[str]]:
+def cell_text(value) -> str:
+    """An editor cell as text: None and NaN (an empty cell) are blank, never "None"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def rows_to_entries(rows: list[dict]) -> tuple[dict[str, list[str]], set[str], list[tuple[int, str, str]]]:
     """Editor rows -> (entries, disabled, problems the dictionary itself cannot express).
 
     A candidates cell is split on "|"; blank rows are skipped; a term typed twice is reported.
+    Problems are (row number from 1, term, message).
     """
     entries: dict[str, list[str]] = {}
     disabled: set[str] = set()
-    problems: list[str] = []
+    problems: list[tuple[int, str, str]] = []
+    first_row: dict[str, int] = {}
     for n, row in enumerate(rows, start=1):
-        term = row.get("term")
-        term = "" if term is None or (isinstance(term, float) and math.isnan(term)) else str(term)
-        cands_cell = row.get("candidates")
-        cands_cell = "" if cands_cell is None or (isinstance(cands_cell, float) and math.isnan(cands_cell)) \
-            else str(cands_cell)
+        term, cands_cell = cell_text(row.get("term")), cell_text(row.get("candidates"))
         if not term.strip() and not cands_cell.strip():
             continue
         if not term.strip():
-            problems.append(f"row {n}: empty term (candidates {cands_cell!r})")
+            problems.append((n, "", f"empty term (candidates {cands_cell!r})"))
             continue
         if term in entries:
-            problems.append(f"row {n}: {term!r} is already in row "
-                            f"{1 + [r.get('term') for r in rows].index(term)}; merge the two rows")
+            problems.append((n, term, f"already in row {first_row[term]}; merge the two rows"))
             continue
+        first_row[term] = n
         entries[term] = [c.strip() for c in cands_cell.split("|")] if cands_cell.strip() else []
         if row.get("enabled") is False:
             disabled.add(term)
@@ -236,4 +400,50 @@ def diff(saved: tuple[dict, set], edited: tuple[dict, set]) -> list[dict]:
         elif s_e[t] != e_e[t] or (t in s_d) != (t in e_d):
             out.append({"change": "changed", "term": t, "saved": cell(s_e, s_d, t), "edited": cell(e_e, e_d, t)})
     out += [{"change": "removed", "term": t, "saved": cell(s_e, s_d, t), "edited": ""} for t in s_e if t not in e_e]
+    return out
+
+
+# -- runs ------------------------------------------------------------------------------------------
+RUN_COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
+
+
+def global_steps(rows: list[dict]) -> list[int]:
+    """Each metrics row's step on one axis across phases: a phase starts where the one before ended
+    (reinforce 0..12, then unlearn 12..42), so runs with different phase lengths line up."""
+    offset, ends, out = 0, {}, []
+    current = None
+    for r in rows:
+        phase = r.get("phase", "")
+        if phase != current:
+            if current is not None:
+                offset = ends.get(current, offset)
+            current = phase
+        step = int(r.get("step") or 0)
+        ends[phase] = offset + step
+        out.append(offset + step)
+    return out
+
+
+def config_diff(configs: dict[str, dict]) -> list[dict]:
+    """Rows {field, <run>: value, ...} for the flattened config fields whose values differ."""
+    from engine.config import flatten
+
+    flat = {name: flatten(c or {}) for name, c in configs.items()}
+    fields = list(dict.fromkeys(k for f in flat.values() for k in f))
+    out = []
+    for k in fields:
+        values = [flat[n].get(k) for n in flat]
+        if len({repr(v) for v in values}) > 1:
+            out.append({"field": k, **{n: "" if v is None else str(v) for n, v in zip(flat, values)}})
+    return out
+
+
+def probe_progress(rows: list[dict], names: list[str]) -> list[dict]:
+    """Per probe: its first logged value and its latest, {name, first, last, phase}."""
+    out = []
+    for n in names:
+        pts = [(r.get("phase", ""), r["probes"][n]) for r in rows
+               if isinstance(r.get("probes"), dict) and r["probes"].get(n) is not None]
+        if pts:
+            out.append({"name": n, "first": pts[0][1], "last": pts[-1][1], "phase": pts[-1][0]})
     return out

@@ -28,6 +28,66 @@ def _control(text: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
+def _capitalise(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _decapitalise(s: str) -> str:
+    """'Commoner' -> 'commoner'; 'UK' and 'McGuffin' stay (the capital is not just a sentence start)."""
+    first = s.split(" ")[0]
+    return s[:1].lower() + s[1:] if s[:1].isupper() and not any(ch.isupper() for ch in first[1:]) else s
+
+
+def _folded(cands) -> tuple:
+    return tuple(sorted({c.lower() for c in cands if isinstance(c, str)}))
+
+
+@dataclass
+class Changes:
+    """What turning one dictionary into another does, term by term (a merge, a replace, an accept)."""
+
+    added: list[str] = field(default_factory=list)
+    extended: dict[str, list[str]] = field(default_factory=dict)  # term -> the candidates it gained
+    changed: list[str] = field(default_factory=list)  # candidates replaced or removed, or switched on/off
+    removed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+    def summary(self) -> str:
+        """One line: '14 new terms; 3 gained candidates (Weasley + the dragon); 39 already there, unchanged'."""
+        parts = []
+        if self.added:
+            parts.append(f"{len(self.added)} new term{'s' * (len(self.added) != 1)}")
+        if self.extended:
+            shown = "; ".join(f"{t} + {' | '.join(c)}" for t, c in list(self.extended.items())[:3])
+            more = f"; +{len(self.extended) - 3} more" if len(self.extended) > 3 else ""
+            parts.append(f"{len(self.extended)} existing term{'s' * (len(self.extended) != 1)} gained "
+                         f"candidates ({shown}{more})")
+        if self.changed:
+            parts.append(f"{len(self.changed)} changed")
+        if self.removed:
+            parts.append(f"{len(self.removed)} removed")
+        if self.unchanged:
+            parts.append(f"{self.unchanged} already there, unchanged")
+        return "; ".join(parts) or "no change"
+
+
+def changes(before: "AnchorDictionary", after: "AnchorDictionary") -> Changes:
+    """Term by term, what differs between two dictionaries."""
+    out = Changes()
+    for term, cands in after.entries.items():
+        old = before.entries.get(term)
+        if old is None:
+            out.added.append(term)
+        elif old == cands and (term in before.disabled) == (term in after.disabled):
+            out.unchanged += 1
+        elif cands[: len(old)] == old and (term in before.disabled) == (term in after.disabled):
+            out.extended[term] = cands[len(old):]
+        else:
+            out.changed.append(term)
+    out.removed = [t for t in before.entries if t not in after.entries]
+    return out
+
+
 @dataclass
 class Problem:
     term: str
@@ -62,7 +122,6 @@ class AnchorDictionary:
     def validate(self) -> list[Problem]:
         """Every problem that makes the dictionary unusable, one per (term, reason)."""
         problems: list[Problem] = []
-        by_lower: dict[str, list[str]] = {}
         for term, cands in self.entries.items():
             if not isinstance(term, str) or not term.strip():
                 problems.append(Problem(str(term), "empty term"))
@@ -88,18 +147,11 @@ class AnchorDictionary:
                     problems.append(Problem(term, "empty translation"))
                 elif c.strip() == term.strip():
                     problems.append(Problem(term, "translation equals the term"))
-            by_lower.setdefault(term.strip().lower(), []).append(term)
-        for spellings in by_lower.values():
-            if len(spellings) < 2:
-                continue
-            # "muggle"/"Muggle" with the same candidates (ignoring case) is consistent; otherwise
-            # the text "Muggle" would have two different translations.
-            cand_sets = {tuple(sorted(c.lower() for c in self.entries[s] if isinstance(c, str))) for s in spellings}
-            if len(cand_sets) > 1:
-                problems.append(
-                    Problem(spellings[0], f"appears with different case ({', '.join(map(repr, spellings))}) "
-                                          "and different translations: keep one spelling")
-                )
+        for lower, capital in self.case_collisions():
+            if _folded(self.entries[lower]) != _folded(self.entries[capital]):
+                problems.append(Problem(capital, f"appears with different case ({capital!r}, {lower!r}) and different "
+                                                 f"translations: the lower-case term also matches {capital!r}, so the "
+                                                 "text has two translations (Resolve case variants merges them)"))
         return problems
 
     def check(self) -> "AnchorDictionary":
@@ -127,6 +179,82 @@ class AnchorDictionary:
                 else:
                     keep[term] = cands
         return AnchorDictionary(keep, {t for t in self.disabled if t in keep}), report
+
+    # -- combining dictionaries --------------------------------------------------------------
+    def merged_with(self, other: "AnchorDictionary") -> tuple["AnchorDictionary", Changes]:
+        """Self plus other: new terms appended, a known term keeps its candidates and gains the
+        other's new ones (never replaced); a term disabled in either stays as self has it."""
+        entries = {t: list(c) for t, c in self.entries.items()}
+        for term, cands in other.entries.items():
+            if term in entries:
+                entries[term] += [c for c in cands if c not in entries[term]]
+            else:
+                entries[term] = list(cands)
+        disabled = set(self.disabled) | {t for t in other.disabled if t not in self.entries}
+        merged = AnchorDictionary(entries, disabled)
+        return merged, changes(self, merged)
+
+    def replaced_by(self, other: "AnchorDictionary") -> Changes:
+        """What replacing self with other would do (how many terms it removes, above all)."""
+        return changes(self, other)
+
+    def status_of(self, term: str, candidates: list[str]) -> str:
+        """Where a proposed row stands against this dictionary: 'new', 'in the dictionary',
+        'in the dictionary, adds: x | y', or 'as <spelling> in the dictionary' (a case collision)."""
+        term = term.strip()
+        if term in self.entries:
+            extra = [c for c in candidates if c not in self.entries[term]]
+            return "in the dictionary" + (f", adds: {' | '.join(extra)}" if extra else "")
+        for other in (term[:1].lower() + term[1:], _capitalise(term)):
+            if other != term and other in self.entries and (other[:1].islower() or term[:1].islower()):
+                return f"as {other!r} in the dictionary"
+        return "new"
+
+    def case_collisions(self) -> list[tuple[str, str]]:
+        """(lower-case term, its capitalised spelling) pairs that are both terms. The Translator
+        matches a term as written and, when it starts lower-case, also capitalised ("muggle" matches
+        "Muggle"): the capitalised text then has two entries. Other case variants ("Invisibility
+        Cloak" / "invisibility cloak") never match the same text and are no collision."""
+        return [(t, _capitalise(t)) for t in self.entries
+                if isinstance(t, str) and t[:1].islower() and _capitalise(t) in self.entries]
+
+    def resolve_case_variants(self) -> tuple["AnchorDictionary", list[str]]:
+        """Fold each capitalised spelling into its lower-case term, which already matches both:
+        one entry, the candidates of both (the capitalised spelling's decapitalised, since the
+        Translator capitalises a translation where the text is capitalised), so "Muggle" and
+        "muggle" get the same stand-in in a block. Variants that differ beyond the first letter
+        match different text and stay separate terms. Returns the dictionary and what was done."""
+        fold = dict((capital, lower) for lower, capital in self.case_collisions())
+        entries: dict[str, list[str]] = {}
+        disabled: set[str] = set()
+        report: list[str] = []
+        for term, cands in self.entries.items():
+            target = fold.get(term, term)
+            if target in entries:
+                continue  # placed with its partner, below
+            if term in fold or target in fold.values():
+                lower, capital = target, _capitalise(target)
+                merged = list(self.entries[lower])
+                merged += [c for c in (_decapitalise(x) for x in self.entries[capital])
+                           if c.lower() not in {m.lower() for m in merged}]
+                entries[lower] = merged
+                if lower in self.disabled and capital in self.disabled:
+                    disabled.add(lower)
+                report.append(f"{capital!r} folded into {lower!r} (which also matches {capital!r}): "
+                              f"{' | '.join(merged)}")
+            else:
+                entries[term] = list(cands)
+                if term in self.disabled:
+                    disabled.add(term)
+        groups: dict[str, list[str]] = {}
+        for term in entries:
+            groups.setdefault(term.lower(), []).append(term)
+        kept = [g for g in groups.values() if len(g) > 1]
+        if kept:
+            shown = ", ".join(" / ".join(map(repr, g)) for g in kept[:3]) + (f" and {len(kept) - 3} more" if len(kept) > 3 else "")
+            report.append(f"kept {len(kept)} case variant group(s) as separate terms, since they never match the "
+                          f"same text: {shown}")
+        return AnchorDictionary(entries, disabled), report
 
     # -- formats -----------------------------------------------------------------------------
     def to_json(self) -> str:

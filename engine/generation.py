@@ -44,3 +44,16 @@ def complete_generic(wb: Workbench, prompt: str, expert: str | None, alpha: floa
             break
         new.append(nxt)
     return tok.decode(new, skip_special_tokens=True)
+
+
+def complete_all(wb: Workbench, prompt: str, expert: str | None = None, unlearned: str | None = None,
+                 alpha: float = 5.0, anchors: AnchorDictionary | None = None, max_new_tokens: int = 20,
+                 temperature: float = 0.0, seed: int = 0):
+    """Yield (model, continuation) for baseline, expert, generic and unlearned, each as soon as it is
+    done, so a page shows them one by one (generic, recomputed per step, is the slowest)."""
+    yield "baseline", complete(wb, [prompt], None, max_new_tokens, temperature, seed)[0]
+    if expert:
+        yield "expert", complete(wb, [prompt], expert, max_new_tokens, temperature, seed)[0]
+    yield "generic", complete_generic(wb, prompt, expert, alpha, max_new_tokens, anchors)
+    if unlearned:
+        yield "unlearned", complete(wb, [prompt], unlearned, max_new_tokens, temperature, seed)[0]

@@ -24,15 +24,17 @@ import os
 import shutil
 import signal
 import socket
+import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import UserError
-from .io import ROOT, atomic_write_json, check_out_dir, obliviate_home
+from .io import ASSETS, ROOT, atomic_write_json, check_out_dir, obliviate_home
 from .secrets import scrub
 
 ACTIVE = ("queued", "running")
@@ -41,7 +43,8 @@ STATES = (*ACTIVE, "finished", "failed", "cancelled", INTERRUPTED)
 MARK = ".obliviate-job"  # written into every job directory: `delete` removes nothing without it
 MAX_STATUS_BYTES = 4 << 20
 LEGACY_PHASES = {"gradient_ascent": "unlearn"}  # gradient ascent's training phase before issue 11
-_children: list[subprocess.Popen] = []  # reaped on every look, so finished children never linger as zombies
+DEMO = "demo"  # OBLIVIATE_HOME/runs/demo: the demo config's adapters, built once (launch_demo)
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
 def now() -> str:
@@ -138,10 +141,7 @@ def _write(out: Path, status: Status) -> None:
 
 
 def pid_alive(pid: int | None) -> bool:
-    """Alive and not a zombie (a finished child the launcher has not reaped yet)."""
-    for p in list(_children):
-        if p.poll() is not None:
-            _children.remove(p)
+    """Alive and not a zombie (a finished child its launcher has not reaped yet)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return False  # os.kill(0 or -1, ...) would reach a whole process group, or every process
     try:
@@ -297,7 +297,9 @@ def launch(args: list[str], out: str | os.PathLike, kind: str, env: dict | None 
         [sys.executable, "-m", "engine", *args, "--out", str(out)], cwd=ROOT, stdout=err, stderr=err,
         stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
     err.close()
-    _children.append(proc)
+    # The launcher (a Streamlit server, for hours) must wait() for its child, or every finished job
+    # stays a zombie in the process table: one daemon thread per job waits for it.
+    threading.Thread(target=proc.wait, name=f"reap-{proc.pid}", daemon=True).start()
     current = _read(out)
     if current.state in ACTIVE:
         current.pid = current.pid or proc.pid
@@ -306,19 +308,121 @@ def launch(args: list[str], out: str | os.PathLike, kind: str, env: dict | None 
     return status
 
 
-def launch_run(config, out: str | os.PathLike | None = None) -> Status:
+def run_dir(name: str | None, method: str) -> Path:
+    """OBLIVIATE_HOME/runs/<name>, or <time>-<method> without a name; a name is letters, digits, . _ -."""
+    if not name or not name.strip():
+        return runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{method}"
+    name = name.strip()
+    if not RUN_NAME.match(name):
+        raise UserError(f"run name {name!r}: use letters, digits, '.', '_' and '-' (at most 80, no leading dot)")
+    if (runs_root() / name).exists():
+        raise UserError(f"a run called {name!r} already exists: pick another name")
+    return runs_root() / name
+
+
+def launch_run(config, out: str | os.PathLike | None = None, name: str | None = None) -> Status:
     """Validate a run config (a RunConfig or a dict), write RUN_DIR/config.json and start
-    `python -m engine run` detached (queued behind a running job)."""
+    `python -m engine run` detached (queued behind a running job). RUN_DIR: `out`, else
+    OBLIVIATE_HOME/runs/<name> (else <time>-<method>)."""
     from .config import RunBase, run_config
 
     cfg = config if isinstance(config, RunBase) else run_config(config)
-    out = Path(out) if out else runs_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.method}"
+    out = Path(out) if out else run_dir(name, cfg.method)
     check_out_dir(out, "run directory")
     if (out / "status.json").exists():
         raise UserError(f"{out} already holds a run")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
     return launch(["run", str(out / "config.json")], out, kind="run")
+
+
+def run_command(config_path: str | os.PathLike, out: str | os.PathLike | None = None) -> str:
+    """The shell command that runs a config as the Runs page does (copy, paste, same run)."""
+    import shlex
+
+    tail = f" --out {shlex.quote(str(out))}" if out else ""
+    return f"python -m engine run {shlex.quote(str(config_path))}{tail}"
+
+
+def config_yaml(cfg) -> str:
+    """A run config as the YAML file `python -m engine run` reads (every field, paths absolute)."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+
+
+def config_from_bytes(data: bytes, name: str, base_dir: str | os.PathLike = ASSETS):
+    """An uploaded YAML / JSON config, validated; its relative paths resolve against base_dir
+    (assets/ by default, where the demo config's files are)."""
+    from .config import run_config
+    from .io import parse_json, parse_yaml
+
+    if len(data) > 1 << 20:
+        raise UserError(f"{name} is over 1 MiB: not a run config")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{name} is not UTF-8 text") from None
+    parsed = parse_json(text, name) if name.lower().endswith(".json") else parse_yaml(text, name)
+    return run_config(parsed or {}, base_dir)
+
+
+def run_model(out: str | os.PathLike) -> str:
+    """The model name in a run's config ('' when unreadable)."""
+    model = (read_json(out, "config.json") or {}).get("model")
+    name = model.get("name") if isinstance(model, dict) else model
+    return name if isinstance(name, str) else ""
+
+
+# -- the demo adapters --------------------------------------------------------------------------------
+def demo_config(model: str = "embedded", overrides: dict | None = None):
+    """assets/demo.yaml for `model` (its adapters are that model's), with dotted overrides."""
+    from .config import load_config, with_overrides
+
+    return with_overrides(load_config(ASSETS / "demo.yaml"), {"model.name": model, **(overrides or {})})
+
+
+def find_demo(model: str = "embedded") -> Status | None:
+    """The demo run of this model (OBLIVIATE_HOME/runs/demo or ./runs/demo from `make demo`),
+    finished ones first; None when there is none."""
+    found = []
+    for root in run_roots():
+        d = root / DEMO
+        if (d / "status.json").is_file() and run_model(d) == model:
+            found.append(read_status(d))
+    found.sort(key=lambda s: (s.state != "finished", not s.active))
+    return found[0] if found else None
+
+
+def launch_demo(model: str = "embedded", overrides: dict | None = None) -> Status:
+    """Build the demo's expert and unlearned adapters once, as a normal run job into
+    OBLIVIATE_HOME/runs/demo; an existing demo of the model (running or finished) is returned as is,
+    a failed or cancelled one is started again."""
+    existing = find_demo(model)
+    if existing and (existing.active or existing.state == "finished"):
+        return existing
+    out = runs_root() / DEMO
+    if (out / "status.json").exists():
+        if read_status(out).active:
+            raise UserError(f"{out} is running a demo for another model: wait for it, or cancel it on the Runs page")
+        delete(out)
+    return launch_run(demo_config(model, overrides), out)
+
+
+def eta_s(status: Status) -> float | None:
+    """Seconds left: the job's own estimate (runs), else elapsed / done x left (evaluations)."""
+    if not status.active or not status.total:
+        return None
+    if status.eta_s is not None:
+        return status.eta_s
+    if not status.started or status.step <= 0:
+        return None
+    try:
+        started = datetime.fromisoformat(status.started)
+    except ValueError:
+        return None
+    elapsed = (datetime.now(timezone.utc) - started).total_seconds()
+    return max(elapsed / status.step * (status.total - status.step), 0.0)
 
 
 def resume_run(out: str | os.PathLike) -> Status:

@@ -12,17 +12,20 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import robustness_panel, state
+from app import robustness_panel, state, widgets
 from engine import jobs
 from engine.config import ModelConfig
 from engine.errors import UserError
+from engine.estimate import duration, estimate_eval
 from engine.evaluation import EvalRequest, EvalSettings
-from engine.evaluation.table import ROBUSTNESS, metric, scalar_keys
+from engine.evaluation.table import ROBUSTNESS, metric, ordered, scalar_keys
 from engine.io import browser_path, check_text_file
 from engine.methods import METHODS
 
 ASSETS = state.ASSETS
 ROBUST = ROBUSTNESS
+# The headline pairs first, forgetting next to what must stay: familiarity | retain.
+FIRST = ("familiarity_probability", "retain_probability", "familiarity_completion", "retain_perplexity")
 
 
 def label(name: str) -> str:
@@ -69,8 +72,13 @@ def safe_name(name: str) -> str:
 # -- launch ---------------------------------------------------------------------------------------
 st.subheader("New evaluation", divider="gray")
 choices = candidates()
+if pre := st.session_state.pop("eval_preselect", None):  # "Evaluate" on the Runs page
+    st.session_state["eval_pick"] = [n for n, path in choices.items() if Path(path).parents[1] == Path(pre)]
+if "eval_pick" not in st.session_state:
+    st.session_state["eval_pick"] = list(choices)[:3]
+st.session_state["eval_pick"] = [n for n in st.session_state["eval_pick"] if n in choices]
 picked = st.multiselect(
-    "Models to compare with the baseline", list(choices), default=list(choices)[:3], key="eval_pick",
+    "Models to compare with the baseline", list(choices), key="eval_pick",
     placeholder="the baseline alone" if choices else "no runs yet: train one on the Runs page",
     help="Adapters of the runs under OBLIVIATE_HOME/runs: each run's expert and its unlearned model "
          "(WHP or gradient ascent). The baseline is always included.")
@@ -100,46 +108,85 @@ with st.expander("Settings"):
     probes = f1.text_input("probes", str(ASSETS / "probes.json"), key="eval_probes")
     corpus = f2.text_input("corpus", str(ASSETS / "demo_corpus.txt"), key="eval_corpus")
     retain = f3.text_input("retain text", str(ASSETS / "retain.txt"), key="eval_retain")
+    st.caption(f"Familiar words are counted with the dictionary edited on the Anchors page: `{state.anchors_path()}`.")
 
 model = ModelConfig(st.session_state.get(state.MODEL) or state.default_model(),
                     st.session_state.get(state.PRECISION) or "auto", st.session_state.get(state.DEVICE) or "auto")
+
+
+def build_request() -> tuple[EvalRequest, dict | None]:
+    """The page's choices as an EvalRequest (every path checked), and the judge key's environment."""
+    adapters = {safe_name(n): choices[n] for n in picked}
+    if extra.strip():
+        p = Path(extra.strip()).expanduser()
+        if not p.exists():
+            raise UserError(f"adapter path does not exist: {extra.strip()}")
+        adapters[safe_name(p.name)] = str(p)
+    # Paths typed here may only name files under assets/, OBLIVIATE_HOME or runs/: the texts come
+    # back on this page (verbatim examples), so /proc/self/environ must not be readable through it.
+    files = str(browser_path(probes, "probes")), str(browser_path(corpus, "corpus"))
+    retain_path = str(browser_path(retain, "retain text")) if retain.strip() else ""
+    for f, what in ((files[0], "probes"), (files[1], "corpus"), (retain_path, "retain text")):
+        if f and (problem := check_text_file(f, what)):
+            raise UserError(problem)
+    settings = EvalSettings.make(max_new_tokens=int(max_new), verbatim_passages=int(passages),
+                                 relearn_steps=int(relearn), robustness=bool(robust), **robustness,
+                                 judge_model=judge_model.strip() or None, judge_base_url=judge_url.strip() or None)
+    request = EvalRequest.make(model=model, adapters=adapters, probes=files[0], corpus=files[1], retain=retain_path,
+                               anchors=str(state.anchors_path()), settings=settings)
+    env = {"OBLIVIATE_JUDGE_API_KEY": judge_key} if judge_model.strip() and judge_key else None
+    return request, env
+
+
 active = [s for s in jobs.list_evals() if s.active]
-if st.button("Evaluate", type="primary", key="eval_start", disabled=bool(active),
-             help="Runs in the background; this page follows its progress." if not active
-             else "An evaluation is running: wait for it (or cancel it below)."):
+e1, e2 = st.columns([1, 4], vertical_alignment="center")
+start = e1.button("Evaluate", type="primary", key="eval_start", disabled=bool(active),
+                  help="Runs in the background; this page follows its progress." if not active
+                  else "An evaluation is running: wait for it (or cancel it below).")
+try:
+    planned, _ = build_request()
+    wb = ctx.wb
+    est = estimate_eval(planned, tokenizer=wb.tokenizer if wb is not None else None)
+    st.session_state["eval_estimate_s"] = est.seconds
+    e2.markdown(f"**Expected duration:** {est.text()}" if est.seconds else (est.notes or [""])[0],
+                help="engine/estimate.py; a busy CPU takes longer. " + " ".join(est.notes))
+except UserError as e:
+    planned = None
+    e2.caption(f"Not ready: {e}")
+if start:
     try:
-        adapters = {safe_name(n): choices[n] for n in picked}
-        if extra.strip():
-            p = Path(extra.strip()).expanduser()
-            if not p.exists():
-                raise UserError(f"adapter path does not exist: {extra.strip()}")
-            adapters[safe_name(p.name)] = str(p)
-        # Paths typed here may only name files under assets/, OBLIVIATE_HOME or runs/: the texts come
-        # back on this page (verbatim examples), so /proc/self/environ must not be readable through it.
-        probes, corpus = str(browser_path(probes, "probes")), str(browser_path(corpus, "corpus"))
-        retain = str(browser_path(retain, "retain text")) if retain.strip() else ""
-        for f, what in ((probes, "probes"), (corpus, "corpus"), (retain, "retain text")):
-            if f and (problem := check_text_file(f, what)):
-                raise UserError(problem)
-        settings = EvalSettings.make(max_new_tokens=int(max_new), verbatim_passages=int(passages),
-                                relearn_steps=int(relearn), robustness=bool(robust), **robustness,
-                                judge_model=judge_model.strip() or None, judge_base_url=judge_url.strip() or None)
-        request = EvalRequest.make(model=model, adapters=adapters, probes=probes, corpus=corpus, retain=retain,
-                              anchors=str(state.anchors_path()), settings=settings)
-        env = {"OBLIVIATE_JUDGE_API_KEY": judge_key} if judge_model.strip() and judge_key else None
+        request, env = build_request()
         status = jobs.launch_eval(request, env=env)
         st.session_state["eval_show"] = status.dir
+        st.session_state["eval_estimates"] = {**st.session_state.get("eval_estimates", {}),
+                                              status.dir: st.session_state.get("eval_estimate_s")}
         st.rerun()
     except UserError as e:
         st.error(str(e))
 
 
 # -- progress -------------------------------------------------------------------------------------
+def eta_text(s: jobs.Status) -> str:
+    """Time left: elapsed / done x left once the stages report, else the estimate less the time spent."""
+    left = jobs.eta_s(s)
+    if left is None:
+        planned_s = st.session_state.get("eval_estimates", {}).get(s.dir)
+        started = s.started or s.created
+        if planned_s and started:
+            from datetime import datetime, timezone
+
+            spent = (datetime.now(timezone.utc) - datetime.fromisoformat(started)).total_seconds()
+            left = max(planned_s - spent, 0.0)
+    return f" · about {duration(left)} left" if left is not None else ""
+
+
 def progress_panel(d: str) -> None:
     s = jobs.read_status(d)
     if s.active:
-        st.progress(s.step / s.total if s.total else 0.0, text=f"{s.name}: {s.state} · {s.phase} ({s.step}/{s.total})")
-        if st.button("Cancel", key=f"eval_cancel_{s.name}"):
+        p1, p2 = st.columns([6, 1], vertical_alignment="center")
+        p1.progress(s.step / s.total if s.total else 0.0,
+                    text=f"{s.name}: {s.state} · {s.phase} ({s.step}/{s.total}){eta_text(s)}")
+        if p2.button("Cancel", key=f"eval_cancel_{s.name}"):
             try:
                 jobs.cancel(d)
             except UserError as e:
@@ -155,6 +202,40 @@ if active:
             progress_panel(s.dir)
 
     _follow()
+
+
+# -- training curves (drawn where a run is named: under each result, and in the last section) ----------
+def tracked_chart(run: Path, key: str) -> None:
+    rows = [r for r in jobs.read_metrics(run) if isinstance(r.get("probes"), dict) or r.get("familiarity") is not None]
+    if not rows:
+        st.info("This run has logged no probe probabilities yet.")
+        return
+    phases = list(dict.fromkeys(r.get("phase", "") for r in rows))
+    phase = st.radio("Phase", phases, index=len(phases) - 1, horizontal=True, key=f"{key}_phase")
+    rows = [r for r in rows if r.get("phase", "") == phase]
+    probe_names = list(dict.fromkeys(k for r in rows for k in (r.get("probes") or {})))
+    chosen = st.multiselect("Probes", probe_names, default=probe_names[:4], key=f"{key}_probes")
+    fig = go.Figure()
+    for k, name in (("familiarity", "familiarity (mean of forget probes)"), ("retain", "retain (mean)")):
+        if any(r.get(k) is not None for r in rows):
+            fig.add_scatter(x=[r["step"] for r in rows], y=[r.get(k) for r in rows], name=name,
+                            mode="lines+markers", line=dict(width=3))
+    for name in chosen:
+        fig.add_scatter(x=[r["step"] for r in rows], y=[(r.get("probes") or {}).get(name) for r in rows],
+                        name=name, mode="lines+markers", line=dict(dash="dot"))
+    fig.update_layout(title=f"{run.name}: {phase}", xaxis_title="step", yaxis_title="probability", height=400,
+                      margin=dict(t=40, b=40))
+    st.plotly_chart(fig, key=key)
+
+
+def direction_colour(name: str, change: float | None) -> str:
+    """Green where the change goes the metric's better way (evaluation.table), red where it does not."""
+    better = metric(name).better
+    if change is None or better is None or abs(change) < 0.5:
+        return ""
+    good = (change < 0) == (better == "lower")
+    strength = min(abs(change) / 100, 1.0) * 0.35 + 0.1
+    return f"background-color: rgba({'22,163,74' if good else '220,38,38'},{strength:.2f})"
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -183,17 +264,33 @@ else:
         st.caption(f"model **{result['model']}** · {len(models)} models · {result['seconds']:.0f} s")
         for note in result.get("notes", []):
             st.info(note)
-        cols = scalar_keys(models)  # curves and per-attack details are drawn by the robustness panel
-        table = pd.DataFrame([{label(k): v.get(k) for k in cols} for v in models.values()],
-                             index=list(models))
-        st.dataframe(table.style.format("{:.4g}", na_rep="–"), key="eval_table")
+        present = {k for v in models.values() for k in v}
+        cols = [k for k in FIRST if k in present] + [k for k in ordered(present) if k not in FIRST]
+        scalar = set(scalar_keys(models))  # curves and per-attack details are drawn by the robustness panel
+        cols = [k for k in cols if k in scalar]
+        table = pd.DataFrame([{"model": n, **{label(k): v.get(k) for k in cols}} for n, v in models.items()])
+        model_col = {"model": st.column_config.TextColumn("model", pinned=True)}
+        st.dataframe(table.style.format("{:.4g}", na_rep="–", subset=[label(k) for k in cols]), hide_index=True,
+                     column_config=model_col, key="eval_table")
         base = models.get("baseline", {})
-        rel = pd.DataFrame([{label(k): (v.get(k) / base[k] - 1) * 100
-                             if base.get(k) and v.get(k) is not None else None for k in cols}
-                            for n, v in models.items() if n != "baseline"], index=[n for n in models if n != "baseline"])
-        if not rel.empty:
-            st.caption("Change relative to the baseline, in percent (familiarity should fall; retain should stay near 0).")
-            st.dataframe(rel.style.format("{:+.1f}%", na_rep="–"), key="eval_rel")
+        changes = [{"model": n, **{k: (v.get(k) / base[k] - 1) * 100 if base.get(k) and v.get(k) is not None else None
+                                   for k in cols}} for n, v in models.items() if n != "baseline"]
+        if changes:
+            rel = pd.DataFrame(changes).rename(columns={k: label(k) for k in cols})
+            styled = rel.style.format("{:+.1f}%", na_rep="–", subset=[label(k) for k in cols]).apply(
+                lambda column: [direction_colour(next(k for k in cols if label(k) == column.name), v)
+                                for v in column], subset=[label(k) for k in cols])
+            st.caption("Change relative to the baseline, in percent: green where it moved the way that metric "
+                       "should (familiarity down, retain kept), red where it did not.")
+            st.dataframe(styled, hide_index=True, column_config=model_col, key="eval_rel")
+
+        evaluated_runs = list(dict.fromkeys(Path(p).parents[1] for p in (result.get("adapters") or {}).values()
+                                            if Path(p).parent.name == "adapters" and Path(p).parents[1].is_dir()))
+        if evaluated_runs:
+            with st.expander("Tracked probabilities over training, for the runs evaluated here"):
+                run = st.selectbox("Run", evaluated_runs, format_func=lambda r: f"{r.name} ({method_label(str(r))})",
+                                   key="eval_result_run")
+                tracked_chart(run, "eval_result_tracked")
 
         c1, c2 = st.columns(2)
         with c1:  # the paper's trade-off: forget the target, keep the rest
@@ -203,11 +300,24 @@ else:
                              format_func=lambda k: label(k), key="eval_y")
             pts = [(n, v.get(x_key), v.get(y_key)) for n, v in models.items()
                    if v.get(x_key) is not None and v.get(y_key) is not None]
-            fig = go.Figure(go.Scatter(x=[p[1] for p in pts], y=[p[2] for p in pts], mode="markers+text",
-                                       text=[p[0] for p in pts], textposition="top center", marker=dict(size=12)))
-            fig.update_layout(title="Familiarity vs utility", xaxis_title=label(x_key),
-                              yaxis_title=label(y_key), height=380, margin=dict(t=40, b=40))
+            fig = go.Figure()
+            bx, by = base.get(x_key), base.get(y_key)
+            x_max = max([p[1] for p in pts] + [0.01]) * 1.25
+            y_max = max([p[2] for p in pts] + [0.01]) * 1.25
+            if bx is not None and by is not None:  # where a good unlearning lands: familiarity down, utility kept
+                y0, y1 = (by * 0.9, y_max) if metric(y_key).better == "higher" else (0, by * 1.1)
+                fig.add_shape(type="rect", x0=0, x1=bx * 0.25, y0=y0, y1=y1, line_width=0,
+                              fillcolor="rgba(22,163,74,0.12)", layer="below")
+                fig.add_annotation(x=bx * 0.125, y=y1, text="target", showarrow=False, yanchor="top",
+                                   font=dict(color="#15803d", size=11))
+            fig.add_scatter(x=[p[1] for p in pts], y=[p[2] for p in pts], mode="markers+text", cliponaxis=False,
+                            text=[p[0] for p in pts], textposition="top center", marker=dict(size=12))
+            fig.update_layout(title="Familiarity vs utility", xaxis_title=label(x_key), yaxis_title=label(y_key),
+                              height=400, margin=dict(t=50, b=40, l=60, r=40), showlegend=False,
+                              xaxis=dict(range=[0, x_max], fixedrange=True),
+                              yaxis=dict(range=[0, y_max], fixedrange=True))
             st.plotly_chart(fig, key="eval_tradeoff")
+            st.caption("Green: familiarity under a quarter of the baseline's, utility within 10% of it.")
         with c2:
             fig = go.Figure([go.Bar(name=label(k), x=list(models), y=[v.get(k) for v in models.values()])
                              for k in ("verbatim_rougeL", "verbatim_token_match", "verbatim_exact")
@@ -216,6 +326,7 @@ else:
                               margin=dict(t=40, b=40))
             st.plotly_chart(fig, key="eval_verbatim")
 
+        # -- robustness: the pressure bars, then app/robustness_panel.show (curves, attacks, probe) --------
         robust = [k for k in ROBUST if any(v.get(k) is not None for v in models.values())]
         if len(robust) > 1:
             fig = go.Figure([go.Bar(name=label(k) if k != ROBUST[0] else "plain prompt", x=list(models),
@@ -229,14 +340,16 @@ else:
             st.caption("How much comes back: familiarity under pressure ÷ plain familiarity (1 = no change).")
             st.dataframe(back.style.format("{:.2f}x", na_rep="–"), key="eval_back")
         robustness_panel.show(result)
+        # -- end of the robustness place --------------------------------------------------------------
 
         ex = result.get("examples", {})
-        with st.expander("Completions and verbatim continuations"):
-            who = st.selectbox("Model", list(ex), key="eval_ex_model")
-            if ex.get(who, {}).get("completion"):
-                st.dataframe(pd.DataFrame([{**e, "familiar": ", ".join(e["familiar"])} for e in ex[who]["completion"]]),
-                             key="eval_completions")
-            if ex.get(who, {}).get("verbatim"):
+        comp = widgets.completions_html(ex)
+        if comp:
+            st.markdown("**Completions**, prompt by model: the words that count as familiar are highlighted")
+            st.html(comp)
+        if any(ex.get(m, {}).get("verbatim") for m in ex):
+            with st.expander("Verbatim continuations"):
+                who = st.selectbox("Model", [m for m in ex if ex[m].get("verbatim")], key="eval_ex_model")
                 st.dataframe(pd.DataFrame(ex[who]["verbatim"]), key="eval_verbatim_examples")
         st.download_button("Download the result (JSON)", json.dumps(result, indent=2, ensure_ascii=False),
                            file_name=f"eval-{Path(shown).name}.json", mime="application/json", key="eval_download")
@@ -248,25 +361,5 @@ runs = [Path(r.dir) for r in jobs.list_runs()]
 if not runs:
     st.info("No runs yet: the Runs page trains one (its probes are tracked every few steps).")
 else:
-    run = st.selectbox("Run", runs, format_func=lambda r: f"{r.name} ({method_label(str(r))})",
-                       key="eval_run")
-    rows = [r for r in jobs.read_metrics(run) if isinstance(r.get("probes"), dict) or r.get("familiarity") is not None]
-    if not rows:
-        st.info("This run has logged no probe probabilities yet.")
-    else:
-        phases = list(dict.fromkeys(r.get("phase", "") for r in rows))
-        phase = st.radio("Phase", phases, index=len(phases) - 1, horizontal=True, key="eval_phase")
-        rows = [r for r in rows if r.get("phase", "") == phase]
-        probe_names = list(dict.fromkeys(k for r in rows for k in (r.get("probes") or {})))
-        chosen = st.multiselect("Probes", probe_names, default=probe_names[:4], key="eval_probes_pick")
-        fig = go.Figure()
-        for key, label in (("familiarity", "familiarity (mean of forget probes)"), ("retain", "retain (mean)")):
-            if any(r.get(key) is not None for r in rows):
-                fig.add_scatter(x=[r["step"] for r in rows], y=[r.get(key) for r in rows], name=label,
-                                mode="lines+markers", line=dict(width=3))
-        for name in chosen:
-            fig.add_scatter(x=[r["step"] for r in rows], y=[(r.get("probes") or {}).get(name) for r in rows],
-                            name=name, mode="lines+markers", line=dict(dash="dot"))
-        fig.update_layout(title=f"{run.name}: {phase}", xaxis_title="step", yaxis_title="probability", height=400,
-                          margin=dict(t=40, b=40))
-        st.plotly_chart(fig, key="eval_tracked")
+    run = st.selectbox("Run", runs, format_func=lambda r: f"{r.name} ({method_label(str(r))})", key="eval_run")
+    tracked_chart(run, "eval_tracked")

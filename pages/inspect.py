@@ -1,76 +1,84 @@
 """Inspect: what baseline, expert, generic and unlearned predict at every token of a prompt.
 
 One batched forward per (model, adapters, prompt, dictionary version, top-k, pinned tokens), kept
-in `st.cache_resource`; the alpha slider only re-views that result (`Inspection.view(alpha)`).
+in `st.cache_resource`; alpha only re-views that result (`Inspection.view(alpha)`). The prompt,
+position, pinned tokens, colouring, adapters and alpha live in the URL (app/state.py), so a
+reload, another page or a shared link comes back to the same view.
 """
 from __future__ import annotations
 
 import json
 
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from app import state, widgets
+from app.strip import token_strip
 from engine.errors import UserError
-from engine.generation import complete, complete_generic
+from engine.generation import complete_all
 from engine.inspection import inspect
+
+COLOURS = {"baseline": "#64748b", "expert": "#ea580c", "generic": "#7c3aed", "unlearned": "#16a34a"}
+POS, PROMPT, PINNED = "inspect_pos", "inspect_prompt", "inspect_pinned"
 
 ctx = state.require_workbench()
 wb = ctx.wb
-
-st.title("Inspect")
-st.caption("Type a prompt and see, token by token, what each model expects next.")
-with st.expander("What are baseline, expert, generic and unlearned?"):
-    st.markdown(
-        "- **baseline**: the model as loaded (it has read Harry Potter).\n"
-        "- **expert**: the baseline fine-tuned *further* on the text to forget (choose one in the "
-        "sidebar). Where the expert is more confident than the baseline, the text is idiosyncratic.\n"
-        "- **generic**: what a model that never read the text would predict. The baseline reads the "
-        "prompt with its **anchored terms translated** (Hogwarts → Mystic Academy, see the Anchors "
-        "page), and every token the expert likes more than the baseline is pushed down:  \n"
-        "  `generic = baseline(translated) − alpha · relu(expert(original) − baseline(translated))`.  \n"
-        "  Unlearning fine-tunes the model towards generic's top token (its *label*) at every position.\n"
-        "- **unlearned**: a model after an unlearning run (Runs page), to check it now says what "
-        "generic said.\n\n"
-        "Select a position to see each model's top predictions after it; the strip's colours show "
-        "where the models disagree. Moving **alpha** (sidebar) recomputes generic instantly, without "
-        "running the model again."
-    )
+for err in ctx.adapter_errors or []:  # where the eyes are, not only in the sidebar
+    st.error(err)
 
 
 @st.cache_data(show_spinner=False)
-def examples() -> list[str]:
+def examples() -> dict[str, list[str]]:
+    """Example prompt -> the words it pins (its probe's target, or a completion probe's references)."""
     path = state.ASSETS / "probes.json"
     if not path.exists():
-        return ["Harry Potter's two best friends are Ron and"]
+        return {"Harry Potter's two best friends are Ron and": ["Hermione"]}
     probes = json.loads(path.read_text(encoding="utf-8"))
-    picks = [p["prompt"] for p in probes.get("probability", [])[:4]]
-    picks += [p["prompt"] for p in probes.get("completion", [])[:2]]
-    picks += [p["prompt"] for p in probes.get("retain", [])[:1]]
-    return list(dict.fromkeys(picks))
+    picks = [(p["prompt"], [p["target"].strip()]) for p in probes.get("probability", [])[:4]]
+    picks += [(p["prompt"], list(p.get("references", []))[:2]) for p in probes.get("completion", [])[:2]]
+    picks += [(p["prompt"], [p["target"].strip()]) for p in probes.get("retain", [])[:1]]
+    return dict(picks)
 
 
-def _use_example() -> None:
-    if st.session_state.get("inspect_example"):
-        st.session_state["inspect_prompt"] = st.session_state["inspect_example"]
+def _use_example(chosen: str) -> None:
+    st.session_state[PROMPT] = chosen
+    st.session_state[PINNED] = ", ".join(examples().get(chosen, [])) or st.session_state.get(PINNED, "")
 
 
-st.pills("Examples", examples(), key="inspect_example", on_change=_use_example, label_visibility="collapsed")
-prompt = st.text_input("Prompt", key="inspect_prompt", placeholder="Harry Potter's two best friends are Ron and",
+def example_buttons(columns: int) -> None:
+    """One button per example prompt (it fills the prompt box and pins its probe's target)."""
+    cols = st.columns(columns)
+    for i, text in enumerate(examples()):
+        cols[i % columns].button(text, key=f"inspect_example_{i}", on_click=_use_example, args=(text,),
+                                 width="stretch")
+
+
+for key in (PROMPT, PINNED, "inspect_metric", "inspect_top_k", "inspect_use_anchors", state.ALPHA):
+    state.restore(key)
+
+first_open = not st.session_state.get(PROMPT, "").strip()
+t1, t2 = st.columns([5, 1], vertical_alignment="bottom")
+t1.title("Inspect")
+if first_open:
+    st.markdown("**Start here:** pick the first example. The bars show how likely each model finds "
+                "“Hermione” after *…Ron and*: the baseline knows it, generic and the unlearned model "
+                "should not. Then click any token of the prompt to see what every model expects there.")
+    example_buttons(3)
+else:  # the examples stay one click away without pushing the results down
+    with t2.popover("Examples", icon=":material/list:", width="stretch"):
+        example_buttons(1)
+c1, c2, c3 = st.columns([6, 3, 2.4])
+prompt = c1.text_input("Prompt", key=PROMPT, placeholder="Harry Potter's two best friends are Ron and",
                        help="Press Enter to inspect. The last position's predictions are what the "
                             "models would say next.")
-
-c1, c2, c3, c4 = st.columns([3, 1.2, 1, 2.4])
-metric = c1.selectbox("Colour tokens by", list(widgets.METRICS), format_func=widgets.METRICS.get,
+pinned = c2.text_input("Pinned tokens", key=PINNED,
+                       help="Comma-separated words whose probability is shown at the selected position "
+                            "and along the prompt; each is read as it appears in running text (with a "
+                            "leading space), first token only.")
+metric = c3.selectbox("Colour tokens by", list(widgets.METRICS), format_func=widgets.METRICS.get,
                       key="inspect_metric")
-use_anchors = c2.toggle("Anchors", value=True, key="inspect_use_anchors",
-                        help="Translate the anchored terms of the saved dictionary (Anchors page) "
-                             "before the baseline reads the prompt for generic.")
-top_k = int(c3.number_input("Top-k", 1, 50, 5, key="inspect_top_k"))
-pinned = c4.text_input("Pinned tokens", "Hermione, Emily", key="inspect_pinned",
-                       help="Comma-separated words to follow along the prompt; each is read as it "
-                            "appears in running text (with a leading space), first token only.")
+for key, value in ((PROMPT, prompt), (PINNED, pinned), ("inspect_metric", metric)):
+    state.keep(key, value)
 track = tuple(dict.fromkeys(" " + w.strip() for w in pinned.split(",") if w.strip()))
 
 if not prompt.strip():
@@ -81,6 +89,8 @@ if len(prompt) > state.MAX_PROMPT_CHARS:
              f"{state.MAX_PROMPT_CHARS:,}. Paste a shorter passage.")
     st.stop()
 
+top_k = int(st.session_state.get("inspect_top_k") or 5)
+use_anchors = bool(st.session_state.get("inspect_use_anchors", True))
 anchors = None
 if use_anchors:
     try:
@@ -101,10 +111,11 @@ def _inspection(model_key: str, adapters_key: str, prompt: str, anchors_version:
     return inspect(_wb, prompt, _anchors, expert=expert, unlearned=unlearned, top_k=top_k, track=track)
 
 
+alpha = float(st.session_state.get(state.ALPHA, state.DEFAULT_ALPHA))
 try:
     inspection = _inspection(ctx.model_key, ctx.adapters_key, prompt, anchors.version() if anchors else "",
                              top_k, track, wb, anchors, ctx.expert, ctx.unlearned)
-    view = inspection.view(ctx.alpha)
+    view = inspection.view(alpha)
 except UserError as e:
     st.error(f"{e}")
     st.stop()
@@ -116,51 +127,96 @@ except (MemoryError, RuntimeError) as e:
 
 positions = view["positions"]
 T = len(positions)
+tokens = [q["token"] for q in positions]
 for note in view["notes"]:
     st.caption(f"ℹ️ {note}")
 
-# -- token strip and position --------------------------------------------------------------------
-strip = st.container()
-pos = st.select_slider(
-    "Position", options=list(range(T)), value=T - 1, key=f"inspect_pos_{hash(prompt)}",
-    format_func=lambda i: f"{i} · {positions[i]['token']!r}",
-    help="The predictions shown below are the ones each model makes after this token.")
+# -- the token strip: the position control ---------------------------------------------------------
+if state.kept("inspect_pos_prompt") != prompt:  # a new prompt: its last position (what comes next)
+    st.session_state[POS] = T - 1
+    state.keep("inspect_pos_prompt", prompt)
+elif POS not in st.session_state:
+    st.session_state[POS] = state.kept(POS, T - 1)
+st.session_state[POS] = min(max(int(st.session_state[POS]), 0), T - 1)
+pos = st.session_state[POS]
+state.keep(POS, pos)
+
+
+def _clicked() -> None:
+    value = (st.session_state.get("inspect_strip") or {}).get("clicked")
+    if isinstance(value, int) and 0 <= value < T:
+        st.session_state[POS] = value
+
+
 if metric == "expert_gain" and ctx.expert is None:
-    strip.caption("Pick an expert in the sidebar to colour by expert − baseline.")
-strip.html(widgets.token_strip_html(view, metric, pos).replace(
-    'class="obl-strip"', f'class="obl-strip" data-alpha="{ctx.alpha:g}"'))
+    st.caption("Pick an expert in the sidebar to colour by expert − baseline.")
+token_strip(widgets.token_strip_html(view, metric, pos, alpha), key="inspect_strip", on_click=_clicked)
+s1, s2, s3 = st.columns([7, 1.1, 1.6], vertical_alignment="bottom")
+s1.select_slider("Position", options=list(range(T)), key=POS, label_visibility="collapsed",
+                 format_func=lambda i: f"position {i} · {positions[i]['token']!r}",
+                 help="Or click a token above. The predictions below are the ones each model makes after it.")
+s2.number_input("Top-k", 1, 50, key="inspect_top_k")
+s3.toggle("Anchors", key="inspect_use_anchors",
+          help="Translate the anchored terms of the saved dictionary (Anchors page) before the baseline "
+               "reads the prompt for generic.")
+state.keep("inspect_top_k", top_k)
+state.keep("inspect_use_anchors", use_anchors)
 
-# -- top-k table at the selected position ----------------------------------------------------------
+# -- at the selected position: every model's top-k, the pinned tokens, alpha --------------------------
 p = positions[pos]
-nxt = f"the actual next token is {p['next_token']!r}" if p["next_token"] is not None else "end of the prompt"
-st.markdown(f"**After {p['token']!r}** (position {pos}; {nxt})"
-            + (f" · inside anchored term **{p['term']}**" if p["term"] else ""))
-shown = [m for m in widgets.MODELS if m == "baseline" or m == "generic"
+shown = [m for m in widgets.MODELS if m in ("baseline", "generic")
          or (m == "expert" and ctx.expert) or (m == "unlearned" and ctx.unlearned)]
-cols = st.columns(len(shown))
-for col, m in zip(cols, shown):
-    with col:
-        st.markdown(f"**{m}**" + (f" (alpha {ctx.alpha:g})" if m == "generic" else ""))
-        rows = widgets.topk_rows(p, m)
-        if not rows:
-            st.caption("No generic label here: this position is inside an anchored term or just "
-                       "before a repeated one, so training leaves it out.")
-            continue
-        nx = p.get(f"{m}_next")
-        if nx and nx["prob"] is not None:
-            st.caption(f"actual next: p = {nx['prob']:.3f}, rank {nx['rank']}")
-        st.dataframe(
-            pd.DataFrame(rows).drop(columns="rank"), hide_index=True, width="stretch", key=f"topk_{m}",
-            column_config={
-                "token": st.column_config.TextColumn("token"),
-                "p": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f"),
-                "vs baseline": st.column_config.TextColumn("vs baseline", width="small",
-                                                           help="rank change against the baseline's top-k"),
-            })
+left, right = st.columns([3, 2], gap="medium")
+with left:
+    h1, h2 = st.columns([4, 1.5], vertical_alignment="center")
+    nxt = f"next: {p['next_token']!r}" if p["next_token"] is not None else "end of the prompt: what comes next"
+    h1.markdown(f"**After {p['token']!r}** · position {pos} · {nxt}"
+                + (f" · inside anchored term **{p['term']}**" if p["term"] else ""))
+    word = widgets.word_at(tokens, pos)
+    if word and h2.button(f"“{word[:14]}” as term", key="inspect_add_term", icon=":material/add:", width="stretch",
+                          help=f"Add {word!r} to the anchored-terms dictionary: opens the Anchors page with it in "
+                               "the editor (you type its generic translation, then Save)"):
+        st.session_state.setdefault("anchors_pending_terms", []).append(word)
+        st.switch_page(str(state.ROOT / "pages" / "anchors.py"))
+    st.html(widgets.topk_table_html(p, shown, alpha))
+with right:
+    a1, a2 = st.columns([3, 2])
+    with a1:
+        st.slider("alpha", 0.0, 20.0, step=0.5, key=state.ALPHA, disabled=ctx.expert is None,
+                  help="generic = baseline(translated) − alpha · relu(expert − baseline(translated)). The paper "
+                       "used 5. Changes the generic column and bars; never runs the model again.")
+    with a2:
+        pass  # the ELM-style target picker (engine.inspection's target definition) goes here, next to alpha
+    if ctx.expert is None:
+        st.caption("alpha has no effect without an expert: generic is the baseline reading the translated "
+                   "prompt. Pick an expert in the sidebar.")
+    labels = {text: repr(inspection.piece(tid)) for text, tid in inspection.tracked_ids.items()}
+    bars = widgets.pinned_bars(view, pos, shown)
+    if bars:
+        st.markdown(widgets.headline([{**b, "token": labels.get(b["token"], b["token"])} for b in bars]))
+        fig = go.Figure()
+        for k, text in enumerate(dict.fromkeys(b["token"] for b in bars)):
+            row = [b for b in bars if b["token"] == text]
+            fig.add_bar(
+                name=f"P({labels.get(text, text)})", x=[b["model"] for b in row], y=[b["p"] or 0.0 for b in row],
+                marker_color=[COLOURS[b["model"]] for b in row] if len(track) == 1 else widgets.RUN_COLOURS[k % 8],
+                text=[("–" if b["p"] is None else "~0" if b["p"] < 5e-4 else f"{b['p']:.3f}")
+                      + (f" ({b['change']:+.0%})" if b["change"] is not None else "") for b in row],
+                textposition="outside", cliponaxis=False)
+        top = max([b["p"] or 0.0 for b in bars] + [0.05])
+        fig.update_layout(barmode="group", height=210, margin=dict(l=10, r=10, t=10, b=10), showlegend=len(track) > 1,
+                          yaxis=dict(range=[0, min(1.0, top * 1.3)], title="P(next token)", fixedrange=True),
+                          xaxis=dict(fixedrange=True), legend=dict(orientation="h", y=1.15, x=0))
+        st.plotly_chart(fig, key="inspect_bars", config={"displayModeBar": False})
+    else:
+        st.caption("Pin a word (above) to follow its probability here.")
+state.keep(state.ALPHA, alpha)
 
-# -- tracked tokens along the prompt ---------------------------------------------------------------
+# -- pinned tokens along the prompt -------------------------------------------------------------------
 if view["tracked"]:
-    st.subheader("Pinned tokens along the prompt")
+    h1, h2 = st.columns([5, 1], vertical_alignment="bottom")
+    h1.subheader("Pinned tokens along the prompt")
+    log_y = h2.toggle("log scale", key="inspect_log", help="Small probabilities (generic, unlearned) become visible")
     st.caption("The probability that each pinned word (its first token) comes next, after every position. "
                "Solid: baseline · dotted: expert · dashed: generic · dash-dot: unlearned. The grey line "
                "marks the selected position; generic has gaps where a position has no label.")
@@ -171,13 +227,13 @@ if view["tracked"]:
     for k, (text, per_model) in enumerate(view["tracked"].items()):
         for m, probs in per_model.items():
             fig.add_trace(go.Scatter(
-                x=x, y=probs, mode="lines+markers", name=f"{text!r} · {m}", connectgaps=False,
+                x=x, y=probs, mode="lines+markers", name=f"{labels.get(text, text)} · {m}", connectgaps=False,
                 line={"color": palette[k % len(palette)], "dash": dashes[m]}, marker={"size": 4}))
     fig.add_vline(x=pos, line_width=1, line_color="#999")
     fig.update_layout(
         height=320, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title="P(next token)",
-        xaxis={"tickmode": "array", "tickvals": x, "ticktext": [widgets.show(q["token"]) for q in positions],
-               "tickangle": -60},
+        yaxis_type="log" if log_y else "linear",
+        xaxis={"tickmode": "array", "tickvals": x, "ticktext": [widgets.show(t) for t in tokens], "tickangle": -60},
         legend={"orientation": "h", "y": -0.45})
     st.plotly_chart(fig, key="inspect_tracked", config={"displayModeBar": False})
 
@@ -188,27 +244,43 @@ if not view["terms"]:
                + ("" if anchors else " (translation is off)") + ".")
 else:
     st.caption(" · ".join(f"{t['term']} → {t['translation']}" for t in view["terms"]))
-    st.html(widgets.alignment_html([q["token"] for q in positions], view["translated_tokens"],
-                                   view["mapping"], view["terms"]))
+    st.html(widgets.alignment_html(tokens, view["translated_tokens"], view["mapping"], view["terms"]))
 
 # -- side-by-side completions ----------------------------------------------------------------------
 st.subheader("Completions")
-g1, g2, g3, g4 = st.columns([1, 1, 1, 2])
+g1, g2, g3, g4 = st.columns([1, 1, 1, 2], vertical_alignment="bottom")
 max_new = int(g1.number_input("New tokens", 1, 200, 20, key="inspect_new_tokens"))
 temperature = float(g2.number_input("Temperature", 0.0, 2.0, 0.0, 0.1, key="inspect_temperature",
                                     help="0 = greedy. Generic is always greedy."))
 seed = int(g3.number_input("Seed", 0, 2**31 - 1, 0, key="inspect_seed"))
-key = (ctx.model_key, ctx.adapters_key, prompt, anchors.version() if anchors else "", ctx.alpha, max_new,
+key = (ctx.model_key, ctx.adapters_key, prompt, anchors.version() if anchors else "", alpha, max_new,
        temperature, seed)
+models = [m for m in widgets.MODELS if m in ("baseline", "generic") or (m == "expert" and ctx.expert)
+          or (m == "unlearned" and ctx.unlearned)]
+cells = dict(zip(models, st.columns(len(models))))
+
+
+def show_completion(m: str, text: str | None) -> None:
+    cell = cells[m].empty()
+    if text is None:
+        cell.markdown(f"**{m}**  \n:gray[generating…]")
+        return
+    cell.markdown(f"**{m}**<div style='font-family:ui-monospace,monospace;font-size:0.9rem'>"
+                  f"<span style='color:#888'>…{widgets.show(prompt[-40:])}</span>"
+                  f"<b>{widgets.show(text)}</b></div>", unsafe_allow_html=True)
+
+
 if g4.button("Complete the prompt with every model", key="inspect_complete"):
-    try:
-        with st.spinner("Generating…"):
-            out = {"baseline": complete(wb, [prompt], None, max_new, temperature, seed)[0]}
-            if ctx.expert:
-                out["expert"] = complete(wb, [prompt], ctx.expert, max_new, temperature, seed)[0]
-            out["generic"] = complete_generic(wb, prompt, ctx.expert, ctx.alpha, max_new, anchors)
-            if ctx.unlearned:
-                out["unlearned"] = complete(wb, [prompt], ctx.unlearned, max_new, temperature, seed)[0]
+    out: dict[str, str] = {}
+    slots = {m: cells[m].empty() for m in models}
+    for m in models:
+        slots[m].markdown(f"**{m}**  \n:gray[waiting…]")
+    try:  # each model's continuation appears as soon as it is done
+        for m, text in complete_all(wb, prompt, ctx.expert, ctx.unlearned, alpha, anchors, max_new, temperature, seed):
+            out[m] = text
+            slots[m].markdown(f"**{m}**<div style='font-family:ui-monospace,monospace;font-size:0.9rem'>"
+                              f"<span style='color:#888'>…{widgets.show(prompt[-40:])}</span>"
+                              f"<b>{widgets.show(text)}</b></div>", unsafe_allow_html=True)
         st.session_state["inspect_completions"] = (key, out)
     except UserError as e:
         st.error(str(e))
@@ -216,13 +288,29 @@ if g4.button("Complete the prompt with every model", key="inspect_complete"):
         if not state.is_oom(e):
             raise
         st.error(f"Generating ran {state.OOM_HINT}.")
-done = st.session_state.get("inspect_completions")
-if done:
-    done_key, out = done
-    if done_key != key:
-        st.caption("Settings changed since these were generated: press the button again to refresh.")
-    for col, (m, text) in zip(st.columns(len(out)), out.items()):
-        col.markdown(f"**{m}**")
-        col.markdown(f"<div style='font-family:ui-monospace,monospace;font-size:0.9rem'>"
-                     f"<span style='color:#888'>…{widgets.show(prompt[-40:])}</span>"
-                     f"<b>{widgets.show(text)}</b></div>", unsafe_allow_html=True)
+else:
+    done = st.session_state.get("inspect_completions")
+    if done:
+        done_key, out = done
+        if done_key != key:
+            st.caption("Settings changed since these were generated: press the button again to refresh.")
+        for m, text in out.items():
+            if m in cells:
+                show_completion(m, text)
+
+with st.expander("What are baseline, expert, generic and unlearned?"):
+    st.markdown(
+        "- **baseline**: the model as loaded (it has read Harry Potter).\n"
+        "- **expert**: the baseline fine-tuned *further* on the text to forget (the demo's, or one of "
+        "your runs, in the sidebar). Where the expert is more confident than the baseline, the text is "
+        "idiosyncratic.\n"
+        "- **generic**: what a model that never read the text would predict. The baseline reads the "
+        "prompt with its **anchored terms translated** (Hogwarts → Mystic Academy, see the Anchors "
+        "page), and every token the expert likes more than the baseline is pushed down:  \n"
+        "  `generic = baseline(translated) − alpha · relu(expert(original) − baseline(translated))`.  \n"
+        "  Unlearning fine-tunes the model towards generic's top token (its *label*) at every position.\n"
+        "- **unlearned**: a model after an unlearning run (Runs page), to check it now says what "
+        "generic said.\n\n"
+        "Click a token to see each model's top predictions after it; the strip's colours show where "
+        "the models disagree. Moving **alpha** recomputes generic instantly, without running the model again."
+    )

@@ -2,29 +2,32 @@
 
 Layout and engine calls only: engine.jobs launches a run (`python -m engine run RUN_DIR/config.json
 --out RUN_DIR`) and reads its directory back, so any tab, including one opened after a refresh,
-sees every run. The form is derived from the run config's fields (engine.config.form_fields): a
-new method or option appears here without touching this page.
+sees every run. The form is the whole run config, derived from its fields
+(engine.config.form_fields): a new method or option appears here without touching this page.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
+import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app import state
+from app import state, widgets
 from engine import jobs
 from engine.config import flatten, form_fields, load_config, nest, run_config
 from engine.errors import UserError
+from engine.estimate import estimate_run
 from engine.io import browser_path
 from engine.methods import METHODS
 
 ASSETS = state.ASSETS
 USE_KEY = "unlearned_adapter"  # "use in Inspect" also leaves the adapter path here
-TEXT_PATHS = {"corpus": "Corpus", "retain.text": "Retain text", "probes": "Probes", "whp.anchors": "Anchored terms"}
+TEXT_PATHS = {"corpus": "Corpus", "retain.text": "Retain text", "probes": "Probes", "whp.anchors": "Anchored terms",
+              "whp.expert": "Expert"}
 MAIN = ("corpus", "whp.anchors", "probes", "unlearn.steps", "reinforce.steps", "unlearn.lr", "whp.alpha",
-        "lora.rank", "train.batch_size", "data.block_size", "data.max_blocks")
+        "lora.rank", "train.batch_size", "data.block_size", "data.max_blocks", "whp.labels")
 
 st.title("Runs")
 st.caption("Reinforce → generic labels → unlearn (WHP), or another method, as background jobs writing a run "
@@ -41,40 +44,96 @@ def demo_defaults() -> dict:
     return values
 
 
+def _shown(spec: dict, value):
+    """A config value as its widget holds it."""
+    kind = spec["kind"]
+    if kind == "list":
+        return ", ".join(f"{x:g}" for x in (value or []))
+    if kind == "int":
+        return int(value or 0) if spec["optional"] else int(value if value is not None else spec.get("ge", 0))
+    if kind == "float":
+        return float(value) if value is not None else 0.0
+    if kind == "bool":
+        return bool(value)
+    if kind == "choice":
+        return value if value in spec["choices"] else spec["choices"][0]
+    return "" if value is None else str(value)
+
+
 def widget(spec: dict, default):
-    """One form field, its widget chosen by the field's kind; its help is the field's docstring."""
+    """One form field, its widget chosen by the field's kind; its help is the field's docstring.
+    The value lives in st.session_state["run_<path>"] (a loaded YAML writes it there)."""
     path, kind, label = spec["path"], spec["kind"], spec["path"].replace(".", " · ").replace("_", " ")
     key, help_ = f"run_{path}", spec["help"] or None
+    if key not in st.session_state:
+        st.session_state[key] = _shown(spec, default)
     if kind == "bool":
-        return st.checkbox(label, bool(default), key=key, help=help_)
+        return st.checkbox(label, key=key, help=help_)
     if kind == "choice":
-        return st.selectbox(label, spec["choices"], index=spec["choices"].index(default)
-                            if default in spec["choices"] else 0, key=key, help=help_)
+        return st.selectbox(label, spec["choices"], key=key, help=help_)
     if kind == "int":
         lo = spec.get("ge", spec["gt"] + 1 if "gt" in spec else -2**31)
         if spec["optional"]:  # 0 stands for "none" (all blocks, all layers)
-            return st.number_input(f"{label} (0 = none)", 0, spec.get("le", 2**31 - 1), int(default or 0),
-                                   key=key, help=help_) or None
-        return st.number_input(label, lo, spec.get("le", 2**31 - 1), int(default if default is not None else lo),
-                               key=key, help=help_)
+            return st.number_input(f"{label} (0 = none)", 0, spec.get("le", 2**31 - 1), key=key, help=help_) or None
+        return st.number_input(label, lo, spec.get("le", 2**31 - 1), key=key, help=help_)
     if kind == "float":
         fmt = "%.1e" if path.endswith("lr") else "%.3g"
-        value = st.number_input(label, value=float(default) if default is not None else 0.0, format=fmt,
-                                min_value=float(spec.get("ge", spec.get("gt", 0.0))), key=key, help=help_)
+        value = st.number_input(label, format=fmt, min_value=float(spec.get("ge", spec.get("gt", 0.0))), key=key,
+                                help=help_)
         return None if spec["optional"] and not value else value
     if kind == "list":  # alphas
-        text = st.text_input(label, ", ".join(f"{x:g}" for x in (default or [])), key=key, help=help_)
+        text = st.text_input(label, key=key, help=help_)
         try:
             return [float(x) for x in text.split(",") if x.strip()]
         except ValueError:
             return text  # validation names it
-    text = st.text_input(label, "" if default is None else str(default), key=key, help=help_)
+    text = st.text_input(label, key=key, help=help_)
     return text.strip() or None
 
 
+def _load_yaml() -> None:
+    """The uploaded config into the form (a callback: it runs before the form's widgets are drawn)."""
+    upload = st.session_state.get("run_yaml")
+    if upload is None:
+        return
+    try:
+        cfg = jobs.config_from_bytes(upload.getvalue(), upload.name)
+    except UserError as e:
+        st.session_state["run_yaml_error"] = f"{upload.name}: {e}"
+        return
+    values = flatten(cfg.to_dict())
+    st.session_state["run_method"] = cfg.method
+    for spec in form_fields(cfg.method):
+        st.session_state[f"run_{spec['path']}"] = _shown(spec, values.get(spec["path"], spec["default"]))
+    st.session_state["run_flash"] = f"Loaded {upload.name} into the form (model: the sidebar's)."
+
+
+def form_config(method: str, values: dict):
+    """The form's values as a validated run config, with the sidebar's model."""
+    values = dict(values)
+    for path, what in TEXT_PATHS.items():  # a path typed here must be under assets/, OBLIVIATE_HOME or runs/
+        if values.get(path):
+            values[path] = str(browser_path(values[path], what))
+    values["method"] = method
+    values["model.name"] = (st.session_state.get(state.MODEL) or state.default_model()).strip()
+    values["model.precision"] = st.session_state.get(state.PRECISION) or "auto"
+    values["model.device"] = st.session_state.get(state.DEVICE) or "auto"
+    return run_config(nest(values))
+
+
 # -- new run --------------------------------------------------------------------------------------
-with st.expander("New run", expanded=not jobs.list_runs()):
+with st.expander("New run", expanded=not jobs.list_runs() or "run_flash" in st.session_state):
     d = demo_defaults()
+    y1, y2 = st.columns([3, 2], vertical_alignment="bottom")
+    y1.file_uploader("Load a config (YAML or JSON)", type=["yaml", "yml", "json"], key="run_yaml",
+                     help="Fills the form from a config file, e.g. assets/demo.yaml; relative paths in it are "
+                          "read from assets/")
+    y2.button("Load into the form", key="run_yaml_load", on_click=_load_yaml,
+              disabled=st.session_state.get("run_yaml") is None)
+    if err := st.session_state.pop("run_yaml_error", None):
+        st.error(err)
+    if "run_method" not in st.session_state:
+        st.session_state["run_method"] = "whp"
     method = st.radio("Method", list(METHODS), horizontal=True, key="run_method",
                       format_func=lambda m: f"{METHODS[m].label or m} ({m})")
     specs = form_fields(method)
@@ -84,23 +143,43 @@ with st.expander("New run", expanded=not jobs.list_runs()):
         for col, spec in zip(st.columns(4), main[row: row + 4]):
             with col:
                 values[spec["path"]] = widget(spec, d.get(spec["path"], spec["default"]))
-    with st.expander("More settings"):
+    with st.expander(f"Every other field ({len(specs) - len(main)})"):
         rest = [s for s in specs if s["path"] not in MAIN]
         for row in range(0, len(rest), 4):
             for col, spec in zip(st.columns(4), rest[row: row + 4]):
                 with col:
                     values[spec["path"]] = widget(spec, d.get(spec["path"], spec["default"]))
-    if st.button("Start run", type="primary", key="run_start"):
+    cfg, cfg_error = None, None
+    try:
+        cfg = form_config(method, values)
+    except UserError as e:
+        cfg_error = str(e)
+    r1, r2, r3 = st.columns([2, 1, 3], vertical_alignment="bottom")
+    name = r1.text_input("Run name (optional)", key="run_name", placeholder="<time>-<method>",
+                         help="The run directory's name under OBLIVIATE_HOME/runs: letters, digits, '.', '_', '-'")
+    start = r2.button("Start run", type="primary", key="run_start")
+    if cfg is not None:
+        wb = state.context().wb
+        est = estimate_run(cfg, tokenizer=wb.tokenizer if wb is not None else None)
+        r3.markdown(f"**Expected duration:** {est.text()}" if est.seconds else (est.notes or [""])[0],
+                    help="engine/estimate.py: a cost model in forward-token units, fitted on this kind of "
+                         "machine; a busy CPU takes longer. " + " ".join(est.notes))
+    else:
+        r3.caption("Fix the form to see the expected duration.")
+    with st.expander("The config as YAML, and the same run from a terminal"):
+        if cfg is None:
+            st.error(cfg_error)
+        else:
+            out = jobs.runs_root() / (name.strip() or f"<time>-{method}")
+            st.code(jobs.config_yaml(cfg), language="yaml")
+            st.caption("Save it as config.yaml, then:")
+            st.code(jobs.run_command("config.yaml", out), language="bash")
+    if start:
         try:
-            for path, what in TEXT_PATHS.items():  # a path typed here must be under assets/, OBLIVIATE_HOME or runs/
-                if values.get(path):
-                    values[path] = str(browser_path(values[path], what))
-            values["method"] = method
-            values["model.name"] = (st.session_state.get(state.MODEL) or state.default_model()).strip()
-            values["model.precision"] = st.session_state.get(state.PRECISION) or "auto"
-            values["model.device"] = st.session_state.get(state.DEVICE) or "auto"
+            if cfg is None:
+                raise UserError(cfg_error)
             busy = any(s.active for s in jobs.list_runs())
-            status = jobs.launch_run(run_config(nest(values)))
+            status = jobs.launch_run(cfg, name=name)
             st.session_state["run_which"] = status.dir  # show the new run (drawn below, after the rerun)
             st.session_state["run_flash"] = ("Queued behind the running job: " if busy else "Started ") + status.name
             st.rerun()
@@ -110,30 +189,32 @@ with st.expander("New run", expanded=not jobs.list_runs()):
 if msg := st.session_state.pop("run_flash", None):
     st.success(msg)
 
+
 # -- charts ---------------------------------------------------------------------------------------
 def loss_figure(rows: list[dict], title: str = "loss") -> go.Figure:
     fig = go.Figure()
+    xs = widgets.global_steps(rows)
     for phase in dict.fromkeys(r["phase"] for r in rows):
-        pts = [r for r in rows if r["phase"] == phase and r.get("loss") is not None]
-        fig.add_scatter(x=[r["step"] for r in pts], y=[r["loss"] for r in pts], mode="lines", name=phase)
-    fig.update_layout(title=title, xaxis_title="step", height=300, margin=dict(t=40, b=30, l=40, r=10))
+        pts = [(x, r) for x, r in zip(xs, rows) if r["phase"] == phase and r.get("loss") is not None]
+        fig.add_scatter(x=[x for x, _ in pts], y=[r["loss"] for _, r in pts], mode="lines", name=phase)
+    fig.update_layout(title=title, xaxis_title="step (all phases)", height=300, margin=dict(t=40, b=30, l=40, r=10))
     return fig
 
 
 def probe_figure(rows: list[dict], names: list[str]) -> go.Figure:
     fig = go.Figure()
-    probed = [r for r in rows if r.get("probes")]
-    for phase in dict.fromkeys(r["phase"] for r in probed):
-        pts = [r for r in probed if r["phase"] == phase]
+    probed = [(x, r) for x, r in zip(widgets.global_steps(rows), rows) if r.get("probes")]
+    for phase in dict.fromkeys(r["phase"] for _, r in probed):
+        pts = [(x, r) for x, r in probed if r["phase"] == phase]
         for key in ("familiarity", "retain"):
-            if any(r.get(key) is not None for r in pts):
-                fig.add_scatter(x=[r["step"] for r in pts], y=[r.get(key) for r in pts], mode="lines+markers",
+            if any(r.get(key) is not None for _, r in pts):
+                fig.add_scatter(x=[x for x, _ in pts], y=[r.get(key) for _, r in pts], mode="lines+markers",
                                 name=f"{phase}: mean {key}", line=dict(dash="dot" if key == "retain" else "solid"))
         for n in names:
-            fig.add_scatter(x=[r["step"] for r in pts], y=[r["probes"].get(n) for r in pts], mode="lines+markers",
+            fig.add_scatter(x=[x for x, _ in pts], y=[r["probes"].get(n) for _, r in pts], mode="lines+markers",
                             name=f"{phase}: {n}")
-    fig.update_layout(title="tracked probabilities", xaxis_title="step", yaxis_title="probability", height=340,
-                      margin=dict(t=40, b=30, l=40, r=10))
+    fig.update_layout(title="tracked probabilities", xaxis_title="step (all phases)", yaxis_title="probability",
+                      height=340, margin=dict(t=40, b=30, l=40, r=10))
     return fig
 
 
@@ -141,6 +222,15 @@ def fmt_eta(s) -> str:
     if s is None or not isinstance(s, (int, float)) or math.isnan(s):
         return "ETA …"
     return f"ETA {int(s) // 60}:{int(s) % 60:02d}"
+
+
+def probe_names(rows: list[dict], status: jobs.Status) -> tuple[list[str], str | None]:
+    """Every tracked probe in the probes file's order, and the headline one: the file's first
+    probability probe (the README's P(' Hermione' | …Ron and)), never a sort or a substring match."""
+    names = list(dict.fromkeys(n for r in rows if isinstance(r.get("probes"), dict) for n in r["probes"]))
+    ordered = [n for n in status.summary.get("probe_names") or [] if n in names]
+    names = ordered + [n for n in names if n not in ordered]
+    return names, (names[0] if names else None)
 
 
 # -- one run --------------------------------------------------------------------------------------
@@ -153,25 +243,41 @@ def run_panel(d: str) -> None:
         st.rerun()  # it just ended: redraw the whole page once, which stops the polling
     st.session_state[f"run_was_active_{name}"] = active
     if active:
+        p1, p2 = st.columns([6, 1], vertical_alignment="center")
         text = f"{s.state} · {s.phase} {s.phase_step}/{s.phase_total} · overall {s.step}/{s.total}"
-        st.progress(min(s.step / s.total, 1.0) if s.total else 0.0, text=f"{text} · {fmt_eta(s.eta_s)}")
+        p1.progress(min(s.step / s.total, 1.0) if s.total else 0.0, text=f"{text} · {fmt_eta(jobs.eta_s(s))}")
+        if p2.button("Cancel", key=f"run_cancel_{name}", icon=":material/stop:"):
+            try:
+                jobs.cancel(d)
+                st.toast(f"asked {name} to stop (it saves a checkpoint first)")
+            except UserError as e:
+                st.error(str(e))
     elif s.state == "finished":
         st.success(f"finished · {', '.join(s.done_phases)}")
     else:
         st.error(f"{s.state}: {s.error or 'stopped'} (phase {s.phase}, step {s.phase_step})")
+    rows = jobs.read_metrics(d)
+    names, headline = probe_names(rows, s)
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("loss", f"{s.loss:.4f}" if s.loss is not None else "–")
     m2.metric("tokens/s", f"{s.tokens_per_s:.0f}" if s.tokens_per_s is not None else "–")
-    m3.metric("memory", f"{s.memory_mib:.0f} MiB" if s.memory_mib is not None else "–")
     before, after = jobs.headline(s).get("before", {}), jobs.headline(s).get("after", {})
     if before.get("familiarity") is not None and after.get("familiarity") is not None:
-        m4.metric("familiarity", f"{after['familiarity']:.4f}",
+        m3.metric("familiarity", f"{after['familiarity']:.4f}",
                   f"{after['familiarity'] - before['familiarity']:+.4f}", delta_color="inverse")
-    rows = jobs.read_metrics(d)
+    else:
+        m3.metric("memory", f"{s.memory_mib:.0f} MiB" if s.memory_mib is not None else "–")
     if rows:
-        names = sorted({n for r in rows if r.get("probes") for n in r["probes"]})
-        first = [n for n in s.summary.get("probe_names") or [] if n in names][:1]  # the probes file's headline
-        chosen = st.multiselect("Tracked probes", names, default=first or names[:1], key=f"run_probes_{name}")
+        chosen = st.multiselect("Tracked probes", names, default=[headline] if headline else [],
+                                key=f"run_probes_{name}")
+        live = widgets.probe_progress(rows, chosen or ([headline] if headline else []))
+        if live:
+            first = live[0]
+            m4.metric(first["name"].split(" | ")[0] + ")", f"{first['last']:.3f}",
+                      f"{first['last'] - first['first']:+.3f} from {first['first']:.3f}",
+                      delta_color="inverse" if first["name"] == headline else "off", help=first["name"])
+            st.caption(" · ".join(f"{p['name']}: {p['first']:.3f} → {p['last']:.3f}"
+                                  + (" so far" if active else "") for p in live))
         c1, c2 = st.columns(2)
         c1.plotly_chart(loss_figure(rows), key=f"run_loss_{name}")
         c2.plotly_chart(probe_figure(rows, chosen), key=f"run_probe_{name}")
@@ -184,46 +290,49 @@ def run_panel(d: str) -> None:
 def run_actions(d: str) -> None:
     s = jobs.read_status(d)
     name = s.name
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns([1, 1, 1.3, 1, 3])
     try:
-        if s.active:
-            if c1.button("Cancel", key=f"run_cancel_{name}"):
-                jobs.cancel(d)
-                st.toast(f"asked {name} to stop (it saves a checkpoint first)")
-        elif s.state != "finished":
+        if not s.active and s.state != "finished":
             if c1.button("Resume", key=f"run_resume_{name}", help="continue from the last checkpoint"):
                 jobs.resume_run(d)
                 st.rerun()
         adapters = jobs.run_adapters(d)
         if "unlearned" in adapters and c2.button("Use in Inspect", key=f"run_use_{name}",
-                                                 help="load this run's unlearned adapter"):
+                                                 help="load this run's unlearned adapter (and its expert)"):
             st.session_state[USE_KEY] = adapters["unlearned"]
             state.use_adapter("unlearned", adapters["unlearned"])
             if "expert" in adapters:
                 state.use_adapter("expert", adapters["expert"])
             st.switch_page(str(state.ROOT / "pages" / "inspect.py"))
+        if adapters and c3.button("Evaluate", key=f"run_eval_{name}", help="the Evaluate page with this run's models picked"):
+            st.session_state["eval_preselect"] = d
+            st.switch_page(str(state.ROOT / "pages" / "evaluate.py"))
         if not s.active:
-            with c3.popover("Delete"):
+            with c4.popover("Delete"):
                 st.write(f"Delete **{name}** and its adapters for good?")
                 if st.button("Yes, delete", type="primary", key=f"run_delete_{name}"):
                     jobs.delete(d)
                     st.rerun()
-        c4.caption(d)
+        c5.caption(d)
     except UserError as e:
         st.error(str(e))
+
+
+def runs_table() -> None:
+    runs = jobs.list_runs()
+    st.dataframe(
+        [{"run": r.name, "method": r.method or "", "state": r.state, "phase": r.phase,
+          "progress": f"{r.step}/{r.total}", "created": r.created} for r in runs],
+        hide_index=True, width="stretch", key="run_table")
 
 
 st.subheader("Runs", divider="gray")
 runs = jobs.list_runs()
 if not runs:
-    st.info("No runs yet: open **New run** above (the defaults are the demo, about 10 minutes on 2 CPU cores), "
-            "or run `make demo` in a terminal.")
+    st.info("No runs yet: open **New run** above (the defaults are the demo), or run `make demo` in a terminal.")
     st.stop()
-
-st.dataframe(
-    [{"run": r.name, "method": r.method or "", "state": r.state, "phase": r.phase, "progress": f"{r.step}/{r.total}",
-      "created": r.created} for r in runs],
-    hide_index=True, width="stretch")
+any_active = any(r.active for r in runs)
+st.fragment(run_every=2.0 if any_active else None)(runs_table)()  # refreshes while a job runs
 dirs = [r.dir for r in runs]
 if st.session_state.get("run_which") not in dirs:
     st.session_state.pop("run_which", None)  # deleted since, or first visit: the newest run
@@ -235,21 +344,33 @@ run_actions(shown)
 
 # -- compare --------------------------------------------------------------------------------------
 if len(dirs) >= 2:
-    st.subheader("Compare two runs", divider="gray")
-    c1, c2, c3 = st.columns(3)
-    a = c1.selectbox("Run A", dirs, index=0, key="run_cmp_a", format_func=lambda x: Path(x).name)
-    b = c2.selectbox("Run B", dirs, index=1, key="run_cmp_b", format_func=lambda x: Path(x).name)
-    ra, rb = jobs.read_metrics(a), jobs.read_metrics(b)
-    probe_names = sorted({n for r in ra + rb if r.get("probes") for n in r["probes"]})
-    series = c3.selectbox("Series", ["loss", "familiarity", "retain", *probe_names], key="run_cmp_series")
+    st.subheader("Compare runs", divider="gray")
+    c1, c2 = st.columns([3, 1])
+    picked = c1.multiselect("Runs", dirs, default=dirs[:2], key="run_cmp", format_func=lambda x: Path(x).name)
+    metrics = {d: jobs.read_metrics(d) for d in picked}
+    names = list(dict.fromkeys(n for rows in metrics.values() for r in rows if isinstance(r.get("probes"), dict)
+                               for n in r["probes"]))
+    series = c2.selectbox("Series", ["loss", "familiarity", "retain", *names], key="run_cmp_series")
     fig = go.Figure()
-    for label, rows in ((Path(a).name, ra), (Path(b).name, rb)):
-        for phase in dict.fromkeys(r["phase"] for r in rows):
-            pts = [r for r in rows if r["phase"] == phase]
-            ys = [(r.get("probes") or {}).get(series) if series in probe_names else r.get(series) for r in pts]
-            pts_y = [(r["step"], y) for r, y in zip(pts, ys) if y is not None]
-            if pts_y:
-                fig.add_scatter(x=[p[0] for p in pts_y], y=[p[1] for p in pts_y], mode="lines+markers",
-                                name=f"{label} · {phase}")
-    fig.update_layout(title=series, xaxis_title="step", height=340, margin=dict(t=40, b=30, l=40, r=10))
+    dashes = ["solid", "dot", "dash", "dashdot"]
+    for k, d in enumerate(picked):
+        rows = metrics[d]
+        colour = widgets.RUN_COLOURS[k % len(widgets.RUN_COLOURS)]
+        xs = widgets.global_steps(rows)
+        for j, phase in enumerate(dict.fromkeys(r["phase"] for r in rows)):
+            pts = [(x, (r.get("probes") or {}).get(series) if series in names else r.get(series))
+                   for x, r in zip(xs, rows) if r["phase"] == phase]
+            pts = [(x, y) for x, y in pts if y is not None]
+            if pts:
+                fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                name=f"{Path(d).name} · {phase}", line=dict(color=colour, dash=dashes[j % 4]))
+    fig.update_layout(title=series, xaxis_title="step (all phases: reinforce, then unlearn)", height=360,
+                      margin=dict(t=40, b=30, l=40, r=10))
     st.plotly_chart(fig, key="run_compare")
+    if len(picked) >= 2:
+        diff = widgets.config_diff({Path(d).name: jobs.read_json(d, "config.json") or {} for d in picked})
+        st.markdown(f"**Config differences** ({len(diff)} field{'s' * (len(diff) != 1)})")
+        if diff:
+            st.dataframe(pd.DataFrame(diff), hide_index=True, width="stretch", key="run_cmp_diff")
+        else:
+            st.caption("Same config.")

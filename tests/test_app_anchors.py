@@ -74,13 +74,17 @@ def test_invalid_edits_block_save_with_row_messages(anchors_file):
     at = _edit(at, edited_rows={2: {"candidates": "Ron"}}, added_rows=[{"term": "Snape", "candidates": ""}])
     assert not at.exception, at.exception
     problems = [d.value for d in at.dataframe if "problem" in d.value.columns][0]
+    if hasattr(problems, "data"):  # a Styler (the rows are highlighted)
+        problems = problems.data
     assert set(problems["term"]) == {"Ron", "Snape"}
     assert "translation equals the term" in problems["problem"].tolist()
+    assert sorted(problems["row"]) == ["3", "4"], "problems point at the editor's row numbers"
+    assert "None" not in problems.astype(str).to_numpy().ravel().tolist(), "empty cells are blank, not None"
     assert at.button(key="anchors_save").disabled
     assert anchors_file.read_text() == before
 
 
-def test_import_bad_and_good_files(anchors_file):
+def test_import_merges_by_default_and_replace_says_what_it_removes(anchors_file):
     before = anchors_file.read_text()
     at = _app()
     at.file_uploader(key="anchors_upload").upload("anchors.json", b"\xff\xfe\x00bad", "application/json").run()
@@ -89,12 +93,51 @@ def test_import_bad_and_good_files(anchors_file):
     assert any("not UTF-8" in e.value for e in at.error)
     assert anchors_file.read_text() == before
 
-    csv = "term,translation\nDumbledore,Whitfield\nDumbledore,Ashworth\n".encode()
+    csv = "term,translation\nDumbledore,Whitfield\nDumbledore,Ashworth\nHarry,Tom\n".encode()
     at.file_uploader(key="anchors_upload").upload("new.csv", csv, "text/csv").run()
+    assert at.radio(key="anchors_import_mode").value == "merge"
     at.button(key="anchors_import").click().run()
     assert not at.exception, at.exception
-    assert at.data_editor[0].value["candidates"].tolist() == ["Whitfield | Ashworth"]
+    editor = at.data_editor[0].value
+    assert editor["term"].tolist() == ["Harry", "Hogwarts", "Ron", "Dumbledore"]
+    assert editor["candidates"].tolist() == ["Jon | Ben | Tom", "Mystic Academy", "Mark", "Whitfield | Ashworth"]
+    assert any("1 new term; 1 existing term gained candidates (Harry + Tom); 2 already there" in s.value
+               for s in at.success)
     assert anchors_file.read_text() == before, "an import is not saved until Save"
+
+    at.radio(key="anchors_import_mode").set_value("replace").run()
+    assert any("it removes 2 of the editor's 4 terms" in w.value for w in at.warning)  # Hogwarts, Ron
+    at.button(key="anchors_import").click().run()
+    assert at.data_editor[0].value["term"].tolist() == ["Dumbledore", "Harry"]
+    assert any("1 changed; 2 removed; 1 already there, unchanged" in s.value for s in at.success)
+
+
+def test_discard_changes_goes_back_to_the_saved_file(anchors_file):
+    at = _app()
+    at = _edit(at, added_rows=[{"term": "Quidditch", "candidates": "Skyball", "enabled": True}])
+    assert any("1 unsaved change" in i.value for i in at.info)
+    at.button(key="anchors_discard").click().run()
+    assert at.data_editor[0].value["term"].tolist() == ["Harry", "Hogwarts", "Ron"]
+    assert any("No unsaved changes" in c.value for c in at.caption)
+
+
+def test_case_variants_are_resolved_in_one_click(anchors_file):
+    at = _app()
+    paper = {"Muggle": ["Commoner"], "muggle": ["outsider"], "Invisibility Cloak": ["Shadow Cape"],
+             "invisibility cloak": ["vanishing shawl"]}
+    at.file_uploader(key="anchors_upload").upload("paper.json", json.dumps(paper).encode(), "application/json").run()
+    at.radio(key="anchors_import_mode").set_value("replace").run()
+    at.button(key="anchors_import").click().run()
+    problems = [d.value for d in at.dataframe if "problem" in getattr(d.value, "data", d.value).columns]
+    assert len(problems) == 1 and at.button(key="anchors_save").disabled
+    at.button(key="anchors_resolve").click().run()
+    assert not at.exception, at.exception
+    editor = at.data_editor[0].value
+    assert editor["term"].tolist() == ["muggle", "Invisibility Cloak", "invisibility cloak"]
+    assert editor["candidates"].tolist()[0] == "outsider | commoner"
+    flash = next(s.value for s in at.success if s.value.startswith("Resolved case variants"))
+    assert "folded into 'muggle'" in flash and "separate terms" in flash
+    assert not at.button(key="anchors_save").disabled
 
 
 def test_unreadable_saved_file_keeps_the_app_running(anchors_file):
@@ -147,5 +190,40 @@ def test_accepted_suggestions_land_in_the_editor_not_the_file(anchors_file, monk
     at = _app()
     assert clicks == [3]
     assert at.data_editor[0].value["term"].tolist() == ["Harry", "Hogwarts", "Ron", "Quidditch"]
-    assert any("Added 1 suggested term" in s.value for s in at.success)
+    assert any("Suggestions added to the editor: 1 new term; 3 already there, unchanged" in s.value
+               for s in at.success)
     assert anchors_file.read_text() == before
+
+
+def test_suggestions_already_in_the_dictionary_start_unticked():
+    from app.suggest_panel import _store
+    from engine.anchors import AnchorDictionary
+    from engine.suggest import Suggestion, Suggestions
+    import streamlit as st
+
+    current = AnchorDictionary({"Weasley": ["Smith"]})
+    result = Suggestions([Suggestion("Weasley", ["the dragon"], 1.0, 3), Suggestion("Quidditch", ["Skyball"], 1.0, 2),
+                          Suggestion("Hedwig", [], 0.5, 1)])
+    _store("t", result, "test", current)
+    rows = {r["term"]: r for r in st.session_state["t_rows"]}
+    assert rows["Weasley"]["accept"] is False and rows["Weasley"]["status"] == "in the dictionary, adds: the dragon"
+    assert rows["Quidditch"]["accept"] is True and rows["Quidditch"]["status"] == "new"
+    assert rows["Hedwig"]["accept"] is False  # no translation
+
+
+def test_preview_of_a_short_text_and_add_uncovered_words_as_terms(anchors_file):
+    at = _app()
+    at.radio(key="anchors_preview_source").set_value("my own text").run()
+    at.text_area(key="anchors_preview_text").input("Harry met Neville.").run()
+    assert not at.exception, at.exception
+    align = [h.value for h in at.html if "obl-align" in h.value]
+    assert align and "met" in align[0] and "Hogwarts" not in align[0]
+    at.text_area(key="anchors_preview_text").input("Then Harry met Neville and Luna at Hogwarts. Later Neville saw Luna.").run()
+    uncovered = [d.value for d in at.dataframe if "word" in d.value.columns][0]
+    assert uncovered["word"].tolist() == ["Neville", "Luna"]
+    at.session_state["anchors_uncovered"] = {"selection": {"rows": [0, 1], "columns": []}}
+    at.run()
+    at.button(key="anchors_add_uncovered").click().run()
+    assert not at.exception, at.exception
+    editor = at.data_editor[0].value
+    assert editor["term"].tolist()[-2:] == ["Neville", "Luna"] and editor["candidates"].tolist()[-2:] == ["", ""]

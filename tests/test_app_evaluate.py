@@ -21,7 +21,8 @@ RESULT = {
                      "verbatim_token_match": 0.05, "verbatim_exact": 0.0, "retain_probability": 0.29,
                      "retain_perplexity": 21.0, "robust_summary": 0.2, "robust_expert_preamble": 0.08},
     },
-    "examples": {"baseline": {"completion": [{"prompt": "The train to", "completion": " Hogwarts", "familiar": ["Hogwarts"]}]},
+    "examples": {"baseline": {"completion": [{"prompt": "The train to", "completion": " Hogwarts at <dawn>",
+                                              "familiar": ["Hogwarts"]}]},
                  "r1 · WHP": {"completion": [{"prompt": "The train to", "completion": " the city", "familiar": []}]}},
 }
 
@@ -47,25 +48,42 @@ def test_shows_a_finished_evaluation_and_training_curves(home):
     e = home / "evals" / "e1"
     e.mkdir(parents=True)
     (e / "status.json").write_text(json.dumps({"state": "finished", "kind": "eval", "created": "2026-01-01T00:00:00"}))
-    (e / "eval.json").write_text(json.dumps(RESULT))
+    result = {**RESULT, "adapters": {"r1 · WHP": str(home / "runs" / "r1" / "adapters" / "unlearned")}}
+    (e / "eval.json").write_text(json.dumps(result))
     at = _app()
     assert [t.value for t in at.main.title] == ["Evaluate"]
     assert at.multiselect(key="eval_pick").options == ["r1 · WHP"]
+    assert any(m.value.startswith("**Expected duration:** about") for m in at.markdown), "before the click"
     table, rel, back = (d.value for d in at.dataframe[:3])  # AppTest dataframes carry no key: page order
+    assert table.columns.tolist()[:5] == ["model", "familiarity (prob.)", "retain (prob.)", "familiarity (completion)",
+                                          "retain perplexity"], "retain beside familiarity"
+    table = table.set_index("model")
     assert table.index.tolist() == ["baseline", "r1 · WHP"]
     assert table.loc["r1 · WHP", "familiarity (prob.)"] == pytest.approx(0.04)
     assert table.loc["baseline", "retain perplexity"] == pytest.approx(20.0)
+    config = at.dataframe[0].proto.columns
+    assert '"pinned": true' in config.replace(" ", "").replace('"pinned":true', '"pinned": true'), "model column pinned"
+    rel = rel.set_index("model")
     assert rel.index.tolist() == ["r1 · WHP"]
     assert rel.loc["r1 · WHP", "familiarity (prob.)"] == pytest.approx(-90.0)  # (0.04 / 0.4 - 1) * 100
+    styles = str(at.dataframe[1].proto)
+    assert "rgba(22,163,74" in styles and "rgba(220,38,38" in styles, "green where it forgot, red where retain fell"
     assert back.loc["r1 · WHP", "with expert preamble"] == pytest.approx(2.0)  # 0.08 / 0.04: knowledge comes back
     assert any("lm-eval not installed" in i.value for i in at.info)
     charts = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
     titles = [s["layout"]["title"]["text"] for s in charts.values()]
     assert "Familiarity vs utility" in titles and "Verbatim memorisation" in titles
-    assert any(t.startswith("Robustness") for t in titles) and "r1: unlearn" in titles
+    assert any(t.startswith("Robustness") for t in titles)
+    assert titles.count("r1: unlearn") == 2, "training curves under the result (its run) and in their own section"
+    trade = next(s for s in charts.values() if s["layout"]["title"]["text"] == "Familiarity vs utility")
+    assert trade["layout"]["xaxis"]["range"][0] == 0 and trade["layout"]["yaxis"]["range"][0] == 0
+    assert trade["layout"]["xaxis"]["range"][1] >= 0.4 and trade["layout"]["shapes"], "fixed axes, the target region"
+    assert trade["data"][0]["cliponaxis"] is False
     tracked = next(s for s in charts.values() if s["layout"]["title"]["text"] == "r1: unlearn")
     fam = next(t for t in tracked["data"] if t["name"].startswith("familiarity"))
     assert fam["x"] == [0, 10, 20] and fam["y"][0] == pytest.approx(0.4)
+    comp = next(h.value for h in at.html if "obl-comp" in h.value)
+    assert "<mark>Hogwarts</mark> at &lt;dawn&gt;" in comp and "<th>r1 · WHP</th>" in comp
 
 
 def test_launches_an_evaluation_job_and_shows_its_table(home):
@@ -84,12 +102,15 @@ def test_launches_an_evaluation_job_and_shows_its_table(home):
     at.button(key="eval_start").click().run()
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     deadline = time.time() + 240
+    progress = []
     while time.time() < deadline and not at.dataframe:
+        progress += [p.proto.text for p in at.get("progress")]
         time.sleep(2)
         at.run()
         assert not at.exception, at.exception
         assert not at.error, [e.value for e in at.error]
-    table = at.dataframe[0].value
+    assert progress and all(" left" in t for t in progress), f"an ETA while it runs: {progress}"
+    table = at.dataframe[0].value.set_index("model")
     assert table.index.tolist() == ["baseline", "r1 · WHP"]
     assert table["familiarity (prob.)"].between(0, 1).all()
     assert table.loc["baseline", "familiarity (prob.)"] != table.loc["r1 · WHP", "familiarity (prob.)"]

@@ -1,7 +1,14 @@
-"""The Inspect page through streamlit's AppTest, on the tiny model (no browser)."""
+"""The Inspect page through streamlit's AppTest, on the tiny model (no browser).
+
+The token strip is an st.components.v2 component: AppTest cannot click it (tests/test_browser.py
+does), but its HTML travels in the component's data, which these tests read.
+"""
 from __future__ import annotations
 
+import html
 import json
+import re
+import shutil
 
 import pytest
 
@@ -10,22 +17,33 @@ from conftest import ROOT
 PROMPT = "Harry Potter's two best friends are Ron and"
 
 
-
-def _app(prompt: str | None = None):
+def _app(prompt: str | None = None, query: dict | None = None):
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
     if prompt is not None:
         at.session_state["inspect_prompt"] = prompt
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
     return at
 
 
+def strip(at) -> str:
+    """The token strip's HTML (the component's data)."""
+    comps = [c for c in at.get("bidi_component") if c.proto.component_name == "obliviate_token_strip"]
+    return json.loads(comps[0].proto.json)["html"] if comps else ""
+
+
+CELL = re.compile(r'data-model="(\w+)" data-rank="(\d+)" data-token="([^"]*)" data-p="([\d.e-]+)"')
+
+
 def _tables(at) -> dict:
-    """The top-k tables of the selected position, by model (they are laid out in MODELS order)."""
-    names = [m.value.strip("*").split("*")[0] for m in at.markdown
-             if m.value.startswith("**") and m.value.strip("*").split("*")[0] in
-             ("baseline", "expert", "generic", "unlearned")]
-    return dict(zip(names, [d.value for d in at.dataframe]))
+    """The top-k table at the selected position: model -> [(token repr, p)] in rank order."""
+    table = next(h.value for h in at.html if 'class="obl-topk"' in h.value)
+    out: dict = {}
+    for model, _rank, token, p in CELL.findall(table):
+        out.setdefault(model, []).append((html.unescape(token), float(p)))
+    return out
 
 
 def _count_forwards(monkeypatch) -> list:
@@ -47,8 +65,10 @@ def test_renders_without_a_prompt(app_env, tiny_dir):
     assert not at.exception, at.exception
     assert [t.value for t in at.main.title] == ["Inspect"]
     assert any("Type a prompt" in i.value for i in at.info)
+    assert any("Start here" in m.value for m in at.markdown), "the first-open line says what to look at"
     assert at.sidebar.text_input(key="model").value == str(tiny_dir), "OBLIVIATE_MODEL is the default"
     assert "MiB of weights" in " ".join(c.value for c in at.sidebar.caption)
+    assert any("Build the demo adapters" in b.label for b in at.sidebar.button), "no demo yet: offered, not started"
 
 
 def test_shows_the_engine_top_token_and_alpha_reuses_the_forward(app_env, monkeypatch, tiny_dir,
@@ -74,40 +94,101 @@ def test_shows_the_engine_top_token_and_alpha_reuses_the_forward(app_env, monkey
 
     tables = _tables(at)
     last = ref.view(5.0)["positions"][-1]
-    assert tables["baseline"]["token"].tolist() == [repr(t["token"]) for t in last["baseline"]]
-    assert tables["expert"]["token"].tolist() == [repr(t["token"]) for t in last["expert"]]
-    assert tables["generic"]["token"].iloc[0] == repr(last["generic"][0]["token"])
-    assert tables["baseline"]["p"].iloc[0] == pytest.approx(last["baseline"][0]["prob"], rel=1e-4)
-    strip = [h.value for h in at.html if 'class="obl-strip' in h.value]
-    assert strip and strip[0].count('class="tok') == len(ref.ids)
-    assert 'class="tok term' in strip[0], "Harry / Potter / Ron are anchored terms: marked in the strip"
+    assert [t for t, _ in tables["baseline"]] == [repr(t["token"]) for t in last["baseline"]]
+    assert [t for t, _ in tables["expert"]] == [repr(t["token"]) for t in last["expert"]]
+    assert tables["generic"][0][0] == repr(last["generic"][0]["token"])
+    assert tables["baseline"][0][1] == pytest.approx(last["baseline"][0]["prob"], rel=1e-4)
+    html_strip = strip(at)
+    assert html_strip.count('class="tok') == len(ref.ids)
+    assert 'class="tok term' in html_strip, "Harry / Potter / Ron are anchored terms: marked in the strip"
+    assert "title=" not in html_strip and "data-card=" in html_strip, "a styled card, not the native tooltip"
 
-    # A new alpha: generic changes, the model does not run again.
-    g5 = tables["generic"]["p"].tolist()
-    at.sidebar.slider(key="alpha").set_value(20.0).run()
+    # A new alpha (next to the generic column): generic changes, the model does not run again.
+    g5 = [p for _, p in tables["generic"]]
+    alpha = at.slider(key="alpha")
+    assert not alpha.disabled
+    alpha.set_value(20.0).run()
     assert not at.exception, at.exception
     assert len(calls) == 1, "moving alpha must not run the model"
     g20 = _tables(at)["generic"]
     expected20 = ref.view(20.0)["positions"][-1]["generic"]
-    assert g20["token"].tolist() == [repr(t["token"]) for t in expected20]
-    assert g20["p"].tolist() != pytest.approx(g5)
-    assert 'data-alpha="20"' in [h.value for h in at.html if 'class="obl-strip' in h.value][0]
+    assert [t for t, _ in g20] == [repr(t["token"]) for t in expected20]
+    assert [p for _, p in g20] != pytest.approx(g5)
+    assert 'data-alpha="20"' in strip(at)
+    assert at.query_params["alpha"] == "20"
 
 
-def test_selecting_a_position_and_metrics(app_env, monkeypatch):
+def test_without_an_expert_alpha_says_it_has_no_effect(app_env):
     at = _app(PROMPT).run()
+    assert at.slider(key="alpha").disabled
+    assert any("no effect without an expert" in c.value for c in at.caption)
+
+
+def test_selecting_a_position_pinned_bars_and_metrics(app_env, tiny_expert_dir):
+    at = _app(PROMPT)
+    at.session_state["inspect_pinned"] = "Hermione, Emily"
+    at.session_state["expert"] = "a path…"
+    at.session_state["expert_path"] = str(tiny_expert_dir)
+    at.run()
     assert not at.exception, at.exception
-    slider = [s for s in at.select_slider if s.key and s.key.startswith("inspect_pos_")][0]
-    slider.set_value(2).run()
+    at.select_slider(key="inspect_pos").set_value(2).run()
     assert not at.exception, at.exception
     assert any("position 2" in m.value for m in at.markdown)
+    assert 'class="tok sel" data-pos="2"' in strip(at) or 'class="tok term sel" data-pos="2"' in strip(at)
+    headline = next(m.value for m in at.markdown if m.value.startswith("**P("))
+    assert "baseline / expert / generic" in headline and "%" in headline, "the change from baseline is on screen"
+    bars = json.loads(next(c for c in at.get("plotly_chart") if c.proto.id.endswith("inspect_bars")).proto.spec)
+    assert [tr["x"] for tr in bars["data"]] == [["baseline", "expert", "generic"]] * 2  # two pinned tokens
+    log = at.toggle(key="inspect_log").set_value(True).run()
+    tracked = json.loads(next(c for c in log.get("plotly_chart") if c.proto.id.endswith("inspect_tracked")).proto.spec)
+    assert tracked["layout"]["yaxis"]["type"] == "log"
     for metric in ("logp", "kl", "label_differs", "expert_gain"):
         at.selectbox(key="inspect_metric").set_value(metric).run()
         assert not at.exception, at.exception
-        assert f'data-metric="{metric}"' in " ".join(h.value for h in at.html)
+        assert f'data-metric="{metric}"' in strip(at)
 
 
-def test_bad_input_shows_an_error_and_keeps_running(app_env, monkeypatch):
+def test_an_example_prompt_fills_the_prompt_box_and_pins_its_target(app_env):
+    at = _app().run()
+    probe = json.loads((ROOT / "assets" / "probes.json").read_text())["probability"][1]
+    at.button(key="inspect_example_1").click().run()
+    assert not at.exception, at.exception
+    assert at.text_input(key="inspect_prompt").value == probe["prompt"]
+    assert at.text_input(key="inspect_pinned").value == probe["target"].strip()
+    assert strip(at)
+
+
+def test_state_stays_across_pages_and_comes_back_from_the_url(app_env, tiny_expert_dir):
+    at = _app(PROMPT)
+    at.session_state["inspect_pinned"] = "Hermione"
+    at.session_state["expert"] = "a path…"
+    at.session_state["expert_path"] = str(tiny_expert_dir)
+    at.run()
+    at.select_slider(key="inspect_pos").set_value(3).run()
+    at.selectbox(key="inspect_metric").set_value("kl").run()
+    query = dict(at.query_params)
+    assert query["prompt"] == PROMPT and query["pos"] == "3" and query["pin"] == "Hermione"
+    assert query["colour"] == "kl" and query["expert"] == str(tiny_expert_dir) and query["unlearned"] == "none"
+    # Another page and back: nothing is lost.
+    at.switch_page("../pages/anchors.py").run()
+    assert not at.exception, at.exception
+    at.switch_page("../pages/inspect.py").run()
+    assert at.text_input(key="inspect_prompt").value == PROMPT
+    assert at.select_slider(key="inspect_pos").value == 3
+    assert at.selectbox(key="inspect_metric").value == "kl"
+    # A reload, or the link shared: a new session with only the URL.
+    fresh = _app(None, query).run()
+    assert not fresh.exception, fresh.exception
+    assert fresh.text_input(key="inspect_prompt").value == PROMPT
+    assert fresh.text_input(key="inspect_pinned").value == "Hermione"
+    assert fresh.select_slider(key="inspect_pos").value == 3
+    assert fresh.selectbox(key="inspect_metric").value == "kl"
+    assert fresh.sidebar.selectbox(key="expert").value == "a path…"
+    assert fresh.sidebar.text_input(key="expert_path").value == str(tiny_expert_dir)
+    assert "expert" in _tables(fresh)
+
+
+def test_bad_input_shows_an_error_and_keeps_running(app_env, monkeypatch, tiny_expert_dir):
     at = _app("x" * 25_000).run()
     assert not at.exception
     assert any("at most" in e.value for e in at.error)
@@ -129,13 +210,49 @@ def test_bad_input_shows_an_error_and_keeps_running(app_env, monkeypatch):
         at = _app(PROMPT).run()
     assert not at.exception, at.exception
     assert any("out of memory" in e.value for e in at.error)
-    # A missing adapter path.
+    # A bad unlearned path next to a good expert: the error is on the page, the expert still loads.
     at = _app(PROMPT)
     at.session_state["expert"] = "a path…"
-    at.session_state["expert_path"] = "/nonexistent/adapter"
+    at.session_state["expert_path"] = str(tiny_expert_dir)
+    at.session_state["unlearned"] = "a path…"
+    at.session_state["unlearned_path"] = "/nonexistent/adapter"
     at.run()
     assert not at.exception, at.exception
-    assert any("does not exist" in e.value for e in at.sidebar.error)
+    assert any("does not exist" in e.value for e in at.main.error), "the error is where the eyes are"
+    assert set(_tables(at)) == {"baseline", "expert", "generic"}
+
+
+def test_adapters_can_be_unloaded(app_env, tiny_expert_dir):
+    at = _app(PROMPT)
+    at.session_state["expert"] = "a path…"
+    at.session_state["expert_path"] = str(tiny_expert_dir)
+    at.run()
+    wb = at.session_state["_context"].wb
+    assert len(wb.adapters) == 1
+    at.sidebar.button(key="unload_expert").click().run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="expert").value == "none" and len(wb.adapters) == 0
+    assert "expert" not in _tables(at)
+
+
+def test_the_demo_adapters_are_the_default_and_show_four_models(app_env, tiny_dir, tiny_expert_dir,
+                                                                 tiny_unlearned_dir):
+    home = app_env
+    demo = home / "runs" / "demo"
+    shutil.copytree(tiny_expert_dir, demo / "adapters" / "expert")
+    shutil.copytree(tiny_unlearned_dir, demo / "adapters" / "unlearned")
+    (demo / "config.json").write_text(json.dumps({"method": "whp", "model": {"name": str(tiny_dir)}}))
+    (demo / "status.json").write_text(json.dumps({"state": "finished", "kind": "run", "created": "2026-01-01"}))
+    at = _app(PROMPT).run()
+    assert not at.exception, at.exception
+    assert at.sidebar.selectbox(key="expert").value == str(demo / "adapters" / "expert")
+    assert at.sidebar.selectbox(key="unlearned").value == str(demo / "adapters" / "unlearned")
+    assert "demo" in at.sidebar.selectbox(key="expert").format_func(at.sidebar.selectbox(key="expert").value)
+    assert list(_tables(at)) == ["baseline", "expert", "generic", "unlearned"]
+    # Chosen none on purpose: the demo default does not come back.
+    at.sidebar.selectbox(key="unlearned").set_value("none").run()
+    at.run()
+    assert at.sidebar.selectbox(key="unlearned").value == "none"
 
 
 def test_completions_side_by_side(app_env, tiny_expert_dir):
@@ -153,6 +270,19 @@ def test_completions_side_by_side(app_env, tiny_expert_dir):
     assert list(done) == ["baseline", "expert", "generic"]
     ref = complete(Workbench.load(ModelConfig(at.session_state["model"])), [PROMPT], None, 5)[0]
     assert done["baseline"] == ref
+
+
+def test_add_a_token_as_a_term(app_env, monkeypatch, tmp_path):
+    anchors = tmp_path / "anchors.json"
+    anchors.write_text(json.dumps({"Harry": ["Jon"]}))
+    monkeypatch.setenv("OBLIVIATE_ANCHORS", str(anchors))
+    at = _app("Then Hermione smiled").run()
+    at.select_slider(key="inspect_pos").set_value(2).run()  # " Herm" of " Hermione"
+    at.button(key="inspect_add_term").click().run()
+    assert not at.exception, at.exception
+    editor = at.data_editor[0].value
+    assert editor["term"].tolist() == ["Harry", "Hermione"] and editor["candidates"].tolist() == ["Jon", ""]
+    assert any("Added 'Hermione'" in s.value for s in at.success)
 
 
 def test_two_tabs_with_different_adapters_at_once(tiny_wb, tiny_expert_dir, tiny_unlearned_dir):
@@ -177,18 +307,9 @@ def test_two_tabs_with_different_adapters_at_once(tiny_wb, tiny_expert_dir, tiny
     assert together == [alone[a], alone[b]] * 4
 
 
-def test_an_example_prompt_fills_the_prompt_box(app_env):
-    at = _app().run()
-    pills = at.pills(key="inspect_example")
-    example = json.loads((ROOT / "assets" / "probes.json").read_text())["probability"][1]["prompt"]
-    pills.set_value(example).run()
-    assert not at.exception, at.exception
-    assert at.text_input(key="inspect_prompt").value == example
-    assert any('class="obl-strip' in h.value for h in at.html)
-
-
-def test_rank_change_and_strip_metrics_on_a_hand_made_view():
-    from app.widgets import metric_values, rank_change, token_strip_html
+def test_pure_helpers_on_a_hand_made_view():
+    from app.widgets import (headline, metric_values, pinned_bars, rank_change, token_strip_html,
+                             topk_table_html, word_at)
 
     base = [{"id": 1, "token": " a", "prob": 0.5}, {"id": 2, "token": " b", "prob": 0.3}]
     assert [rank_change(2, 1, base), rank_change(1, 2, base), rank_change(1, 1, base), rank_change(9, 1, base)] \
@@ -198,10 +319,21 @@ def test_rank_change_and_strip_metrics_on_a_hand_made_view():
         "baseline": base, "baseline_next": {"prob": 0.5, "rank": 1} if nxt else {"prob": None, "rank": None},
         "generic": gen, "kl_baseline_generic": 0.25 if gen else None}
     view = {"positions": [pos(0, "<b>", " a", [{"id": 1, "token": " a", "prob": 0.9}], 0),
-                          pos(1, " a", " b", [{"id": 1, "token": " a", "prob": 0.9}], 1),
-                          pos(2, " b", None, None, -1)]}
-    assert metric_values(view, "label_differs") == [0.0, 1.0, None]
+                          pos(1, " a", " b", [{"id": 2, "token": " b", "prob": 0.9}], 1),
+                          pos(2, " b", None, None, -1)],
+            "tracked": {" a": {"baseline": [0.5, 0.4, 0.2], "generic": [0.01, 0.1, None]}}}
+    assert metric_values(view, "label_differs") == [0.0, 0.0, None]
     assert metric_values(view, "kl") == [0.25, 0.25, None]
-    html = token_strip_html(view, "label_differs", selected=1)
-    assert "&lt;b&gt;" in html and "<b>" not in html.split("</style>")[1]  # tokens are escaped
-    assert 'class="tok sel" data-pos="1"' in html and 'class="tok nolabel" data-pos="2"' in html
+    strip_html = token_strip_html(view, "label_differs", selected=1, alpha=5)
+    assert "&lt;b&gt;" in strip_html and "<b>" not in strip_html.split("</style>")[1]  # tokens are escaped
+    assert 'class="tok sel" data-pos="1"' in strip_html and 'class="tok nolabel" data-pos="2"' in strip_html
+    assert "baseline&lt;/td&gt;&lt;td class=&quot;n&quot;&gt;p 0.500" in strip_html  # the hover card, escaped
+    table = topk_table_html(view["positions"][1], ["baseline", "generic"], alpha=5)
+    assert 'data-model="generic" data-rank="1" data-token="&#x27; b&#x27;"' in table
+    assert '<td class="c hit"' in table, "the token that actually follows is marked"
+    bars = pinned_bars(view, 0, ["baseline", "generic"])
+    assert bars == [{"token": " a", "model": "baseline", "p": 0.5, "change": None},
+                    {"token": " a", "model": "generic", "p": 0.01, "change": pytest.approx(-0.98)}]
+    assert headline(bars) == "**P( a)**: 0.500 / 0.010 (baseline / generic), -98% for generic"
+    toks = ["<s>", "Then", " Herm", "ione", " smiled", ".", " Hogwarts", "'s"]
+    assert [word_at(toks, i) for i in (2, 3, 4, 6)] == ["Hermione", "Hermione", "smiled", "Hogwarts"]

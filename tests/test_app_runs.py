@@ -12,19 +12,26 @@ from conftest import ASSETS, open_page
 from engine import jobs
 
 
-def _fake_run(home, name, tiny_unlearned_dir, fam=0.4):
+HERMIONE = "P(' Hermione' | …best friends are Ron and)"
+GRANGER = "P(' Granger' | …of Harry's year is Hermione)"  # sorts first: never the default by accident
+
+
+def _fake_run(home, name, tiny_unlearned_dir, fam=0.4, steps=20):
     run = home / "runs" / name
     shutil.copytree(tiny_unlearned_dir, run / "adapters" / "unlearned")
-    (run / "config.json").write_text(json.dumps({"method": "whp"}))
-    rows = [{"step": s, "phase": "unlearn", "loss": 2.0 / (s + 1), "lr": 1e-3, "tokens_per_s": 100.0,
-             "familiarity": fam / (s + 1), "retain": 0.3,
-             "probes": {"P(' Hermione' | …best friends are Ron and)": 0.7 / (s + 1), "P(' Paris' | …France is)": 0.5}}
-            for s in (0, 10, 20)]
+    (run / "config.json").write_text(json.dumps({"method": "whp", "unlearn": {"steps": steps, "lr": 1e-4}}))
+    rows = [{"step": s, "phase": "reinforce", "loss": 3.0, "familiarity": fam * 1.5,
+             "probes": {GRANGER: 0.9, HERMIONE: 0.8, "P(' Paris' | …France is)": 0.5}} for s in (0, 4)]
+    rows += [{"step": s, "phase": "unlearn", "loss": 2.0 / (s + 1), "lr": 1e-3, "tokens_per_s": 100.0,
+              "familiarity": fam / (s + 1), "retain": 0.3,
+              "probes": {GRANGER: 0.9 / (s + 1), HERMIONE: 0.7 / (s + 1), "P(' Paris' | …France is)": 0.5}}
+             for s in (0, 10, steps)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run / "status.json").write_text(json.dumps({
         "state": "finished", "kind": "run", "method": "whp", "created": f"2026-01-0{len(name)}T00:00:00",
         "phase": "unlearn", "step": 20, "total": 20, "done_phases": ["reinforce", "labels", "unlearn"],
-        "summary": {"unlearn_before": {"familiarity": fam}, "unlearn_after": {"familiarity": fam / 21}}}))
+        "summary": {"probe_names": [HERMIONE, GRANGER, "P(' Paris' | …France is)"],
+                    "unlearn_before": {"familiarity": fam}, "unlearn_after": {"familiarity": fam / 21}}}))
     return run
 
 
@@ -40,17 +47,56 @@ def _app():
     return open_page("runs", timeout=90)
 
 
-def test_lists_runs_draws_curves_compares_and_uses_an_adapter_in_inspect(home):
+def test_lists_runs_draws_curves_compares_and_uses_an_adapter_in_inspect(home, tiny_unlearned_dir):
+    _fake_run(home, "r333", tiny_unlearned_dir, fam=0.3, steps=30)
     at = _app()
     table = at.dataframe[0].value
-    assert list(table["run"]) == ["r22", "r1"] and set(table["state"]) == {"finished"}
-    charts = at.get("plotly_chart")
-    assert len(charts) == 3  # loss, tracked probabilities, compare
-    probe_fig = json.loads(charts[1].proto.spec)
+    assert list(table["run"]) == ["r333", "r22", "r1"] and set(table["state"]) == {"finished"}
+    # The README's probe is the default, not the first name in sorted order (the Granger probe).
+    assert at.multiselect(key="run_probes_r333").value == [HERMIONE]
+    assert any(f"{HERMIONE}: 0.800 → 0.023" in c.value for c in at.caption), "first logged -> latest"
+    charts = {c.proto.id.rsplit("-", 1)[-1]: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+    probe_fig = next(v for k, v in charts.items() if k.startswith("run_probe"))
     assert any("Hermione" in tr.get("name", "") for tr in probe_fig["data"])
+    unlearn = next(tr for tr in probe_fig["data"] if tr["name"] == f"unlearn: {HERMIONE}")
+    assert unlearn["x"] == [4, 14, 34], "one step axis over the phases: unlearn starts where reinforce ended"
     assert any(m.label == "familiarity" for m in at.metric)
+    # Compare any number of runs: a colour per run, a config diff.
+    at.multiselect(key="run_cmp").set_value([r.dir for r in jobs.list_runs()]).run()
+    cmp = json.loads(next(c for c in at.get("plotly_chart") if c.proto.id.endswith("run_compare")).proto.spec)
+    colours = {tr["name"].split(" · ")[0]: tr["line"]["color"] for tr in cmp["data"]}
+    assert set(colours) == {"r333", "r22", "r1"} and len(set(colours.values())) == 3
+    diff = next(d.value for d in at.dataframe if "field" in d.value.columns)
+    assert diff["field"].tolist() == ["unlearn.steps"] and diff["r333"].tolist() == ["30"]
+    at.selectbox(key="run_which").set_value(next(r.dir for r in jobs.list_runs() if r.name == "r22")).run()
     at.button(key="run_use_r22").click().run()
     assert at.session_state["unlearned_adapter"] == str(home / "runs" / "r22" / "adapters" / "unlearned")
+
+
+def test_the_form_is_the_whole_config_from_yaml_to_command(home, tiny_dir):
+    from engine.config import load_config, with_overrides
+    from app.state import anchors_path
+
+    at = _app()
+    assert not at.exception, at.exception
+    demo = with_overrides(load_config(ASSETS / "demo.yaml"), {"model.name": str(tiny_dir)})
+    expected = with_overrides(demo, {"whp.anchors": str(anchors_path())})
+    shown_yaml = next(c.value for c in at.code if c.language == "yaml")
+    assert shown_yaml.strip() == jobs.config_yaml(expected).strip(), "the form's defaults are the demo run, every field"
+    command = next(c.value for c in at.code if c.language == "bash")
+    assert command.startswith("python -m engine run config.yaml --out ")
+    assert any(m.value.startswith("**Expected duration:** about") for m in at.markdown)
+    # A YAML loaded into the form.
+    changed = jobs.config_yaml(with_overrides(demo, {"unlearn.steps": 7, "whp.labels": "hard", "train.warmup": 3}))
+    at.file_uploader(key="run_yaml").upload("mine.yaml", changed.encode(), "application/x-yaml").run()
+    at.button(key="run_yaml_load").click().run()
+    assert not at.exception, at.exception
+    assert at.number_input(key="run_unlearn.steps").value == 7
+    assert at.selectbox(key="run_whp.labels").value == "hard"
+    assert at.number_input(key="run_train.warmup").value == 3
+    assert any("Loaded mine.yaml" in s.value for s in at.success)
+    shown_yaml = next(c.value for c in at.code if c.language == "yaml")
+    assert "steps: 7" in shown_yaml and "labels: hard" in shown_yaml
 
 
 def test_delete_needs_confirmation(home):
@@ -67,6 +113,10 @@ def test_a_bad_config_is_refused_in_one_line(home):
     assert not at.exception
     assert any("invalid config" in e.value and "corpus" in e.value for e in at.error)
     assert len(jobs.list_jobs(home / "runs")) == 2
+    at.text_input(key="run_corpus").set_value(str(ASSETS / "demo_corpus.txt"))
+    at.text_input(key="run_name").set_value("../outside").run()
+    at.button(key="run_start").click().run()
+    assert any("run name" in e.value for e in at.error)
 
 
 def test_launches_a_real_run_in_the_background_and_cancels_it(home, tiny_dir):
@@ -78,10 +128,11 @@ def test_launches_a_real_run_in_the_background_and_cancels_it(home, tiny_dir):
     at.number_input(key="run_data.block_size").set_value(32)
     at.number_input(key="run_data.max_blocks").set_value(4)
     at.number_input(key="run_train.batch_size").set_value(1)
+    at.text_input(key="run_name").set_value("tiny-try")
     at.button(key="run_start").click().run()
     assert not at.exception, at.exception
-    assert at.success and "Started" in at.success[0].value
-    new = [s for s in jobs.list_jobs(home / "runs") if s.dir.endswith("reinforce_only")]
+    assert at.success and "Started tiny-try" in at.success[0].value
+    new = [s for s in jobs.list_jobs(home / "runs") if s.dir.endswith("tiny-try")]
     assert len(new) == 1 and new[0].active
     out = new[0].dir
     cfg = json.loads((home / "runs" / out.rsplit("/", 1)[1] / "config.json").read_text())

@@ -1,6 +1,11 @@
 """End to end in a real browser: `streamlit run app/main.py` on the embedded model, driven by
-Debian's chromium through playwright. Prints the two speeds the issue sets targets for:
-Enter -> token strip for a ~64-token prompt (model loaded), and alpha change -> updated view.
+Debian's chromium through playwright, at 1440x900 and 1280x720 (screenshots in tests/artifacts/).
+
+The first open (the demo adapters built in the background, then selected, four models on the
+first example), the token strip as the position control (a click selects, a hover card, it wraps),
+state in the URL (a reload and another page keep it), and the two speeds the issue sets targets
+for: Enter -> token strip for a ~64-token prompt (model loaded), and alpha change -> updated view.
+The demo is the shipped config cut to one step per phase (the story, not the numbers, is tested).
 """
 from __future__ import annotations
 
@@ -13,11 +18,11 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
@@ -28,6 +33,9 @@ LONG = ("Harry Potter walked into the Great Hall at Hogwarts with Ron Weasley an
         "the Triwizard Tournament. Hagrid smiled at them from the staff table while Snape frowned. Then")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+# assets/demo.yaml cut to seconds: the page's story is tested here, the demo's numbers elsewhere.
+QUICK_DEMO = {"reinforce.steps": 1, "unlearn.steps": 1, "data.block_size": 32, "data.max_blocks": 2,
+              "train.batch_size": 2, "probe_every": 1, "whp.alphas": [5.0], "retain.text": None}
 
 
 def _free_port() -> int:
@@ -46,6 +54,19 @@ def server(tmp_path_factory):
     shutil.copy(ROOT / "assets" / "demo_anchors.json", anchors)
     env = {k: v for k, v in os.environ.items() if k != "OBLIVIATE_MODEL"}  # the embedded model
     env.update(OBLIVIATE_HOME=str(tmp / "home"), OBLIVIATE_ANCHORS=str(anchors))
+    # The demo run starts before the server, as the first `make run` starts it: the app finds it
+    # running, shows its progress and selects its adapters once it is done.
+    from engine import jobs
+
+    saved_home = os.environ.get("OBLIVIATE_HOME")
+    os.environ["OBLIVIATE_HOME"] = env["OBLIVIATE_HOME"]
+    try:
+        demo = jobs.launch_demo("embedded", QUICK_DEMO)
+    finally:
+        if saved_home is None:
+            os.environ.pop("OBLIVIATE_HOME")
+        else:
+            os.environ["OBLIVIATE_HOME"] = saved_home
     port = _free_port()
     log = open(tmp / "streamlit.log", "w")
     proc = subprocess.Popen(
@@ -66,6 +87,8 @@ def server(tmp_path_factory):
             time.sleep(0.3)
         yield url, anchors
     finally:
+        if jobs.read_status(demo.dir).active:
+            jobs.cancel(demo.dir)
         proc.terminate()
         try:
             proc.wait(timeout=15)
@@ -83,7 +106,7 @@ def page(server):
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
-        pg = browser.new_page(viewport={"width": 1500, "height": 1100})
+        pg = browser.new_page(viewport={"width": 1440, "height": 900})
         pg.on("websocket", lambda ws: _WEBSOCKETS.append(ws))
         pg.set_default_timeout(60_000)
         yield pg
@@ -106,6 +129,87 @@ def _slider(page, label: str):
     return page.locator('[data-testid="stSlider"]').filter(has_text=label).get_by_role("slider")
 
 
+# The sidebar's pickers hold the demo's adapters (the URL mirrors them).
+DEMO_PICKED = ("() => { const q = new URL(location.href).searchParams;"
+               " return (q.get('expert') || '').endsWith('/demo/adapters/expert')"
+               " && (q.get('unlearned') || '').endsWith('/demo/adapters/unlearned'); }")
+
+
+def _selected(page, pos: int, timeout: float = 60_000) -> None:
+    page.locator(f'.obl-strip .tok.sel[data-pos="{pos}"]').wait_for(timeout=timeout)
+
+
+def test_first_open_the_strip_and_state_in_the_url(server, page):
+    """The teacher's first minute: the demo adapters arrive by themselves, the first example shows
+    four models; a click on a token selects it; the view survives a reload and another page."""
+    url, _ = server
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    example = json.loads((ROOT / "assets" / "probes.json").read_text())["probability"][0]["prompt"]
+    page.goto(url)
+    page.get_by_text("MiB of weights").wait_for(timeout=240_000)
+    page.get_by_text("Start here:").wait_for()
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    building = sidebar.get_by_text("Building the demo adapters")
+    saw_progress = building.count() > 0
+    if saw_progress:
+        page.screenshot(path=str(ARTIFACTS / "first_open_building_1440.png"))
+    # Selected by default as soon as the demo run finishes (the page reruns by itself).
+    page.wait_for_function(DEMO_PICKED, timeout=300_000)
+    sidebar.get_by_text("2 adapter(s) loaded").wait_for()
+
+    page.get_by_role("button", name=example, exact=True).first.click()
+    page.wait_for_function("tail => { const s = document.querySelector('.obl-strip');"
+                           " return s && s.textContent.endsWith(tail); }", arg=example[-12:], timeout=120_000)
+    heads = page.locator(".obl-topk th[data-model]")
+    heads.nth(3).wait_for()
+    assert [h.get_attribute("data-model") for h in heads.all()] == ["baseline", "expert", "generic", "unlearned"]
+    page.get_by_text("(baseline / expert / generic / unlearned)").first.wait_for()  # the headline numbers
+    table = page.locator(".obl-topk").bounding_box()
+    assert table["y"] < 900, f"the results start below the fold at 1440x900: {table}"
+    page.wait_for_timeout(800)  # the bar chart's drawing
+    page.screenshot(path=str(ARTIFACTS / "first_open_1440.png"))
+
+    # The strip is the control: a click selects, a hover card tells every model's p and rank.
+    page.locator('.obl-strip .tok[data-pos="2"]').click()
+    _selected(page, 2)
+    page.get_by_text(re.compile(r"position 2 · next")).first.wait_for()
+    page.locator('.obl-strip .tok[data-pos="4"]').hover()
+    card = page.locator(".obl-card")
+    card.wait_for(state="visible")
+    assert "baseline" in card.inner_text() and "rank" in card.inner_text() and "unlearned" in card.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "strip_hover_1440.png"))
+    page.mouse.move(5, 5)
+
+    # State that stays: the URL carries the view; a reload and a round trip through Anchors keep it.
+    page.wait_for_function("() => new URL(location.href).searchParams.get('pos') === '2'")
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(page.url).query))
+    assert query["prompt"] == example and query["expert"].endswith("expert"), query
+    page.reload()
+    _selected(page, 2, timeout=120_000)
+    assert page.get_by_role("textbox", name="Prompt").input_value() == example
+    sidebar.get_by_text("2 adapter(s) loaded").wait_for()
+    page.get_by_role("link", name="Anchors").click()
+    page.locator(".obl-align").wait_for(timeout=120_000)
+    page.get_by_role("link", name="Inspect").click()
+    _selected(page, 2, timeout=120_000)
+
+    # 1280x720, a 61-token prompt: the strip wraps, the selected token and four columns fit.
+    page.set_viewport_size({"width": 1280, "height": 720})
+    _submit(page, LONG)
+    last = page.locator(".obl-strip .tok").count() - 1
+    _selected(page, last)
+    fit = page.evaluate("""() => { const s = document.querySelector('.obl-strip');
+        const t = document.querySelector('.obl-topk'); const sel = s.querySelector('.tok.sel').getBoundingClientRect();
+        return {over: s.scrollWidth - s.clientWidth, lines: Math.round(s.getBoundingClientRect().height / 30),
+                selRight: sel.right, tableOver: t.scrollWidth - t.parentElement.clientWidth}; }""")
+    assert fit["over"] <= 1 and fit["lines"] >= 2, fit
+    assert fit["selRight"] <= 1280 and fit["tableOver"] <= 1, fit
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(ARTIFACTS / "inspect_1280.png"))
+    print(f"\nfirst open: demo progress seen on the page: {saw_progress}; 1280x720 fit: {fit}")
+    page.set_viewport_size({"width": 1440, "height": 900})
+
+
 def test_inspect_in_the_browser(server, page):
     url, _ = server
     page.goto(url)
@@ -118,12 +222,9 @@ def test_inspect_in_the_browser(server, page):
     position.focus()
     position.press("End")
     page.locator(f'.obl-strip .tok.sel[data-pos="{n - 1}"]').wait_for()
-    baseline = page.locator('[data-testid="stDataFrame"]').first
-    cells = baseline.locator('[role="gridcell"]')
-    cells.first.wait_for(state="attached")
-    top = cells.all_inner_texts()
-    assert top[0] == "' Herm'", f"baseline top-k after {HP!r}: {top}"
-    assert float(top[1]) > 0.5
+    top = page.locator('.obl-topk td[data-model="baseline"][data-rank="1"]')
+    assert top.get_attribute("data-token") == "' Herm'", f"baseline top-1 after {HP!r}: {top.inner_text()}"
+    assert float(top.get_attribute("data-p")) > 0.5
     assert page.locator(".obl-strip .tok.term").count() >= 3  # Harry, Potter, Ron are anchored
 
     # Speed 1: a ~64-token prompt, model loaded, nothing cached.
@@ -153,10 +254,10 @@ def test_inspect_in_the_browser(server, page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     _submit(page, HP)
     # Streamlit scrolls inside its own container: a tall viewport shows the whole page.
-    page.set_viewport_size({"width": 1500, "height": 2600})
+    page.set_viewport_size({"width": 1440, "height": 2600})
     page.wait_for_timeout(1500)  # let the Plotly chart finish drawing
     page.screenshot(path=str(ARTIFACTS / "inspect.png"))
-    page.set_viewport_size({"width": 1500, "height": 1100})
+    page.set_viewport_size({"width": 1440, "height": 900})
     load = os.getloadavg()[0]
     result = {"prompt_tokens": tokens, "enter_to_strip_s": round(first_inspect, 3),
               "alpha_to_view_s_median": round(alpha_s, 3), "alpha_to_view_s": [round(t, 3) for t in times],

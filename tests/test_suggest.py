@@ -424,7 +424,7 @@ def test_panel_suggests_reviews_and_returns_the_merged_dictionary(monkeypatch, t
         assert "merged" not in at.session_state  # shown for review, nothing added yet
         at.button(key="suggest_add").click().run()
     merged = at.session_state["merged"]
-    assert merged["Harry"] == ["Tom", "Jon"] and merged["Ron"] == ["Mark"]  # existing rows kept first
+    assert merged["Harry"] == ["Tom"] and merged["Ron"] == ["Mark"]  # already there: unticked, never overwritten
     assert merged["Hogwarts"] == ["Mystic Academy"] and "Harry Potter" not in merged
     assert not list(tmp_path.rglob("*"))  # nothing written: Save is the page's, and explicit
     # the key only ever sits in this session's memory
