@@ -65,8 +65,9 @@ def change(value, base):
 
 def give_back(m: dict, base: dict) -> float | None:
     """Share of the familiarity drop that 10 relearning steps give back: (relearned - m) / (baseline - m)."""
-    if m.get("robust_relearn") is None or base["familiarity_probability"] <= m["familiarity_probability"]:
-        return None
+    if m.get("robust_relearn") is None or base["familiarity_probability"] - m["familiarity_probability"] < \
+            0.1 * base["familiarity_probability"]:
+        return None  # under a tenth of the familiarity gone: no drop to speak of, the ratio is noise
     return (m["robust_relearn"] - m["familiarity_probability"]) / (base["familiarity_probability"] -
                                                                    m["familiarity_probability"])
 
@@ -84,36 +85,32 @@ HELDOUT_ROWS = [("held-out: P(whole answer)", "familiarity_probability_full", 4)
                 ("held-out: other fiction, nats/answer", "retain_answer_nll", 2)]
 
 
-def table(result: dict, rows, relative: str = "ratio") -> list[str]:
-    models = result["models"]
-    base = models["baseline"]
-    out = []
-    for label, key, digits in rows:
-        if all(models[m].get(key) is None for m in models):
-            continue
-        cells = []
-        for m in models:
-            v = models[m].get(key)
-            if v is None:
-                cells.append("—")
-                continue
-            text = f"{v:.{digits}f}"
-            if m != "baseline" and base.get(key) is not None:
-                text += f" ({v - base[key]:+.2f})" if relative == "delta" or key.endswith("_nll") else \
-                    f" ({change(v, base[key]):+.0%})" if base[key] else ""
-            cells.append(text)
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
-    return out
+def cell(models: dict, name: str, key: str, digits: int) -> str:
+    """One model's value, with its change against the baseline of the same evaluation (nats: a difference)."""
+    v, base = models[name].get(key), models["baseline"].get(key)
+    if v is None:
+        return "—"
+    text = f"{v:.{digits}f}"
+    if name != "baseline" and base is not None:
+        text += f" ({v - base:+.2f})" if key.endswith("_nll") else f" ({change(v, base):+.0%})" if base else ""
+    return text
 
 
 def markdown(shipped: dict, heldout: dict) -> str:
-    names = list(shipped["models"])
-    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += table(shipped, SHIPPED_ROWS)
+    """One row per model (the README's table): the shipped probes' metrics, the relearning give-back,
+    then the held-out set's."""
+    rows = [(r, shipped) for r in SHIPPED_ROWS if any(m.get(r[1]) is not None for m in shipped["models"].values())]
+    held = [(r, heldout) for r in HELDOUT_ROWS if any(m.get(r[1]) is not None for m in heldout["models"].values())]
+    head = [label for (label, _, _), _ in rows] + ["relearning gives back"] + [label for (label, _, _), _ in held]
+    lines = ["| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     base = shipped["models"]["baseline"]
-    gb = [give_back(shipped["models"][m], base) for m in names]
-    lines.append("| relearning gives back | " + " | ".join("—" if g is None else f"{g:.0%}" for g in gb) + " |")
-    lines += table(heldout, HELDOUT_ROWS)
+    for name in shipped["models"]:
+        cells = [cell(res["models"], name, key, digits) for (_, key, digits), res in rows]
+        g = give_back(shipped["models"][name], base)
+        cells.append("—" if g is None or name == "baseline" else f"{g:.0%}")
+        cells += [cell(res["models"], name, key, digits) if name in res["models"] else "—"
+                  for (_, key, digits), res in held]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -143,17 +140,19 @@ def plot(shipped: dict, path: Path) -> str | None:
                   y0=0, y1=0.2 * base["familiarity_probability"], fillcolor="seagreen", opacity=0.12, line_width=0)
     fig.add_annotation(x=base["retain_probability"], y=0.2 * base["familiarity_probability"], text="target",
                        showarrow=False, yshift=10, font=dict(color="seagreen"))
-    positions = ["top center", "bottom center", "middle right", "middle left"]
+    # A legend, not text labels: several methods land on the same point (whp and whp+sam, baseline and
+    # the methods that did not move) and their labels would overprint.
+    symbols = ["circle", "square", "diamond", "cross", "x", "triangle-up", "triangle-down", "star", "hexagon",
+               "pentagon", "hourglass", "bowtie"]
     for k, (name, m) in enumerate(models.items()):
         fig.add_trace(go.Scatter(x=[m["retain_probability"]], y=[m["familiarity_probability"]], name=name,
-                                 mode="markers+text", text=[name], textposition=positions[k % 4],
-                                 marker=dict(size=13)))
+                                 mode="markers", marker=dict(size=13, symbol=symbols[k % len(symbols)], opacity=0.85)))
     top = max(m["familiarity_probability"] for m in models.values())
     fig.update_layout(title=f"Forgetting vs keeping on {shipped['model']} (demo corpus, shipped probes)",
                       xaxis_title="retain-probe probability (keep: higher is better)",
                       yaxis_title="familiarity probability (forget: lower is better)",
                       xaxis_range=[0, 1.15 * max(m["retain_probability"] for m in models.values())],
-                      yaxis_range=[0, 1.1 * top], showlegend=False, template="plotly_white", width=860, height=540)
+                      yaxis_range=[-0.02 * top, 1.1 * top], showlegend=True, template="plotly_white", width=860, height=540)
     try:
         fig.write_image(str(path), scale=2)
     except Exception as e:  # noqa: BLE001 - kaleido or its browser missing: the numbers still stand
@@ -173,7 +172,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.from_eval:
         shipped, heldout = (json.loads((out / f).read_text()) for f in ("eval.json", "heldout.json"))
-        print(markdown(shipped, heldout))
+        md = markdown(shipped, heldout)
+        (out / "table.md").write_text(md + "\n")
+        print(md)
         print(plot(shipped, Path(args.plot)) or f"plot: {args.plot}")
         return
 
