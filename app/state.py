@@ -39,9 +39,12 @@ _URL_READ = "_url_read"
 DEFAULT_ALPHA = 5.0
 # What a link to the Inspect page carries: URL parameter -> session key (the widget's key).
 URL_KEYS = {"prompt": "inspect_prompt", "pos": "inspect_pos", "pin": "inspect_pinned", "colour": "inspect_metric",
-            "alpha": ALPHA, "tokens": "inspect_top_k", "anchors": "inspect_use_anchors"}
+            "alpha": ALPHA, "tokens": "inspect_top_k", "anchors": "inspect_use_anchors", "target": "inspect_target",
+            "concept": "inspect_concept"}
 URL_DEFAULTS = {"inspect_prompt": "", "inspect_pinned": "Hermione, Emily", "inspect_metric": "logp",
-                "alpha": DEFAULT_ALPHA, "inspect_top_k": 5, "inspect_use_anchors": True}
+                "alpha": DEFAULT_ALPHA, "inspect_top_k": 5, "inspect_use_anchors": True, "inspect_target": "whp"}
+# The generic row's definition on the Inspect page: WHP's (expert + dictionary) or the ELM-style target.
+TARGETS = {"whp": "WHP (expert + dictionary)", "elm": "ELM-style (baseline personas)"}
 
 
 @dataclass
@@ -181,6 +184,8 @@ def _parse(key: str, raw: str):
         return raw not in ("0", "false", "off")
     if key == "inspect_prompt":
         return raw[:MAX_PROMPT_CHARS]
+    if key == "inspect_target" and raw not in TARGETS:
+        raise ValueError(raw)
     return raw[:500]
 
 

@@ -17,9 +17,12 @@ from app.strip import token_strip
 from engine.errors import UserError
 from engine.generation import complete_all
 from engine.inspection import inspect
+from engine.methods.elm import ElmOptions
+from engine.probes import load_probes
 
 COLOURS = {"baseline": "#64748b", "expert": "#ea580c", "generic": "#7c3aed", "unlearned": "#16a34a"}
 POS, PROMPT, PINNED = "inspect_pos", "inspect_prompt", "inspect_pinned"
+TARGET, CONCEPT = "inspect_target", "inspect_concept"
 
 ctx = state.require_workbench()
 wb = ctx.wb
@@ -106,15 +109,25 @@ if use_anchors:
 
 @st.cache_resource(max_entries=8, show_spinner="Running the prompt through every model…")
 def _inspection(model_key: str, adapters_key: str, prompt: str, anchors_version: str, top_k: int,
-                track: tuple[str, ...], _wb, _anchors, expert, unlearned):
-    """Keyed by what changes the forward; `_wb` and `_anchors` are what those keys name."""
-    return inspect(_wb, prompt, _anchors, expert=expert, unlearned=unlearned, top_k=top_k, track=track)
+                track: tuple[str, ...], concept: str | None, _wb, _anchors, expert, unlearned):
+    """Keyed by what changes the forward; `_wb` and `_anchors` are what those keys name. A concept
+    makes the generic row the ELM-style target (the baseline after novice and expert personas)."""
+    elm = ElmOptions.make(concept=concept) if concept is not None else None
+    return inspect(_wb, prompt, _anchors, expert=expert, unlearned=unlearned, top_k=top_k, track=track, elm=elm)
 
 
 alpha = float(st.session_state.get(state.ALPHA, state.DEFAULT_ALPHA))
+state.restore(TARGET)
+elm_target = st.session_state[TARGET] == "elm"
+if elm_target:
+    state.restore(CONCEPT, load_probes(state.ASSETS / "probes.json").concept)
+concept = (st.session_state[CONCEPT] or "").strip() or None if elm_target else None
+if elm_target and concept is None:
+    st.error("Type the concept the ELM-style target erases (e.g. 'the Harry Potter books').")
+    st.stop()
 try:
     inspection = _inspection(ctx.model_key, ctx.adapters_key, prompt, anchors.version() if anchors else "",
-                             top_k, track, wb, anchors, ctx.expert, ctx.unlearned)
+                             top_k, track, concept, wb, anchors, ctx.expert, ctx.unlearned)
     view = inspection.view(alpha)
 except UserError as e:
     st.error(f"{e}")
@@ -181,13 +194,24 @@ with left:
     st.html(widgets.topk_table_html(p, shown, alpha))
 with right:
     a1, a2 = st.columns([3, 2])
-    with a1:
-        st.slider("alpha", 0.0, 20.0, step=0.5, key=state.ALPHA, disabled=ctx.expert is None,
-                  help="generic = baseline(translated) − alpha · relu(expert − baseline(translated)). The paper "
-                       "used 5. Changes the generic column and bars; never runs the model again.")
     with a2:
-        pass  # the ELM-style target picker (engine.inspection's target definition) goes here, next to alpha
-    if ctx.expert is None:
+        st.selectbox("Generic target", list(state.TARGETS), key=TARGET, format_func=state.TARGETS.get,
+                     help="WHP: the baseline on the translated prompt, pushed away from the expert (needs an "
+                          "expert and the dictionary). ELM-style: the baseline after a novice persona minus an "
+                          "expert persona on a concept (no expert, no dictionary); alpha is then its eta.")
+        state.keep(TARGET, st.session_state[TARGET])
+    with a1:
+        st.slider("eta" if elm_target else "alpha", 0.0, 20.0, step=0.5, key=state.ALPHA,
+                  disabled=ctx.expert is None and not elm_target,
+                  help="ELM-style: log p* = log p(x) + eta · (log p(novice, x) − log p(expert, x)), ramped in over "
+                       "the first tokens (engine/methods/elm.py). Never runs the model again." if elm_target else
+                  "generic = baseline(translated) − alpha · relu(expert − baseline(translated)). The paper "
+                  "used 5. Changes the generic column and bars; never runs the model again.")
+    if elm_target:
+        st.text_input("Concept", key=CONCEPT,
+                      help="What is erased, as the persona prompts name it (the run config's elm.concept).")
+        state.keep(CONCEPT, st.session_state[CONCEPT])
+    elif ctx.expert is None:
         st.caption("alpha has no effect without an expert: generic is the baseline reading the translated "
                    "prompt. Pick an expert in the sidebar.")
     labels = {text: repr(inspection.piece(tid)) for text, tid in inspection.tracked_ids.items()}

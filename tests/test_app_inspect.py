@@ -124,6 +124,32 @@ def test_without_an_expert_alpha_says_it_has_no_effect(app_env):
     assert any("no effect without an expert" in c.value for c in at.caption)
 
 
+def test_the_elm_style_target_is_the_generic_row_without_an_expert(app_env, monkeypatch, tiny_dir):
+    from engine.inspection import inspect
+    from engine.methods.elm import ElmOptions
+    from engine.models import ModelConfig, Workbench
+
+    ref = inspect(Workbench.load(ModelConfig(str(tiny_dir))), PROMPT, top_k=5,
+                  elm=ElmOptions(concept="the wizard school"))
+    calls = _count_forwards(monkeypatch)
+    at = _app(PROMPT).run()
+    at.selectbox(key="inspect_target").set_value("elm").run()
+    at.text_input(key="inspect_concept").set_value("the wizard school").run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    eta = at.slider(key="alpha")
+    assert eta.label == "eta" and not eta.disabled, "no expert needed: eta drives the ELM-style target"
+    eta.set_value(2.0).run()
+    assert [t for t, _ in _tables(at)["generic"]] == \
+        [repr(t["token"]) for t in ref.view(2.0)["positions"][-1]["generic"]]
+    assert any("ELM-style" in c.value for c in at.caption), "the note says what generic is"
+    n = len(calls)
+    eta.set_value(6.0).run()
+    assert len(calls) == n, "eta re-views the kept forward, like alpha"
+    assert at.query_params["target"] == "elm" and at.query_params["concept"] == "the wizard school"
+    at.text_input(key="inspect_concept").set_value("  ").run()
+    assert not at.exception and any("concept" in e.value for e in at.error)
+
+
 def test_selecting_a_position_pinned_bars_and_metrics(app_env, tiny_expert_dir):
     at = _app(PROMPT)
     at.session_state["inspect_pinned"] = "Hermione, Emily"
