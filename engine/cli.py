@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=5.0, help="alpha (with --target elm: eta)")
     p.add_argument("--target", choices=("whp", "elm"), default="whp",
                    help="the generic row: WHP's (expert + dictionary) or the ELM-style target (baseline personas)")
-    p.add_argument("--concept", help="with --target elm: what is erased, e.g. 'the Harry Potter books'")
+    p.add_argument("--concept", help="with --target elm: what is erased, as the persona prompts name it (e.g. the books' title)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--track", action="append", help="a token to follow along the prompt, e.g. ' Paris'")
     p.add_argument("--json", action="store_true")

@@ -23,7 +23,7 @@ from .whp import soft_cross_entropy
 
 class ElmOptions(Section):
     concept: str = Field("the subject of the text", min_length=1)
-    """What is erased, as the persona prefixes name it (e.g. "the Harry Potter books")."""
+    """What is erased, as the persona prefixes name it (e.g. the title of the books in the corpus)."""
     novice: str = "The following text is written by someone who knows nothing about {concept}.\n"
     """The novice persona prefix ({concept} is filled in)."""
     expert: str = "The following text is written by an expert on {concept}.\n"
