@@ -44,7 +44,7 @@ URL_KEYS = {"prompt": "inspect_prompt", "pos": "inspect_pos", "pin": "inspect_pi
 URL_DEFAULTS = {"inspect_prompt": "", "inspect_pinned": "Hermione, Emily", "inspect_metric": "logp",
                 "alpha": DEFAULT_ALPHA, "inspect_top_k": 5, "inspect_use_anchors": True, "inspect_target": "whp"}
 # The generic row's definition on the Inspect page: WHP's (expert + dictionary) or the ELM-style target.
-TARGETS = {"whp": "WHP (expert + dictionary)", "elm": "ELM-style (baseline personas)"}
+TARGETS = {"whp": "WHP", "elm": "ELM-style"}  # the help next to the picker says what each is
 
 
 @dataclass
