@@ -7,7 +7,6 @@ reload, another page or a shared link comes back to the same view.
 """
 from __future__ import annotations
 
-import json
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -36,10 +35,10 @@ def examples() -> dict[str, list[str]]:
     path = state.ASSETS / "probes.json"
     if not path.exists():
         return {"Harry Potter's two best friends are Ron and": ["Hermione"]}
-    probes = json.loads(path.read_text(encoding="utf-8"))
-    picks = [(p["prompt"], [p["target"].strip()]) for p in probes.get("probability", [])[:4]]
-    picks += [(p["prompt"], list(p.get("references", []))[:2]) for p in probes.get("completion", [])[:2]]
-    picks += [(p["prompt"], [p["target"].strip()]) for p in probes.get("retain", [])[:1]]
+    probes = load_probes(path)  # the engine's one probe loader: the page knows no file format
+    picks = [(p["prompt"], [p["target"].strip()]) for p in probes.probability[:4]]
+    picks += [(p["prompt"], list(p.get("references", []))[:2]) for p in probes.completion[:2]]
+    picks += [(p["prompt"], [p["target"].strip()]) for p in probes.retain[:1]]
     return dict(picks)
 
 
