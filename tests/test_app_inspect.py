@@ -225,6 +225,13 @@ def test_bad_input_shows_an_error_and_keeps_running(app_env, monkeypatch, tiny_e
     assert not at.exception, at.exception
     assert any("does not exist" in e.value for e in at.sidebar.error)
     assert any("No model is loaded" in w.value for w in at.warning)
+    # NF4 on the CPU with layers bitsandbytes cannot pack (the tiny model's width 32): one line there.
+    at = _app(PROMPT)
+    at.session_state["precision"] = "nf4"
+    at.session_state["device"] = "cpu"
+    at.run()
+    assert not at.exception, at.exception
+    assert any("q_proj maps 32 -> 32 features" in e.value for e in at.sidebar.error), [e.value for e in at.sidebar.error]
     # Out of memory during the forward (CUDA's is a RuntimeError): an error, not a crash.
     import engine.inspection
 

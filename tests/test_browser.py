@@ -85,7 +85,7 @@ def server(tmp_path_factory):
             if proc.poll() is not None or time.time() > deadline:
                 pytest.fail(f"streamlit did not start: {(tmp / 'streamlit.log').read_text()[-2000:]}")
             time.sleep(0.3)
-        yield url, anchors
+        yield url, anchors, demo.dir
     finally:
         if jobs.read_status(demo.dir).active:
             jobs.cancel(demo.dir)
@@ -95,6 +95,18 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def demo_ready(server):
+    """The demo adapters, finished: a test that needs the expert and the unlearned model waits here, so
+    it passes run alone as well as after the first-open test (which watches the build instead)."""
+    from engine import jobs
+
+    deadline = time.time() + 600
+    while (status := jobs.read_status(server[2])).active and time.time() < deadline:
+        time.sleep(1)
+    assert status.state == "finished", f"the demo run {status.state}: {status.error}"
 
 
 _WEBSOCKETS: list = []
@@ -142,7 +154,7 @@ def _selected(page, pos: int, timeout: float = 60_000) -> None:
 def test_first_open_the_strip_and_state_in_the_url(server, page):
     """The teacher's first minute: the demo adapters arrive by themselves, the first example shows
     four models; a click on a token selects it; the view survives a reload and another page."""
-    url, _ = server
+    url = server[0]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     example = json.loads((ROOT / "assets" / "probes.json").read_text())["probability"][0]["prompt"]
     page.goto(url)
@@ -210,10 +222,11 @@ def test_first_open_the_strip_and_state_in_the_url(server, page):
     page.set_viewport_size({"width": 1440, "height": 900})
 
 
-def test_inspect_in_the_browser(server, page):
-    url, _ = server
+def test_inspect_in_the_browser(server, demo_ready, page):
+    url = server[0]
     page.goto(url)
     page.get_by_text("MiB of weights").wait_for(timeout=240_000)  # the embedded model is loaded
+    page.wait_for_function(DEMO_PICKED, timeout=120_000)  # the expert: alpha below needs it
 
     _submit(page, HP)
     # Select the last position explicitly (it is also the default) and read the baseline column.
@@ -272,7 +285,7 @@ def test_inspect_in_the_browser(server, page):
 
 
 def test_anchor_edit_is_saved_and_survives_a_reload(server, page):
-    url, anchors = server
+    url, anchors, _ = server
     page.goto(f"{url}/anchors")
     editor = page.locator('[data-testid="stDataFrame"]').first
     editor.locator('[role="gridcell"]').first.wait_for(state="attached", timeout=240_000)

@@ -53,3 +53,58 @@ def test_no_sys_path_edits_and_no_harry_potter_in_engine_code():
     for p in files("engine"):
         text = p.read_text(encoding="utf-8")
         assert "Hermione" not in text and "Harry Potter" not in text, f"{p}: the engine knows no book"
+
+
+# -- what the code depends on ---------------------------------------------------------------------------
+def pins(name: str) -> dict[str, str]:
+    """{normalised distribution name: version} of a requirements file: every line `name==version`."""
+    import re
+
+    out = {}
+    for line in (ROOT / name).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+-]+)", line)
+        assert m, f"{name}: {line!r} is not pinned as name==version"
+        out[re.sub(r"[-_.]+", "-", m[1]).lower()] = m[2]
+    return out
+
+
+def third_party(folders: tuple[str, ...]) -> dict[str, set[str]]:
+    """{top-level module: files} of every non-stdlib, non-project import under `folders`."""
+    import sys
+
+    own = {"engine", "app", "pages", "conftest", "helpers"}
+    out: dict[str, set[str]] = {}
+    for p in files(*folders):
+        for m in imports(p):
+            top = m.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in own and not top.startswith("test_"):
+                out.setdefault(top, set()).add(str(p.relative_to(ROOT)))
+    return out
+
+
+def test_every_package_the_code_imports_is_pinned_once():
+    import importlib.metadata
+    import re
+
+    runtime, dev, nodeps = pins("requirements.txt"), pins("requirements-dev.txt"), pins("requirements-nodeps.txt")
+    assert not (runtime.keys() & dev.keys()) and not (runtime.keys() & nodeps.keys()), "one pin per package"
+    assert {"pytest", "playwright"} <= dev.keys() and not {"pytest", "playwright"} & runtime.keys(), \
+        "`make run` installs no test tools"
+    dists = importlib.metadata.packages_distributions()
+    for folders, allowed in ((("engine", "app", "pages", "bench"), runtime), (("tests",), runtime | dev)):
+        for module, where in sorted(third_party(folders).items()):
+            names = {re.sub(r"[-_.]+", "-", d).lower() for d in dists.get(module, [])}
+            assert names & allowed.keys(), f"{module} (imported by {sorted(where)[:3]}) is not pinned: {names or 'not installed'}"
+
+
+def test_the_environment_holds_the_pinned_versions():
+    """What `make setup` installed is what the files pin (a stale .venv fails here, not somewhere odd)."""
+    import importlib.metadata
+
+    for name in ("requirements.txt", "requirements-dev.txt", "requirements-nodeps.txt"):
+        for dist, version in pins(name).items():
+            got = importlib.metadata.version(dist)
+            assert got.split("+")[0] == version, f"{dist} {got} is installed, {name} pins {version}"  # +cpu: a local build

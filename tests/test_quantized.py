@@ -3,7 +3,7 @@ load, inspect's mixed-adapter batch, QLoRA reinforce / unlearn steps with and wi
 checkpointing, adapter save and reload, an evaluation. Every test runs on the CPU (bitsandbytes >= 0.49
 runs 4-bit there) and again on CUDA under the `gpu` marker (`pytest -m gpu`), plus CUDA-only checks
 of memory. The tokenizer comes from the embedded model, or from OBLIVIATE_TOKENIZER (a tokenizer
-folder) on a machine without it, as bench/gpu.sh runs this file.
+folder) on a machine without it, as bench/gpu.sh runs this file (conftest's `tokenizer`).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from conftest import ASSETS, make_lora, make_tiny_llama
+from conftest import ASSETS
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -25,20 +25,8 @@ LAYER = {"nf4": "Linear4bit", "int8": "Linear8bitLt"}
 
 
 @pytest.fixture(scope="module")
-def q_tokenizer():
-    from transformers import AutoTokenizer
-
-    from engine.models import embedded_path
-
-    return AutoTokenizer.from_pretrained(os.environ.get("OBLIVIATE_TOKENIZER") or embedded_path())
-
-
-@pytest.fixture(scope="module")
-def q_dirs(tmp_path_factory, q_tokenizer):
-    """(tiny model, an expert LoRA, an unlearned LoRA) made in fp32, loaded below in 4 or 8 bits."""
-    root = tmp_path_factory.mktemp("quantized")
-    model = make_tiny_llama(root / "model", q_tokenizer)
-    return model, make_lora(root / "expert", model, seed=1), make_lora(root / "unlearned", model, seed=2)
+def q_dirs(nf4_dirs):
+    return nf4_dirs
 
 
 @pytest.fixture()
@@ -104,6 +92,104 @@ def test_inspect_runs_one_mixed_adapter_batch_on_nf4_equal_to_separate_passes(q_
     agree += [p["expert"][0]["id"] == expert_top[i] for i, p in enumerate(view["positions"])]
     assert sum(agree) >= 0.9 * len(agree)  # ties within bf16 noise may swap
     assert view["terms"] and all(p["generic"] is not None for p in view["positions"] if p["aligned_to"] >= 0)
+
+
+def _lora_grads(peft, batch) -> torch.Tensor:
+    """Every LoRA gradient of one next-token loss on `batch`, concatenated (the adapter as the step sees it)."""
+    from engine.methods import Models, token_ce
+
+    peft.train()
+    peft.zero_grad(set_to_none=True)
+    token_ce(Models(peft, peft).logits(batch), batch.labels).backward()
+    grads = torch.cat([p.grad.detach().float().flatten() for _, p in sorted(peft.named_parameters()) if p.requires_grad])
+    peft.zero_grad(set_to_none=True)
+    return grads
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inspect_train_inspect_reload_on_one_nf4_base_follows_fp32(q_dirs, device, tmp_path, nf4_cpu_path):
+    """The sequence users run on one base: inspect (eval, no gradients: on a CPU with AVX512-BF16,
+    bitsandbytes repacks the NF4 weights for its fused kernel here), a QLoRA step, inspect again, save
+    and reload the adapter. Each step agrees with the same sequence on the fp32 base, on either path."""
+    from engine.methods import NextToken, TrainData
+    from engine.models import nf4_packed
+    from engine.train import TrainSpec, lora_model, save_adapter, train
+
+    model_dir = q_dirs[0]
+    seen: dict[str, dict] = {}
+    for precision in ("nf4", "fp32"):
+        wb = load(model_dir, precision, device)
+        ids = wb.tokenizer(PROMPT)["input_ids"]
+        t = torch.tensor([ids] * 2)
+        data = TrainData.next_token(t, torch.tensor([len(ids)] * 2))
+        (before,) = wb.logits([(ids, None)])  # 1. inspect
+        layers = [m for m in wb._base.modules() if isinstance(m, bnb.nn.Linear4bit)]
+        assert (precision == "nf4") == bool(layers)
+        expect_packed = device == "cpu" and nf4_cpu_path == "packed"
+        assert all(nf4_packed(m) == expect_packed for m in layers), "the path bitsandbytes takes on this CPU"
+        torch.manual_seed(0)
+        peft = lora_model(wb.release(), 4)
+        # 2. a QLoRA step. Its gradient first: a packed layer has no backward, so without the engine's
+        # unpacking the layers below the top would get another gradient from the fp32 path's.
+        grads = _lora_grads(peft, data.batch([0, 1], wb.device))
+        train(peft, TrainSpec("reinforce", NextToken(), data, steps=1, lr=1e-2, batch_size=2))
+        with torch.no_grad():  # 3. inspect again (eval: packed again on that CPU)
+            after = peft(input_ids=t[:1].to(wb.device)).logits[0].float()
+        assert all(nf4_packed(m) == expect_packed for m in layers)
+        again = load(model_dir, precision, device)  # 4. save and reload on a fresh base
+        again.add_adapter("reinforced", save_adapter(peft, tmp_path / precision))
+        (reloaded,) = again.logits([(ids, "reinforced")])
+        assert torch.allclose(reloaded, after, atol=0.05, rtol=0.02), "the same adapter after a round trip"
+        seen[precision] = {"before": before, "grads": grads, "after": after}
+    q, full = seen["nf4"], seen["fp32"]
+    cos = torch.nn.functional.cosine_similarity
+    assert cos(q["before"], full["before"], dim=-1).min() > 0.9
+    assert cos(q["grads"], full["grads"], dim=0) > 0.9, "QLoRA's gradient is the fp32 gradient, up to NF4 noise"
+    assert cos(q["after"] - q["before"], full["after"] - full["before"], dim=-1).mean() > 0.8
+    print(f"\nNF4 on {device}: bitsandbytes' {'packed (AVX512-BF16)' if device == 'cpu' and nf4_cpu_path == 'packed' else 'plain'} path")
+
+
+def test_a_packed_nf4_layer_unpacks_itself_before_a_forward_that_needs_its_gradient(q_dirs):
+    """The packing done by hand (as bitsandbytes does on an AVX512-BF16 CPU), so this runs on any CPU:
+    a forward without gradients leaves it packed; one whose input needs a gradient gets the plain NF4
+    layout back (the same weights, up to bf16 rounding of the block scales) and a working backward."""
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu, dequantize_4bit
+
+    from engine.models import nf4_packed
+
+    wb = load(q_dirs[0], "nf4", "cpu")
+    layer = next(m for m in wb._base.modules() if isinstance(m, bnb.nn.Linear4bit))
+    w = dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()  # (out, in)
+    if not nf4_packed(layer):
+        layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu(layer.weight.data,
+                                                                                      layer.weight.quant_state)
+    x = torch.randn(3, layer.in_features, dtype=torch.bfloat16)
+    layer.eval()
+    with torch.no_grad():
+        for hook in layer._forward_pre_hooks.values():
+            hook(layer, (x,))
+    assert nf4_packed(layer), "inference keeps the fused kernel's layout"
+    x.requires_grad_(True)
+    for hook in layer._forward_pre_hooks.values():
+        hook(layer, (x,))
+    assert not nf4_packed(layer)
+    assert torch.allclose(dequantize_4bit(layer.weight.data, layer.weight.quant_state).float(), w, rtol=0.02, atol=1e-3)
+    layer(x).float().pow(2).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_a_model_nf4_cannot_pack_on_the_cpu_is_one_line_naming_the_layer(tiny_dir):
+    """Width 32 < NF4's block of 64: refused on every CPU (on an AVX512-BF16 one it would crash in
+    bitsandbytes' repacking at the first forward), in one line, on the CLI with exit 2."""
+    from conftest import cli
+
+    from engine.errors import UserError
+
+    with pytest.raises(UserError, match=r"layer model\.layers\.0\.self_attn\.q_proj maps 32 -> 32 features.*64"):
+        load(tiny_dir, "nf4", "cpu")
+    r = cli("inspect", "Harry Potter", "--model", str(tiny_dir), "--precision", "nf4", "--device", "cpu")
+    assert r.returncode == 2 and r.stderr.startswith("error: cannot run") and r.stderr.count("\n") == 1, r.stderr
+    load(tiny_dir, "int8", "cpu")  # 8-bit has no block size: the same model loads
 
 
 def _qlora_grads(base, batch, gradient_checkpointing: bool) -> tuple[float, dict[str, torch.Tensor]]:
@@ -243,7 +329,7 @@ def test_an_evaluation_on_nf4_with_the_relearning_attack(q_dirs, device):
 # -- CUDA only: what the 4-bit path is for ----------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_nf4_weights_take_under_a_third_of_bf16_and_checkpointing_saves_memory(tmp_path, q_tokenizer):
+def test_cuda_nf4_weights_take_under_a_third_of_bf16_and_checkpointing_saves_memory(tmp_path, tokenizer):
     """A 12-layer model of width 1024: NF4 linear weights vs bf16, and the peak memory of one QLoRA
     step at 4 x 512 with and without gradient checkpointing."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -251,10 +337,10 @@ def test_cuda_nf4_weights_take_under_a_third_of_bf16_and_checkpointing_saves_mem
     from engine.methods import Models, TrainData, token_ce
     from engine.train import lora_model
 
-    cfg = LlamaConfig(vocab_size=len(q_tokenizer), hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=1024, intermediate_size=2816, num_hidden_layers=12,
                       num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=1024)
     LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path / "m")
-    q_tokenizer.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
 
     def linear_mib(model) -> float:
         return sum(p.numel() * p.element_size() for n, p in model.named_parameters()

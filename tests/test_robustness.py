@@ -256,10 +256,14 @@ def test_merged_checkpoint_equals_the_adapter(tiny_wb, tiny_unlearned_dir, tmp_p
     assert tiny_wb.save_merged(None, tmp_path / "b") == str(tiny_wb.config.name)  # the baseline: its own source
 
 
-def test_quantised_familiarity_on_the_tiny_model_on_the_cpu(tiny_wb, tiny_unlearned_dir, caplog):
+def test_quantised_familiarity_on_the_tiny_model_on_the_cpu(nf4_dirs, caplog):
+    from engine.models import ModelConfig, Workbench
+
+    model_dir, _, unlearned_dir = nf4_dirs  # width 64: NF4's block size
+    wb = Workbench.load(ModelConfig(str(model_dir), "fp32", "cpu"))
     seen = []
     caplog.set_level(logging.WARNING)
-    result = evaluate(tiny_wb, {"unlearned": str(tiny_unlearned_dir)}, _inputs(PROBES_ONLY),
+    result = evaluate(wb, {"unlearned": str(unlearned_dir)}, _inputs(PROBES_ONLY),
                       EvalSettings(**QUIET, quantize=["nf4", "int8"]), progress=lambda s, d, t: seen.append((s, d, t)))
     for m in ("baseline", "unlearned"):
         vals = result["models"][m]
@@ -268,7 +272,7 @@ def test_quantised_familiarity_on_the_tiny_model_on_the_cpu(tiny_wb, tiny_unlear
     base = result["models"]["baseline"]
     assert base["familiarity_nf4"] == pytest.approx(base["familiarity_nf4_unmerged"], rel=1e-3)  # one model, two routes
     assert [s for s, _, _ in seen].count("quantisation") == 4 and seen[-1][1] == seen[-1][2]
-    assert tiny_wb.adapters == {}
+    assert wb.adapters == {}
     assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]  # one line per 8-bit matmul otherwise
     assert logging.getLogger("bitsandbytes").level == logging.NOTSET  # and the logger as it was
 
