@@ -86,6 +86,7 @@ def test_shows_a_finished_evaluation_and_training_curves(home):
     assert "<mark>Hogwarts</mark> at &lt;dawn&gt;" in comp and "<th>r1 · WHP</th>" in comp
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_launches_an_evaluation_job_and_shows_its_table(home):
     data = home / "data"  # a browser user names files under OBLIVIATE_HOME (or assets/)
     data.mkdir()

@@ -119,6 +119,7 @@ def test_a_bad_config_is_refused_in_one_line(home):
     assert any("run name" in e.value for e in at.error)
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_launches_a_real_run_in_the_background_and_cancels_it(home, tiny_dir):
     at = _app()
     at.radio(key="run_method").set_value("reinforce_only")

@@ -1,9 +1,12 @@
 """The CLI as users run it: JSON shapes, one-line errors with exit code 2."""
 import json
 
+import pytest
+
 from conftest import ASSETS, cli, run_cli
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_inspect_json_on_tiny_model(tiny_dir, tiny_expert_dir, tmp_path):
     anchors = tmp_path / "a.json"
     anchors.write_text(json.dumps({"Ron": ["Mark"]}))

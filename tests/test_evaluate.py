@@ -169,6 +169,7 @@ def _eval_args(tiny_dir, d, *extra):
             "--continuation-tokens", "6", "--retain-tokens", "48", "--max-new-tokens", "6", *extra)
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_eval_cli_json_and_job_directory(tiny_dir, tiny_unlearned_dir, probe_files, tmp_path):
     out = tmp_path / "job"
     r = run_cli(*_eval_args(tiny_dir, probe_files, "--adapter", f"unlearned={tiny_unlearned_dir}", "--json",
@@ -187,6 +188,7 @@ def test_eval_cli_json_and_job_directory(tiny_dir, tiny_unlearned_dir, probe_fil
     assert status["state"] == "finished" and status["kind"] == "eval" and status["step"] == status["total"] > 0
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_eval_cli_table_and_errors(tiny_dir, probe_files, tmp_path):
     r = run_cli(*_eval_args(tiny_dir, probe_files, "--no-robustness"))
     assert r.returncode == 0, r.stderr

@@ -87,6 +87,7 @@ def test_the_demo_retain_text_names_no_retain_probe_answer():
     assert load_config(ASSETS / "demo.yaml").retain.text.endswith("retain_train.txt")
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_whp_pipeline_via_cli_writes_a_complete_run_dir(tiny_dir, tmp_path, home):
     cfg_file = tmp_path / "run.json"
     cfg_file.write_text(json.dumps(tiny_config(tiny_dir)))
@@ -133,6 +134,7 @@ def test_whp_pipeline_via_cli_writes_a_complete_run_dir(tiny_dir, tmp_path, home
     assert (out3 / "adapters" / "unlearned" / "adapter_model.safetensors").exists()
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_cancel_then_resume_continues_from_the_checkpoint_and_the_queue_holds_one_job(tiny_dir, tmp_path, home):
     cfg = tiny_config(tiny_dir, method="reinforce_only", reinforce_steps=400, probes=None)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -166,6 +168,7 @@ def test_cancel_then_resume_continues_from_the_checkpoint_and_the_queue_holds_on
         resume_run(a)
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_a_killed_run_is_seen_as_interrupted(tiny_dir, tmp_path, home):
     out = tmp_path / "k"
     launch_run(tiny_config(tiny_dir, method="reinforce_only", reinforce_steps=400, probes=None), out)
@@ -206,6 +209,7 @@ def test_gradient_ascent_run_raises_the_corpus_loss(tiny_dir, tmp_path, home):
     assert ce(ga) > ce(base) + 0.04  # measured +0.079, identical across thread counts
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_the_same_run_under_accelerate_with_two_processes(tiny_dir, tmp_path, home):
     """Data parallel on the CPU (gloo): both ranks finish, one adapter, metrics logged once."""
     import subprocess

@@ -76,6 +76,7 @@ def test_a_hostile_or_truncated_checkpoint_restarts_the_phase_and_runs_nothing(t
     assert torch.equal(o2["state"][0]["exp_avg"], torch.ones(2)) and o2["param_groups"] == opt["param_groups"]
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_run_resume_from_a_copied_hostile_run_directory(tiny_dir, tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("OBLIVIATE_HOME", str(home))
@@ -183,6 +184,7 @@ def _echo(key_status: int):
     return script
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_a_server_that_echoes_the_key_never_gets_it_into_messages_or_files(tmp_path, monkeypatch, tiny_dir):
     from engine.evaluation.judge import judge
     from engine.suggest import suggest_llm

@@ -366,6 +366,7 @@ def test_offline_route_on_the_embedded_model_finds_demo_terms(embedded_wb, demo_
     assert sum(bool(s.candidates) for s in r.items) >= 5  # the baseline proposes most translations
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_cli_offline_with_a_quick_reinforcement_and_validate(tmp_path, tiny_dir, capsys):
     from engine.cli import main
 

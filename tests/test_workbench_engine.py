@@ -221,6 +221,7 @@ def wait_finished(d: str, timeout: float = 240) -> jobs.Status:
     return s
 
 
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
 def test_the_demo_run_is_built_once_for_its_model(monkeypatch, tmp_path, tiny_dir):
     monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path))
     assert jobs.find_demo(str(tiny_dir)) is None
