@@ -18,7 +18,7 @@ within 10%, and less of the drop given back after relearning than WHP as shipped
 
     .venv/bin/python bench/forgetting.py [--out runs/bench-forgetting] [--relearn-steps 10] [--sam-rho 0.05]
 
-Writes OUT/eval.json, OUT/heldout.json, OUT/table.md (the README's tables) and docs/forgetting.png.
+Writes OUT/eval.json, OUT/heldout.json, OUT/table.md (docs/results.md's tables) and docs/forgetting.png.
 The last line is JSON.
 """
 from __future__ import annotations
@@ -97,7 +97,7 @@ def cell(models: dict, name: str, key: str, digits: int) -> str:
 
 
 def markdown(shipped: dict, heldout: dict) -> str:
-    """One row per model (the README's table): the shipped probes' metrics, the relearning give-back,
+    """One row per model (docs/results.md's table): the shipped probes' metrics, the relearning give-back,
     then the held-out set's."""
     rows = [(r, shipped) for r in SHIPPED_ROWS if any(m.get(r[1]) is not None for m in shipped["models"].values())]
     held = [(r, heldout) for r in HELDOUT_ROWS if any(m.get(r[1]) is not None for m in heldout["models"].values())]
