@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from .errors import OOM_HINT, UserError, is_oom
-from .config import DEVICES, PRECISIONS
+from .sections import DEVICES, PRECISIONS
 from .io import check_out_dir, check_out_file, dumps, read_text_file
 from .secrets import scrub
 
@@ -44,7 +44,7 @@ def _add_field_flag(p: argparse.ArgumentParser, flag: str, spec: dict, help: str
 
 
 def _model_flags(p: argparse.ArgumentParser, default: str | None = "embedded") -> None:
-    from .config import ModelConfig
+    from .sections import ModelConfig
 
     spec = _spec_index(ModelConfig)
     p.add_argument("--model", default=default, help="'embedded' (default), a local path or a hub id")
@@ -54,7 +54,7 @@ def _model_flags(p: argparse.ArgumentParser, default: str | None = "embedded") -
 
 
 def _model_config(args):
-    from .config import ModelConfig
+    from .sections import ModelConfig
 
     return ModelConfig(args.model or "embedded", args.precision or "auto", args.device or "auto")
 
@@ -102,7 +102,8 @@ def cmd_translate(args) -> int:
 
     from .anchors import load_anchors
     from .coverage import coverage
-    from .models import first_line, resolve_model_path
+    from .errors import first_line
+    from .models import resolve_model_path
     from .translation import Translator
 
     anchors = load_anchors(args.anchors).check()
@@ -288,106 +289,114 @@ def _check_run(args) -> int:
     return 0
 
 
-# Step verbs: (method, their flags in order). A flag is a legacy config key (engine.config.LEGACY),
-# so it names a config field whose type and help it takes.
-_COMMON = ("model", "precision", "device", "steps", "lr", "lora_rank", "batch_size", "block_size", "max_blocks",
-           "seed", "probes")
-STEP_VERBS = {
-    "reinforce": ("reinforce_only", "LoRA fine-tune on the corpus -> RUN_DIR/adapters/expert", (), True),
-    "labels": ("whp", "build (or find cached) generic labels of a corpus", ("anchors", "expert", "alpha"), False),
-    "unlearn": ("whp", "fine-tune on generic labels -> RUN_DIR/adapters/unlearned",
-                ("anchors", "expert", "retain", "retain_loss", "retain_weight", "alpha"), True),
-    "gradient-ascent": ("gradient_ascent", "baseline: negated next-token loss (+ retain) -> RUN_DIR/adapters/unlearned",
-                        ("retain", "retain_loss", "retain_weight"), True),
+# -- the run verbs: `run` with the config from flags ------------------------------------------------
+# One generator: every field a method uses (engine.config.form_fields, and the model) is a flag named
+# after its dotted path (--unlearn-steps, --whp-anchors, --lora-rank), with short aliases: the leaf
+# name for the method's own options and its training phase (--beta, --steps, --sam-rho), else the
+# flat key of earlier configs (engine.legacy: --anchors, --retain, --lora-rank, --precision).
+RUN_VERBS = {  # verb: (method, help); every other registered method gets a verb of its own name
+    "reinforce": ("reinforce_only", "LoRA fine-tune on the corpus -> RUN_DIR/adapters/expert"),
+    "labels": ("whp", "build (or find cached) generic labels of a corpus"),
+    "unlearn": ("whp", "fine-tune on generic labels -> RUN_DIR/adapters/unlearned"),
+    "gradient-ascent": ("gradient_ascent", "baseline: negated next-token loss (+ retain) -> RUN_DIR/adapters/unlearned"),
 }
-_VERB_PATHS = {"reinforce": {"steps": "reinforce.steps", "lr": "reinforce.lr"}}  # --steps of reinforce: its phase
+LABELS_ONLY = ("corpus", "model.", "data.", "whp.", "seed")  # what `labels` reads: no training
 
 
-def _method_verbs() -> None:
-    """A verb for every other unlearning method in the registry (npo, simnpo, rmu, undial, elm, ...):
-    the common flags, the retain term, SAM, and the method's own options (--beta, --layer, ...)."""
+def run_verbs() -> dict[str, tuple[str, str]]:
     from .methods import METHODS
 
+    verbs = dict(RUN_VERBS)
     for name, m in METHODS.items():
-        verb = name.replace("_", "-")
-        if verb in STEP_VERBS or name in ("whp", "gradient_ascent", "reinforce_only"):
-            continue
-        doc = (sys.modules[m.__module__].__doc__ or "").strip().splitlines()
-        STEP_VERBS[verb] = (name, f"{doc[0] if doc else m.label} -> RUN_DIR/adapters/unlearned",
-                            ("retain", "retain_loss", "retain_weight"), True)
+        if name not in {method for method, _ in RUN_VERBS.values()}:
+            doc = (sys.modules[m.__module__].__doc__ or "").strip().splitlines()
+            verbs[name.replace("_", "-")] = (name, f"{doc[0] if doc else m.label} -> RUN_DIR/adapters/unlearned")
+    return verbs
 
 
-def _flag_path(verb: str, key: str) -> str:
-    from .config import LEGACY, LEGACY_STRINGS
+def verb_fields(verb: str, method: str) -> list[dict]:
+    """The field specs a run verb takes as flags, in --help order."""
+    from .config import RunConfig, field_specs, form_fields
 
-    return _VERB_PATHS.get(verb, {}).get(key) or LEGACY.get(key) or LEGACY_STRINGS.get(key) or key
+    specs = [s for s in field_specs(RunConfig) if s["path"].startswith("model.")] + form_fields(method)
+    if verb == "labels":
+        specs = [s for s in specs if s["path"].startswith(LABELS_ONLY)]
+    return specs
 
 
-def _step_parser(sub, verb: str) -> None:
-    from .config import RunConfig
+def _flags(method: str, specs: list[dict]) -> dict[str, list[str]]:
+    """{dotted path: [--primary, --aliases...]}; an alias two fields would share goes to neither."""
+    from .legacy import LEGACY, LEGACY_STRINGS
+    from .methods import get
 
-    method, help_, extra, has_out = STEP_VERBS[verb]
-    specs = _spec_index(RunConfig)
-    own = [p for p in specs if p.startswith(f"{method}.")] if method not in ("whp",) else []
+    phase = "unlearn" if "unlearn" in get(method).phases else "reinforce"
+    earlier = {v: k for k, v in {**LEGACY, **LEGACY_STRINGS}.items()}
+    names = {}
+    for s in specs:
+        section, _, leaf = s["path"].rpartition(".")
+        alias = leaf if section in (method, phase) else earlier.get(s["path"])
+        names[s["path"]] = [s["path"].replace(".", "-").replace("_", "-")] + ([alias.replace("_", "-")] if alias else [])
+    taken: dict[str, int] = {}
+    for flags in names.values():
+        for f in flags:
+            taken[f] = taken.get(f, 0) + 1
+    return {path: [f"--{f}" for i, f in enumerate(flags) if i == 0 or taken[f] == 1] for path, flags in names.items()}
+
+
+def _dest(path: str) -> str:
+    return "field__" + path.replace(".", "__")
+
+
+def _run_verb_parser(sub, verb: str, method: str, help_: str) -> None:
     p = sub.add_parser(verb, help=help_)
     p.add_argument("--config", help="a config file whose fields the flags override")
-    _add_field_flag(p, "corpus", specs["corpus"])
-    for key in [k for k in extra if k not in ("alpha",)]:
-        _add_field_flag(p, key.replace("_", "-"), specs[_flag_path(verb, key)])
-    if "alpha" in extra:
-        _add_field_flag(p, "alpha", specs["whp.alpha"])
-    for key in _COMMON:
-        if key in ("model", "precision", "device"):
-            if key == "model":
-                _model_flags(p, default=None)
-            continue
-        _add_field_flag(p, key.replace("_", "-"), specs[_flag_path(verb, key)])
-    p.add_argument("--goldfish", help="goldfish loss KIND[:K[:H]] (static or hash), e.g. hash:4:13")
-    for path in own:  # the method's own options, --beta, --layer, ... (engine/methods/<method>.py)
-        _add_field_flag(p, path.split(".", 1)[1].replace("_", "-"), specs[path])
-    if method != "reinforce_only":
-        _add_field_flag(p, "sam-rho", specs["unlearn.sam_rho"])
-    if has_out:
+    specs = verb_fields(verb, method)
+    for spec in specs:
+        kw: dict = {"dest": _dest(spec["path"]), "default": None, "help": spec["help"] or None}
+        if spec["kind"] == "choice":
+            kw["choices"] = spec["choices"]
+        elif spec["kind"] in ("int", "float"):
+            kw["type"] = int if spec["kind"] == "int" else float
+        elif spec["kind"] == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        if spec["kind"] not in ("choice", "bool"):
+            kw["metavar"] = spec["path"].rpartition(".")[2].upper() + (",..." if spec["kind"] == "list" else "")
+        p.add_argument(*_flags(method, specs)[spec["path"]], **kw)
+    if any(s["path"].startswith("goldfish.") for s in specs):
+        p.add_argument("--goldfish", help="goldfish loss KIND[:K[:H]] (static or hash), e.g. hash:4:13")
+    if verb != "labels":
         p.add_argument("--out", required=True, help="run directory")
         p.add_argument("--no-queue", action="store_true", help="do not wait for other jobs (one job at a time)")
-    if method == "whp":
-        _add_field_flag(p, "labels", specs["whp.labels"])
-    p.set_defaults(func=cmd_step, verb=verb, method=method, own=own)
+    p.set_defaults(func=cmd_step, verb=verb, method=method, specs=specs)
 
 
 def _step_config(args):
     from .config import load_config, run_config, set_path
 
     data: dict = load_config(args.config).to_dict() if args.config else {}
-    method, _, extra, _ = STEP_VERBS[args.verb]
-    keys = ["corpus", *extra, *_COMMON] + (["labels"] if method == "whp" else [])
-    for key in keys:
-        value = getattr(args, key, None)
+    for spec in args.specs:
+        value = getattr(args, _dest(spec["path"]))
         if value is None:
             continue
-        set_path(data, _flag_path(args.verb, key), value)
-    for path in args.own:
-        value = getattr(args, path.split(".", 1)[1].replace("-", "_"), None)
-        if value is not None:
-            set_path(data, path, value)
-    if getattr(args, "sam_rho", None) is not None:
-        set_path(data, "unlearn.sam_rho", args.sam_rho)
-    if args.goldfish:
+        if spec["kind"] == "list":
+            value = _list_value(spec["path"].replace(".", "-"), [value], float)
+        set_path(data, spec["path"], value)
+    if getattr(args, "goldfish", None):
         kind, *rest = args.goldfish.split(":")
         try:
             data["goldfish"] = {"kind": kind, **dict(zip(("k", "h"), map(int, rest)))}
         except ValueError:
             raise UserError("--goldfish is KIND[:K[:H]], e.g. hash:4:13") from None
-    data["method"] = method
+    data["method"] = args.method
     return run_config(data)
 
 
 def cmd_step(args) -> int:
     from .pipeline import execute
 
-    if args.verb == "unlearn" and not args.expert:
-        raise UserError("unlearn needs --expert (an expert adapter from `reinforce`); `run` does the whole pipeline")
     cfg = _step_config(args)
+    if args.verb == "unlearn" and not cfg.whp.expert:
+        raise UserError("unlearn needs --expert (an expert adapter from `reinforce`); `run` does the whole pipeline")
     if args.verb == "labels":
         return _cmd_labels(cfg)
     check_out_dir(args.out)
@@ -465,7 +474,7 @@ def eval_request(args):
     """The EvalRequest of an `eval` command line (or of --request FILE, which the flags override)."""
     from pydantic import ValidationError
 
-    from .config import _message
+    from .sections import field_error
     from .evaluation import EvalRequest
     from .io import parse_json
 
@@ -499,7 +508,7 @@ def eval_request(args):
     try:
         return EvalRequest.model_validate(data)
     except ValidationError as e:
-        raise UserError("invalid evaluation: " + "; ".join(_message(err, {}) for err in e.errors())) from None
+        raise UserError("invalid evaluation: " + "; ".join(field_error(err) for err in e.errors())) from None
 
 
 def _list_value(flag: str, values: list[str], kind) -> list:
@@ -623,9 +632,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-queue", action="store_true", help="do not wait for other jobs (one job at a time)")
     p.add_argument("--check", action="store_true", help="validate the config and print its phases and steps; run nothing")
     p.set_defaults(func=cmd_run)
-    _method_verbs()
-    for verb in STEP_VERBS:
-        _step_parser(sub, verb)
+    for verb, (method, help_) in run_verbs().items():
+        _run_verb_parser(sub, verb, method, help_)
 
     p = sub.add_parser("runs", help="list, cancel or delete runs")
     rs = p.add_subparsers(dest="runs_verb", required=True)

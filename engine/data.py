@@ -100,6 +100,17 @@ def groups(lengths: list[int], budget: int) -> list[list[int]]:
     return out + [cur] if cur else out
 
 
+def grouped(rows: list, budget: int, forward, reduce) -> list:
+    """[reduce(i, output_i)] in the rows' order, forward() run on groups of rows (token ids, ...) whose
+    padded size stays within `budget` tokens: the one batching loop for callers of Workbench.logits,
+    Workbench.hidden_states or a training model's own forward."""
+    out: list = [None] * len(rows)
+    for group in groups([len(r[0]) for r in rows], budget):
+        for i, y in zip(group, forward([rows[i] for i in group])):
+            out[i] = reduce(i, y)
+    return out
+
+
 # -- goldfish loss (Hans et al. 2024) ----------------------------------------------------------------
 _FNV_OFFSET, _FNV_PRIME = 0xCBF29CE484222325, 0x100000001B3
 

@@ -21,3 +21,21 @@ def is_oom(e: BaseException) -> bool:
 
 def oom_error(doing: str = "this") -> UserError:
     return UserError(f"{doing} ran {OOM_HINT}")
+
+
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """An exception as one bounded line: its type when it has no message."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def as_user_error(e: BaseException, doing: str = "this") -> UserError | None:
+    """The one place an exception becomes a user's line: a UserError as it is, an out-of-memory
+    (host, CUDA or the CPU allocator) as "<doing> ran out of memory: ..."; None for anything else,
+    a bug whose traceback must stay."""
+    if isinstance(e, UserError):
+        return e
+    if is_oom(e):
+        return oom_error(doing)
+    return None

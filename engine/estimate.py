@@ -23,7 +23,7 @@ count P:
 
 The constants were fitted on the 2-core development machine to the phase times of real runs
 (bench/estimate_error.py measures a short run and an evaluation next to this estimate in the same
-process and prints the ratio). The error on that machine is in the README ("Runs" page); a loaded
+process and prints the ratio). The error on that machine is in docs/workbench.md ("Expected durations"); a loaded
 CPU runs slower by the load's factor, which no model of the run itself can know.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import RunBase
+from .config import RunConfig
 
 # Fitted on 2 shared cores (fp32, SmolLM2-135M, torch 2.x CPU): see the module docstring.
 FORWARD_S = 3.0e-11  # seconds per token per parameter, batched forward (1.5 s for 4 x 128 tokens, 135M)
@@ -157,7 +157,7 @@ def _probe_tokens(probes) -> tuple[int, int]:
 
 
 # -- a run ---------------------------------------------------------------------------------------------
-def estimate_run(cfg: RunBase, tokenizer=None, shape: ModelShape | None = None) -> Estimate:
+def estimate_run(cfg: RunConfig, tokenizer=None, shape: ModelShape | None = None) -> Estimate:
     """Expected wall time of `python -m engine run` for this config on this machine (one process).
 
     tokenizer: counts the corpus exactly (else its size / CHARS_PER_TOKEN); shape: the model's, when

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import UserError
+from .legacy import phase_name, summary_of
 from .io import ASSETS, ROOT, atomic_write_json, check_out_dir, obliviate_home
 from .secrets import scrub
 
@@ -42,17 +43,12 @@ INTERRUPTED = "failed (interrupted)"
 STATES = (*ACTIVE, "finished", "failed", "cancelled", INTERRUPTED)
 MARK = ".obliviate-job"  # written into every job directory: `delete` removes nothing without it
 MAX_STATUS_BYTES = 4 << 20
-LEGACY_PHASES = {"gradient_ascent": "unlearn"}  # gradient ascent's training phase before issue 11
 DEMO = "demo"  # OBLIVIATE_HOME/runs/demo: the demo config's adapters, built once (launch_demo)
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def phase_name(phase: str) -> str:
-    return LEGACY_PHASES.get(phase, phase)
 
 
 # -- the status record ------------------------------------------------------------------------------
@@ -265,8 +261,8 @@ def run_adapters(out: str | os.PathLike) -> dict[str, str]:
 def headline(status: Status) -> dict:
     """Familiarity before and after the unlearning phase of a run, from its summary (empty if none)."""
     s = status.summary or {}
-    before = s.get("unlearn_before") or s.get("gradient_ascent_before") or {}
-    after = s.get("unlearn_after") or s.get("gradient_ascent_after") or {}
+    before = summary_of(s, "unlearn_before") or {}
+    after = summary_of(s, "unlearn_after") or {}
     return {"before": before, "after": after} if isinstance(before, dict) and isinstance(after, dict) else {}
 
 
@@ -324,9 +320,9 @@ def launch_run(config, out: str | os.PathLike | None = None, name: str | None = 
     """Validate a run config (a RunConfig or a dict), write RUN_DIR/config.json and start
     `python -m engine run` detached (queued behind a running job). RUN_DIR: `out`, else
     OBLIVIATE_HOME/runs/<name> (else <time>-<method>)."""
-    from .config import RunBase, run_config
+    from .config import RunConfig, run_config
 
-    cfg = config if isinstance(config, RunBase) else run_config(config)
+    cfg = config if isinstance(config, RunConfig) else run_config(config)
     out = Path(out) if out else run_dir(name, cfg.method)
     check_out_dir(out, "run directory")
     if (out / "status.json").exists():

@@ -23,9 +23,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from .config import PRECISIONS, ModelConfig  # noqa: F401 - PRECISIONS is part of this module's API
+from .sections import PRECISIONS, ModelConfig  # noqa: F401 - PRECISIONS is part of this module's API
 from .data import pad
-from .errors import UserError, is_oom, oom_error
+from .errors import UserError, first_line, is_oom, oom_error
 from .io import obliviate_home
 
 EMBEDDED = "embedded"
@@ -84,13 +84,6 @@ def resolve_model_path(model: str) -> str:
     if model.startswith((".", "/", "~")) or os.sep in model.strip("/").replace("/", "", 1):
         raise UserError(f"model path does not exist: {model}")
     return model  # a hub id
-
-
-def first_line(e: BaseException, limit: int = 160) -> str:
-    """An exception as one bounded line: its type when it has no message."""
-    lines = str(e).strip().splitlines()
-    text = lines[0] if lines else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def approx_params(cfg) -> float:

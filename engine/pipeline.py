@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import jobs
-from .config import RunBase
+from .config import RunConfig
 from .errors import UserError, is_oom, oom_error
+from .legacy import checkpoint_names, phase_name
 from .io import atomic_write_json, read_text_file
 from .methods import Method, TrainData, get
+from .methods.base import Corpus, LabelInputs, Targets
+from .models import Workbench, load_model
 from .probes import run_probes
 
 
@@ -50,23 +53,21 @@ class Progress:
 
 @dataclass
 class RunContext:
-    """What every phase of one run shares."""
+    """What every phase of one run shares: one Workbench (the base model, no adapter between phases)
+    for the whole run, the corpus tokenized once, and the labels phase's targets."""
 
-    cfg: RunBase
+    cfg: RunConfig
     out: Path
     job: jobs.JobWriter
     acc: object  # accelerate.Accelerator
     method: Method
-    model: object  # the base model, no adapter between phases
-    tok: object
-    blocks: list[list[int]]
-    ids: object  # (N, T) corpus blocks, right-padded
-    lengths: object  # (N,)
+    wb: Workbench
+    corpus: Corpus
     probes: list[dict]
     progress: Progress
     done_phases: list[str]
     summary: dict = field(default_factory=dict)
-    labels: object = None  # the labels phase's result (WHP: a LabelSet)
+    targets: Targets | None = None  # the labels phase's result
 
     @property
     def main(self) -> bool:
@@ -77,8 +78,13 @@ class RunContext:
         given = getattr(self.cfg.options, "expert", None)
         return Path(given) if given else self.out / "adapters" / "expert"
 
+    def label_inputs(self, progress: bool = True) -> LabelInputs:
+        tick = (lambda done: self.progress.update("labels", done)) if progress and self.main else None
+        return LabelInputs(self.wb, self.corpus, self.cfg.seed, self.expert_dir, tick, self.acc.process_index,
+                           self.acc.num_processes, self.acc.wait_for_everyone)
 
-def plan(cfg: RunBase) -> list[str]:
+
+def plan(cfg: RunConfig) -> list[str]:
     """The phases a config runs, in order: the method's, less reinforce when an expert is given."""
     phases = list(get(cfg.method).phases)
     if "reinforce" in phases and getattr(cfg.options, "expert", None):
@@ -86,7 +92,7 @@ def plan(cfg: RunBase) -> list[str]:
     return phases
 
 
-def totals(cfg: RunBase, n_blocks: int) -> dict[str, int]:
+def totals(cfg: RunConfig, n_blocks: int) -> dict[str, int]:
     units = {"reinforce": cfg.reinforce.steps, "unlearn": cfg.unlearn.steps,
              "labels": get(cfg.method).from_config(cfg).label_units(n_blocks)}
     return {p: units[p] for p in plan(cfg)}
@@ -98,14 +104,15 @@ def _probe(run: RunContext):
 
     if not run.probes:
         return None
-    items = [(p, t, None) for p, t in encode(run.tok, run.probes)]
+    tok = run.wb.tokenizer
+    items = [(p, t, None) for p, t in encode(tok, run.probes)]
 
     def probe(model) -> dict:
         """P(first target token | prompt) of every tracked probe on the model being trained."""
         from .data import pad
 
         def forward(rows):
-            ids, mask = pad([r[0] for r in rows], run.tok.pad_token_id)
+            ids, mask = pad([r[0] for r in rows], tok.pad_token_id)
             logits = model(input_ids=ids.to(run.acc.device), attention_mask=mask.to(run.acc.device)).logits
             return [logits[j, : len(r[0])] for j, r in enumerate(rows)]
 
@@ -141,9 +148,8 @@ def _hooks(run: RunContext, phase: str):
             fam = f" familiarity {m['familiarity']:.4f}" if m.get("familiarity") is not None else ""
             run.job.log(f"{phase} step {m['step']}/{total} loss {m['loss']:.4f} {m['tokens_per_s']:.0f} tok/s{fam}")
 
-    legacy = ("gradient_ascent.pt",) if phase == "unlearn" else ()  # gradient ascent's phase before issue 11
     return Hooks(on_step=on_step, should_stop=run.job.should_stop, probe=_probe(run), probe_every=run.cfg.probe_every,
-                 checkpoint=run.out / "checkpoints" / f"{phase}.safetensors", legacy_checkpoints=legacy,
+                 checkpoint=run.out / "checkpoints" / f"{phase}.safetensors", legacy_checkpoints=checkpoint_names(phase),
                  checkpoint_every=run.cfg.train.checkpoint_every, log=run.job.log)
 
 
@@ -153,9 +159,8 @@ def fit(run: RunContext, phase: str, method: Method, data: TrainData, steps: int
     from .train import Stopped, TrainSpec, lora_model, save_adapter, train
 
     cfg = run.cfg
-    n_layers = int(run.model.config.num_hidden_layers)
-    peft_model = lora_model(run.model, cfg.lora.rank, cfg.train.gradient_checkpointing, cfg.lora.layers,
-                            layers=method.lora_layers(n_layers))
+    peft_model = lora_model(run.wb.release(), cfg.lora.rank, cfg.train.gradient_checkpointing, cfg.lora.layers,
+                            layers=method.lora_layers(run.wb.num_layers))
     run.job.log(f"{phase}: {steps} steps, lr {lr}, batch {cfg.train.batch_size} x {cfg.train.grad_accum}, "
                 f"LoRA rank {cfg.lora.rank}")
     spec = TrainSpec(phase, method, data, steps, lr, cfg.train.batch_size, cfg.train.grad_accum, seed=cfg.seed,
@@ -167,14 +172,14 @@ def fit(run: RunContext, phase: str, method: Method, data: TrainData, steps: int
         if run.main:  # status writes are throttled: say exactly where the checkpoint stands
             run.progress.update(phase, e.step, force=True)
         run.job.log(f"{phase}: stopped at step {e.step}; checkpoint saved")
-        run.model = peft_model.unload()
+        peft_model.unload()
         raise jobs.Cancelled() from None
     if run.main:
         save_adapter(peft_model, adapter_dir)
         for name in (f"{phase}.safetensors", f"{phase}.pt", *_hooks(run, phase).legacy_checkpoints):
             (run.out / "checkpoints" / name).unlink(missing_ok=True)
     run.acc.wait_for_everyone()
-    run.model = peft_model.unload()  # the base again, LoRA layers removed (not merged)
+    peft_model.unload()  # LoRA layers removed (not merged): the Workbench's base model as it was
     run.job.log(f"{phase}: adapter saved to {adapter_dir}")
 
 
@@ -183,7 +188,7 @@ def reinforce(run: RunContext) -> None:
     from .methods import NextToken
 
     method = NextToken(goldfish=run.cfg.goldfish)
-    fit(run, "reinforce", method, method.forget_data(run), run.cfg.reinforce.steps,
+    fit(run, "reinforce", method, method.forget_data(run.corpus), run.cfg.reinforce.steps,
         run.cfg.reinforce.lr or run.cfg.unlearn.lr, run.out / "adapters" / "expert")
 
 
@@ -191,11 +196,11 @@ def labels(run: RunContext) -> None:
     """The method's training targets (WHP: generic labels for several alphas, cached on disk)."""
     run.progress.update("labels", 0, force=True)
     t0 = time.time()
-    run.labels = run.method.make_labels(run, on_progress=lambda done: run.progress.update("labels", done))
-    alpha = getattr(run.cfg.options, "alpha", None)
-    info = {**run.labels.info(), "seconds": time.time() - t0, "alpha": alpha}
+    run.targets = run.method.make_labels(run.label_inputs())
+    info = {**run.targets.info(), "seconds": time.time() - t0}
     if run.main:
         atomic_write_json(run.out / "labels.json", info)
+    alpha = info.get("alpha")
     changed = (info.get("changed") or {}).get(str(float(alpha))) if alpha is not None else None
     run.job.log(f"labels: {'cache hit' if info.get('cached') else 'built'} {info.get('key')} in {info['seconds']:.1f}s; "
                 f"{info.get('labelled')} labelled positions"
@@ -207,10 +212,10 @@ def labels(run: RunContext) -> None:
 
 def unlearn(run: RunContext) -> None:
     """A fresh LoRA trained with the method's forget loss (+ its retain term on the retain text)."""
-    if "labels" in run.method.phases and run.labels is None:  # resumed after the labels phase: from the cache
-        run.labels = run.method.make_labels(run)
-    fit(run, "unlearn", run.method, run.method.forget_data(run), run.cfg.unlearn.steps, run.cfg.unlearn.lr,
-        run.out / "adapters" / "unlearned", retain_data(run))
+    if "labels" in run.method.phases and run.targets is None:  # resumed after the labels phase: from the cache
+        run.targets = run.method.make_labels(run.label_inputs(progress=False))
+    fit(run, "unlearn", run.method, run.method.forget_data(run.corpus, run.targets), run.cfg.unlearn.steps,
+        run.cfg.unlearn.lr, run.out / "adapters" / "unlearned", retain_data(run))
 
 
 PHASES = {"reinforce": reinforce, "labels": labels, "unlearn": unlearn}
@@ -225,16 +230,16 @@ def retain_data(run: RunContext) -> TrainData | None:
     text = read_text_file(run.cfg.retain.text, "retain")
     if not text.strip():
         raise UserError(f"retain: {run.cfg.retain.text} is empty")
-    ids, lengths = pad_blocks(corpus_blocks(run.tok, text, run.cfg.data.block_size), run.tok.pad_token_id)
+    tok = run.wb.tokenizer
+    ids, lengths = pad_blocks(corpus_blocks(tok, text, run.cfg.data.block_size), tok.pad_token_id)
     data = TrainData.next_token(ids, lengths)
     data.labels = apply_goldfish(data.labels, run.cfg.goldfish)
     return data
 
 
 # -- the run ----------------------------------------------------------------------------------------
-def _context(cfg: RunBase, out: Path, job: jobs.JobWriter, acc, done_phases: list[str]) -> RunContext:
+def _context(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: list[str]) -> RunContext:
     from .data import corpus_blocks, pad_blocks
-    from .models import load_model
 
     model, tok = load_model(cfg.model)
     if acc.num_processes > 1 and model.device.type == "cuda":
@@ -244,17 +249,17 @@ def _context(cfg: RunBase, out: Path, job: jobs.JobWriter, acc, done_phases: lis
         raise UserError(f"block_size {cfg.data.block_size} is longer than the model's context")
     job.log(f"model {cfg.model.name} ({getattr(model, 'obliviate_precision', '?')}), corpus "
             f"{sum(map(len, blocks))} tokens in {len(blocks)} blocks of <= {cfg.data.block_size}")
-    ids, lengths = pad_blocks(blocks, tok.pad_token_id)
     probes = run_probes(cfg.probes)
     steps = totals(cfg, len(blocks))
     summary = {"probe_names": [p["name"] for p in probes]}
     prev = jobs.read_status(out).summary
     summary.update({k: v for k, v in prev.items() if k not in summary})
-    return RunContext(cfg, out, job, acc, get(cfg.method).from_config(cfg), model, tok, blocks, ids, lengths, probes,
+    return RunContext(cfg, out, job, acc, get(cfg.method).from_config(cfg), Workbench(model, tok, cfg.model),
+                      Corpus(blocks, *pad_blocks(blocks, tok.pad_token_id)), probes,
                       Progress(job, steps, {p: steps[p] for p in done_phases if p in steps}), done_phases, summary)
 
 
-def _pipeline(cfg: RunBase, out: Path, job: jobs.JobWriter, acc, done_phases: list[str]) -> dict:
+def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: list[str]) -> dict:
     t_start = time.time()
     run = _context(cfg, out, job, acc, done_phases)
     for phase in plan(cfg):
@@ -269,7 +274,7 @@ def _pipeline(cfg: RunBase, out: Path, job: jobs.JobWriter, acc, done_phases: li
     return run.summary
 
 
-def execute(cfg: RunBase, out: str | os.PathLike, resume: bool = False, queue: bool = True) -> dict:
+def execute(cfg: RunConfig, out: str | os.PathLike, resume: bool = False, queue: bool = True) -> dict:
     """Run the config's pipeline into `out`; returns the final status. Cancellation -> state cancelled."""
     import torch
     from accelerate import Accelerator
@@ -291,7 +296,7 @@ def execute(cfg: RunBase, out: str | os.PathLike, resume: bool = False, queue: b
             raise UserError(f"{out} already holds a run: use --resume, or another --out")
         if main:
             atomic_write_json(out / "config.json", cfg.to_dict())
-    done_phases = [jobs.phase_name(p) for p in status.done_phases] if resume else []
+    done_phases = [phase_name(p) for p in status.done_phases] if resume else []
     if main and not resume:
         for name in ("metrics.jsonl", "log.txt"):
             (out / name).unlink(missing_ok=True)
@@ -330,7 +335,7 @@ def execute(cfg: RunBase, out: str | os.PathLike, resume: bool = False, queue: b
 
 def headline(summary: dict) -> dict:
     """familiarity, retain and the first tracked probe before -> after, per trained phase (the CLI's
-    one-line result): the first probe of a probes file is its headline (see the README's demo)."""
+    one-line result): the first probe of a probes file is its headline (see docs/runs.md, the demo run)."""
     names = summary.get("probe_names") or []
     out = {}
     for key, val in summary.items():

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from .data import groups
+from .data import grouped
 from .errors import UserError
 from .io import parse_json, read_text_file, short
 
@@ -162,13 +162,7 @@ def score(forward: Callable[[list[Row]], list[torch.Tensor]], items: list[tuple[
     or a training model's own forward. Rows are grouped to at most `budget` padded tokens.
     """
     rows = [(p + t[:-1], a) for p, t, a in items]
-    out: list = [None] * len(items)
-    for group in groups([len(r[0]) for r in rows], budget):
-        logits = forward([rows[i] for i in group])
-        for j, i in enumerate(group):
-            out[i] = continuation_logprobs(logits[j], len(items[i][0]), items[i][1]).cpu()
-        del logits
-    return out
+    return grouped(rows, budget, forward, lambda i, lg: continuation_logprobs(lg, len(items[i][0]), items[i][1]).cpu())
 
 
 def first_token_probabilities(logprobs: list[torch.Tensor]) -> list[float]:

@@ -16,7 +16,7 @@ import streamlit as st
 
 from app import state, widgets
 from engine import jobs
-from engine.config import flatten, form_fields, load_config, nest, run_config
+from engine.config import flatten, form_fields, load_config, nest, path_fields, run_config
 from engine.errors import UserError
 from engine.estimate import estimate_run
 from engine.io import browser_path
@@ -24,10 +24,6 @@ from engine.methods import METHODS
 
 ASSETS = state.ASSETS
 USE_KEY = "unlearned_adapter"  # "use in Inspect" also leaves the adapter path here
-TEXT_PATHS = {"corpus": "Corpus", "retain.text": "Retain text", "probes": "Probes", "whp.anchors": "Anchored terms",
-              "whp.expert": "Expert"}
-MAIN = ("corpus", "whp.anchors", "probes", "unlearn.steps", "reinforce.steps", "unlearn.lr", "whp.alpha",
-        "lora.rank", "train.batch_size", "data.block_size", "data.max_blocks", "whp.labels")
 
 st.title("Runs")
 st.caption("Reinforce → generic labels → unlearn (WHP), or another method, as background jobs writing a run "
@@ -111,9 +107,9 @@ def _load_yaml() -> None:
 def form_config(method: str, values: dict):
     """The form's values as a validated run config, with the sidebar's model."""
     values = dict(values)
-    for path, what in TEXT_PATHS.items():  # a path typed here must be under assets/, OBLIVIATE_HOME or runs/
-        if values.get(path):
-            values[path] = str(browser_path(values[path], what))
+    for path in path_fields():  # every path field, a method's own too, must be under assets/, OBLIVIATE_HOME or runs/
+        if isinstance(values.get(path), str) and values[path]:
+            values[path] = str(browser_path(values[path], path))
     values["method"] = method
     values["model.name"] = (st.session_state.get(state.MODEL) or state.default_model()).strip()
     values["model.precision"] = st.session_state.get(state.PRECISION) or "auto"
@@ -138,13 +134,13 @@ with st.expander("New run", expanded=not jobs.list_runs() or "run_flash" in st.s
                       format_func=lambda m: f"{METHODS[m].label or m} ({m})")
     specs = form_fields(method)
     values = {}
-    main = [s for s in specs if s["path"] in MAIN]
+    main = [s for s in specs if s["main"]]
     for row in range(0, len(main), 4):
         for col, spec in zip(st.columns(4), main[row: row + 4]):
             with col:
                 values[spec["path"]] = widget(spec, d.get(spec["path"], spec["default"]))
     with st.expander(f"Every other field ({len(specs) - len(main)})"):
-        rest = [s for s in specs if s["path"] not in MAIN]
+        rest = [s for s in specs if not s["main"]]
         for row in range(0, len(rest), 4):
             for col, spec in zip(st.columns(4), rest[row: row + 4]):
                 with col:
@@ -226,7 +222,7 @@ def fmt_eta(s) -> str:
 
 def probe_names(rows: list[dict], status: jobs.Status) -> tuple[list[str], str | None]:
     """Every tracked probe in the probes file's order, and the headline one: the file's first
-    probability probe (the README's P(' Hermione' | …Ron and)), never a sort or a substring match."""
+    probability probe (the demo's P(' Hermione' | …Ron and)), never a sort or a substring match."""
     names = list(dict.fromkeys(n for r in rows if isinstance(r.get("probes"), dict) for n in r["probes"]))
     ordered = [n for n in status.summary.get("probe_names") or [] if n in names]
     names = ordered + [n for n in names if n not in ordered]

@@ -63,17 +63,28 @@ def test_readme_config_table_is_generated_from_the_field_docstrings():
     from conftest import ROOT
     from engine.config import fields_markdown
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "runs.md").read_text()
     block = readme.split("<!-- config-fields -->\n", 1)[1].split("\n<!-- /config-fields -->", 1)[0]
-    assert block == fields_markdown(), "regenerate the README table: engine.config.fields_markdown()"
+    assert block == fields_markdown(), "regenerate docs/runs.md's table: engine.config.fields_markdown()"
 
 
 def test_the_step_verbs_flags_come_from_the_config_fields():
+    """One generator: every field a verb's method uses is a flag named after its dotted path, with the
+    short names of earlier configs and of the method's own phase as aliases; type, choices and help
+    from the field."""
     from engine.cli import build_parser
 
     sub = build_parser()._subparsers._group_actions[0].choices
-    unlearn = {a.dest: a for a in sub["unlearn"]._actions}
-    assert unlearn["labels"].choices == ["hard", "soft"] and unlearn["steps"].type is int
-    assert "generic" in unlearn["labels"].help and "unlearning phase" in unlearn["steps"].help
-    reinforce = {a.dest: a for a in sub["reinforce"]._actions}
-    assert "reinforce phase" in reinforce["steps"].help  # --steps of `reinforce` is the reinforce phase's
+
+    def flag(verb: str, name: str):
+        return next(a for a in sub[verb]._actions if name in a.option_strings)
+
+    labels, steps = flag("unlearn", "--labels"), flag("unlearn", "--steps")
+    assert labels is flag("unlearn", "--whp-labels") and steps is flag("unlearn", "--unlearn-steps")
+    assert labels.choices == ["hard", "soft"] and steps.type is int
+    assert "generic" in labels.help and "unlearning phase" in steps.help
+    assert "reinforce phase" in flag("reinforce", "--steps").help  # --steps of `reinforce` is the reinforce phase's
+    assert flag("npo", "--beta") is flag("npo", "--npo-beta") and flag("rmu", "--layer") is flag("rmu", "--rmu-layer")
+    for old in ("--anchors", "--expert", "--retain", "--retain-loss", "--retain-weight", "--lora-rank", "--batch-size",
+                "--block-size", "--max-blocks", "--sam-rho", "--model", "--precision", "--device", "--probes", "--seed"):
+        assert flag("unlearn", old), old  # every flag the step verbs had before still works

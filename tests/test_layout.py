@@ -108,3 +108,47 @@ def test_the_environment_holds_the_pinned_versions():
         for dist, version in pins(name).items():
             got = importlib.metadata.version(dist)
             assert got.split("+")[0] == version, f"{dist} {got} is installed, {name} pins {version}"  # +cpu: a local build
+
+
+# -- the import graph -------------------------------------------------------------------------------------
+def engine_graph() -> dict[str, set[str]]:
+    """{module: engine modules it imports}, imports inside functions counted; `from . import x` of a
+    submodule is an edge to that submodule (its package's __init__ runs first, but that is no cycle)."""
+    mods = {}
+    for p in files("engine"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        mods[name] = p
+    graph = {m: set() for m in mods}
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                parts = pkg.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1]) if node.level else ""
+                base = f"{base}.{node.module}".strip(".") if node.module else base
+                subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
+                targets = subs if len(subs) == len(node.names) else [base, *subs]
+            else:
+                continue
+            graph[m] |= {t for t in targets if t in mods and t != m}
+    return graph
+
+
+def test_no_import_cycle_in_the_engine():
+    graph = engine_graph()
+    assert graph["engine.config"] and graph["engine.pipeline"], "the graph sees imports"
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        seen[m] = 1
+        for t in sorted(graph[m]):
+            assert seen.get(t) != 1, "import cycle: " + " -> ".join(path[path.index(t):] + [t] if t in path else path + [t])
+            if t not in seen:
+                visit(t, path + [t])
+        seen[m] = 2
+
+    for m in sorted(graph):
+        if m not in seen:
+            visit(m, [m])

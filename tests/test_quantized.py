@@ -428,7 +428,7 @@ def test_the_fsdp_qlora_config_reads_as_accelerate_launch_reads_it(monkeypatch):
         "ACCELERATE_USE_FSDP": "true", "FSDP_SHARDING_STRATEGY": "FULL_SHARD",
         "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_USE_ORIG_PARAMS": "false",
         "FSDP_CPU_RAM_EFFICIENT_LOADING": "true", "FSDP_SYNC_MODULE_STATES": "true"}
-    if not torch.cuda.is_available():  # the documented limit: no FSDP on the CPU (README, "Past one GPU")
+    if not torch.cuda.is_available():  # the documented limit: no FSDP on the CPU (docs/gpu.md, "Past one GPU")
         from accelerate import FullyShardedDataParallelPlugin
 
         for k, v in env.items():

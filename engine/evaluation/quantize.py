@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import ModelConfig
+from ..sections import ModelConfig
 from ..models import Workbench, adapter_name
 from ..probes import first_token_probabilities, score
 

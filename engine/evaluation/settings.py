@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
-from ..config import ModelConfig, Section
+from ..sections import ModelConfig, Section
 from ..errors import UserError
 from ..io import ASSETS, read_text_file
 

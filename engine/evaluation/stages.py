@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..data import groups
+from ..data import grouped
 from ..errors import UserError, is_oom, oom_error
 from ..models import Workbench, adapter_name
 from ..probes import encode, first_token_probabilities, score
@@ -142,11 +142,8 @@ def verbatim(ctx: EvalContext, tick) -> None:
         ctx.examples[m]["verbatim"] = [{"prefix": tok.decode(p), "truth": tok.decode(t), "continuation": tok.decode(g),
                                         "rougeL": r} for (p, t), g, r in zip(passages, mine, rouge)]
     whole = [(p + t, name) for name in ctx.models.values() for p, t in passages]
-    strength: list = [None] * len(whole)
-    for group in groups([len(r[0]) for r in whole], s.token_budget):
-        for j, lg in zip(group, ctx.wb.logits([whole[i] for i in group])):
-            ids = whole[j][0]
-            strength[j] = metrics.extraction_strength(lg[:-1].argmax(-1).tolist(), ids[1:])  # (T-1,) predictions
+    strength = grouped(whole, s.token_budget, ctx.wb.logits,  # (T-1,) greedy predictions against the text
+                       lambda j, lg: metrics.extraction_strength(lg[:-1].argmax(-1).tolist(), whole[j][0][1:]))
     for k, m in enumerate(ctx.models):
         ctx.results[m]["extraction_strength"] = _mean(strength[k * len(passages): (k + 1) * len(passages)])
     tick()
@@ -154,8 +151,6 @@ def verbatim(ctx: EvalContext, tick) -> None:
 
 def perplexity(ctx: EvalContext, tick) -> None:
     """retain_perplexity: exp(mean token NLL) over the retain text in independent blocks, every model batched."""
-    from ..data import groups
-
     s = ctx.settings
     ids = ctx.enc(ctx.inputs.retain, False)[: s.retain_max_tokens] if ctx.inputs.retain.strip() else []
     bs = min(s.block_size, ctx.wb.max_length)
@@ -165,11 +160,7 @@ def perplexity(ctx: EvalContext, tick) -> None:
         tick()
         return
     rows = [(b, name) for name in ctx.models.values() for b in blocks]
-    nll: list = [None] * len(rows)
-    for group in groups([len(r[0]) for r in rows], s.token_budget):
-        logits = ctx.wb.logits([rows[i] for i in group])
-        for j, i in enumerate(group):
-            nll[i] = float(metrics.token_nll(logits[j], rows[i][0]).sum())
+    nll = grouped(rows, s.token_budget, ctx.wb.logits, lambda i, lg: float(metrics.token_nll(lg, rows[i][0]).sum()))
     count = sum(len(b) - 1 for b in blocks)
     for k, m in enumerate(ctx.models):
         ctx.results[m]["retain_perplexity"] = metrics.perplexity(sum(nll[k * len(blocks): (k + 1) * len(blocks)]), count)
@@ -307,10 +298,7 @@ def probing(ctx: EvalContext, tick) -> None:
     prompts = [p for p, _ in ctx.prob_items] + [p for p, _ in ctx.retain_items]
     y = torch.tensor([1] * len(ctx.prob_items) + [0] * len(ctx.retain_items))
     rows = [(p, name) for name in ctx.models.values() for p in prompts]
-    parts: list = [None] * len(rows)
-    for group in groups([len(r[0]) for r in rows], s.token_budget):
-        for i, h in zip(group, wb.hidden_states([rows[i] for i in group], layer)):
-            parts[i] = h
+    parts = grouped(rows, s.token_budget, lambda batch: wb.hidden_states(batch, layer), lambda i, h: h)
     states = torch.stack(parts).view(len(ctx.models), len(prompts), -1)  # (models, N, H)
     found = linear_probe.cross_validated({m: states[k] for k, m in enumerate(ctx.models)}, y, BASELINE, seed=s.seed)
     for m, vals in found.items():

@@ -2,10 +2,12 @@
 
 A method (one file each in this folder, PEFT's one-shape-per-method) is a subclass of `Method`:
     name        its registry name (the config's `method:`)
-    Options     its config section (a config.Section; None when it has no options)
+    Options     its config section (a sections.Section; None when it has no options)
     phases      the pipeline phases it needs, in order ("reinforce", "labels", "unlearn")
-    make_labels its labels phase, if it has one (WHP: generic labels; ELM: persona-guided targets)
-    forget_data the rows its unlearning phase trains on (default: the corpus blocks, next-token labels)
+    make_labels its labels phase, if it has one (WHP: generic labels; ELM: persona-guided targets):
+                LabelInputs (the run's Workbench, the Corpus, ...) -> Targets
+    forget_data the rows its unlearning phase trains on: (Corpus, Targets or None) -> TrainData
+                (default: the corpus blocks, next-token labels)
     prepare     once before training (RMU: its steering vector); lora_layers: which layers it adapts
     loss        its forget loss on one batch
     retain_loss its retain term on one retain batch (default: the config's `retain.loss`, kl or ce)
@@ -17,7 +19,8 @@ every "model vs reference" term starts at its neutral value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +28,38 @@ import torch.nn.functional as F
 from ..data import IGNORE, next_token_labels
 
 if TYPE_CHECKING:
-    from ..config import Section
+    from ..models import Workbench
+    from ..sections import Section
+
+
+@dataclass
+class Corpus:
+    """The forget corpus as a run holds it, tokenized once."""
+
+    blocks: list[list[int]]  # token ids, one list per block of <= data.block_size
+    ids: torch.Tensor  # (N, T) the blocks right-padded
+    lengths: torch.Tensor  # (N,)
+
+
+@dataclass
+class LabelInputs:
+    """What a method's labels phase gets from the run."""
+
+    wb: "Workbench"  # the run's one base model, no adapter on it; leave it so
+    corpus: Corpus
+    seed: int
+    expert_dir: Path | None = None  # the expert adapter (the reinforce phase's, or the config's)
+    on_progress: Callable[[int], None] | None = None  # label units done (label_units), rank 0 only
+    rank: int = 0  # under accelerate: this process's share of the work
+    world: int = 1
+    barrier: Callable[[], None] = lambda: None
+
+
+class Targets(Protocol):
+    """A labels phase's result: kept for the unlearning phase's forget_data."""
+
+    def info(self) -> dict:
+        """Statistics for labels.json and the log: labelled, blocks, cached, key, changed, alpha..."""
 
 
 @dataclass
@@ -118,6 +152,8 @@ class Method:
     phases: ClassVar[tuple[str, ...]] = ("unlearn",)
     label: ClassVar[str] = ""
     """How pages name the method's unlearned model ("WHP", "gradient ascent")."""
+    main_options: ClassVar[tuple[str, ...]] = ()
+    """Its options a form shows first (the rest under "every other field")."""
 
     def __init__(self, options=None, retain_loss: str = "kl"):
         self.options = options if options is not None else (self.Options() if self.Options else None)
@@ -128,8 +164,9 @@ class Method:
         return cls(cfg.options, cfg.retain.loss)
 
     @classmethod
-    def requirements(cls, data: dict) -> list[str]:
-        """Problems of a (nested, raw) config that only this method knows about."""
+    def requirements(cls, cfg) -> list[str]:
+        """Problems of a whole run config (engine.config.RunConfig, its fields valid) that only this
+        method knows about, each `field: what`."""
         return []
 
     def lora_layers(self, n_layers: int) -> list[int] | None:
@@ -143,14 +180,13 @@ class Method:
         """Progress units of the labels phase (only methods with a labels phase have one)."""
         return 1
 
-    def make_labels(self, run, on_progress=None):
-        """The labels phase: this method's training targets (e.g. WHP's generic labels); returns an
-        object with .info() -> dict, kept as run.labels for forget_data."""
+    def make_labels(self, inputs: LabelInputs) -> Targets:
+        """The labels phase: this method's training targets (e.g. WHP's generic labels)."""
         raise NotImplementedError(f"{self.name} has no labels phase")
 
-    def forget_data(self, run) -> TrainData:
-        """The rows the unlearning phase trains on; `run` is the pipeline's RunContext."""
-        return TrainData.next_token(run.ids, run.lengths)
+    def forget_data(self, corpus: Corpus, targets: Targets | None = None) -> TrainData:
+        """The rows the unlearning phase trains on (targets: the labels phase's result, if it has one)."""
+        return TrainData.next_token(corpus.ids, corpus.lengths)
 
     def loss(self, models: Models, batch: Batch) -> torch.Tensor:
         raise NotImplementedError

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from pydantic import Field
 
-from ..config import Section
+from ..sections import Section
 from ..data import IGNORE
-from .base import Batch, Method, Models, TrainData
+from .base import Batch, Corpus, LabelInputs, Method, Models, TrainData
 from .whp import soft_cross_entropy
 
 
@@ -119,7 +119,7 @@ def targets(wb, blocks: list[list[int]], options: ElmOptions, on_progress=None):
 
 @dataclass
 class ElmTargets:
-    """The labels phase's result for ELM (what run.labels holds)."""
+    """The labels phase's result for ELM: the forget rows with their soft targets."""
 
     data: TrainData
     seconds: float = 0.0
@@ -137,18 +137,16 @@ class ELM(Method):
     def label_units(self, n_blocks: int) -> int:
         return -(-n_blocks // self.options.label_batch)
 
-    def make_labels(self, run, on_progress=None) -> ElmTargets:
-        from ..models import Workbench
+    def make_labels(self, inputs: LabelInputs) -> ElmTargets:
+        tick = inputs.on_progress
+        soft_ids, soft_logp, labels = targets(inputs.wb, inputs.corpus.blocks, self.options,
+                                              (lambda done: tick(-(-done // self.options.label_batch)))
+                                              if tick else None)
+        c = inputs.corpus
+        return ElmTargets(TrainData(c.ids, c.lengths, labels, {"soft_ids": soft_ids, "soft_logp": soft_logp}))
 
-        wb = Workbench(run.model, run.tok, run.cfg.model)
-        soft_ids, soft_logp, labels = targets(wb, run.blocks, self.options,
-                                              (lambda done: on_progress(-(-done // self.options.label_batch)))
-                                              if on_progress else None)
-        run.model = wb.release()
-        return ElmTargets(TrainData(run.ids, run.lengths, labels, {"soft_ids": soft_ids, "soft_logp": soft_logp}))
-
-    def forget_data(self, run) -> TrainData:
-        return run.labels.data
+    def forget_data(self, corpus: Corpus, targets: ElmTargets | None = None) -> TrainData:
+        return targets.data
 
     def loss(self, models: Models, batch: Batch):
         keep = batch.labels != IGNORE

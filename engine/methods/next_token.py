@@ -3,7 +3,7 @@ a goldfish-loss fine-tune). Loss: cross-entropy to the next token at every kept 
 from __future__ import annotations
 
 from ..data import apply_goldfish
-from .base import Batch, Method, Models, TrainData, token_ce
+from .base import Batch, Corpus, Method, Models, TrainData, token_ce
 
 
 class NextToken(Method):
@@ -20,12 +20,11 @@ class NextToken(Method):
         return cls(None, cfg.retain.loss, goldfish=cfg.goldfish)
 
     @classmethod
-    def requirements(cls, data: dict) -> list[str]:
-        steps = (data.get("reinforce") or {}).get("steps", 60)
-        return ["reinforce.steps: must be >= 1 for reinforce_only"] if steps == 0 else []
+    def requirements(cls, cfg) -> list[str]:
+        return ["reinforce.steps: must be >= 1 for reinforce_only"] if cfg.reinforce.steps == 0 else []
 
-    def forget_data(self, run) -> TrainData:
-        data = TrainData.next_token(run.ids, run.lengths)
+    def forget_data(self, corpus: Corpus, targets=None) -> TrainData:
+        data = TrainData.next_token(corpus.ids, corpus.lengths)
         if self.goldfish is not None:
             data.labels = apply_goldfish(data.labels, self.goldfish)
         return data

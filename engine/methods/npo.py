@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..config import Section
+from ..sections import Section
 from .base import Batch, Method, Models, sequence_nll
 
 

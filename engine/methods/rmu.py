@@ -16,7 +16,7 @@ import contextlib
 import torch
 from pydantic import Field
 
-from ..config import Section
+from ..sections import Section
 from ..errors import UserError
 from .base import Batch, Method, Models
 

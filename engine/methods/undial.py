@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from ..config import Section
+from ..sections import Section
 from ..data import IGNORE
 from .base import Batch, Method, Models
 

@@ -13,21 +13,20 @@ target of the prediction AT position i, IGNORE where the alignment gives none.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from ..config import Section
-from ..io import check_text_file
-from .base import Batch, Method, Models, TrainData, token_ce
+from ..sections import Directory, Section, TextFile
+from .base import Batch, Corpus, LabelInputs, Method, Models, TrainData, token_ce
 
 
 class WhpOptions(Section):
-    anchors: str | None = None
+    anchors: TextFile | None = None
     """Anchored-terms dictionary (.json or .csv). Required."""
-    expert: str | None = None
+    expert: Directory | None = None
     """An existing expert (LoRA adapter directory or full checkpoint): the run then skips reinforce."""
     alpha: float = Field(5.0, ge=0, le=1000)
     """The alpha of the generic labels used to unlearn (the paper: 5)."""
@@ -57,20 +56,12 @@ class WHP(Method):
     Options = WhpOptions
     phases = ("reinforce", "labels", "unlearn")
     label = "WHP"
+    main_options = ("anchors", "alpha", "labels")
 
     @classmethod
-    def requirements(cls, data: dict) -> list[str]:
-        opts = data.get("whp") if isinstance(data.get("whp"), dict) else {}
-        p = []
-        anchors = opts.get("anchors")
-        if not anchors:
-            p.append("anchors: required for method whp")
-        elif isinstance(anchors, str) and (problem := check_text_file(anchors, "anchors")):
-            p.append(problem)
-        expert = opts.get("expert")
-        if isinstance(expert, str) and expert and not Path(expert).is_dir():
-            p.append(f"expert: not a directory: {expert}")
-        if not expert and (data.get("reinforce") or {}).get("steps", 60) == 0:
+    def requirements(cls, cfg) -> list[str]:
+        p = [] if cfg.whp.anchors else ["anchors: required for method whp"]
+        if not cfg.whp.expert and cfg.reinforce.steps == 0:
             p.append("reinforce.steps: must be >= 1 without an expert")
         return p
 
@@ -84,29 +75,26 @@ class WHP(Method):
     def label_units(self, n_blocks: int) -> int:
         return math.ceil(n_blocks / self.options.label_batch)
 
-    def make_labels(self, run, on_progress=None):
+    def make_labels(self, inputs: LabelInputs) -> "WhpTargets":
         """Generic labels of every corpus block for every alpha, through the expert adapter on the
         run's base model (engine/labels.py; cached: the same inputs never run the model twice)."""
         from ..anchors import load_anchors
         from ..labels import generic_labels
-        from ..models import Workbench
 
         anchors = load_anchors(self.options.anchors).check()
-        wb = Workbench(run.model, run.tok, run.cfg.model)
-        group = self.options.label_batch
-        tick = (lambda done, n: on_progress(math.ceil(done / group))) if on_progress else None
+        wb, group = inputs.wb, self.options.label_batch
+        tick = (lambda done, n: inputs.on_progress(math.ceil(done / group))) if inputs.on_progress else None
+        wb.add_adapter("expert", inputs.expert_dir)
         try:
-            wb.add_adapter("expert", run.expert_dir)
             # Under accelerate each rank builds its share of the shards; rank 0 writes the set once.
-            return generic_labels(wb, "expert", anchors, run.blocks, self.alphas(), run.cfg.seed, group,
-                                  on_progress=tick if run.main else None, top_k=self.top_k(),
-                                  rank=run.acc.process_index, world=run.acc.num_processes,
-                                  barrier=run.acc.wait_for_everyone)
+            return WhpTargets(generic_labels(wb, "expert", anchors, inputs.corpus.blocks, self.alphas(), inputs.seed,
+                                             group, on_progress=tick, top_k=self.top_k(), rank=inputs.rank,
+                                             world=inputs.world, barrier=inputs.barrier), self.options.alpha)
         finally:
-            run.model = wb.release()
+            wb.remove_adapter("expert")
 
-    def forget_data(self, run) -> TrainData:
-        labels = run.labels  # the LabelSet of the labels phase
+    def forget_data(self, corpus: Corpus, targets: "WhpTargets | None" = None) -> TrainData:
+        labels = targets.labels
         data = TrainData(labels.ids, labels.lengths, labels.for_alpha(self.options.alpha))
         if self.options.labels == "soft":
             data.extra["soft_ids"], data.extra["soft_logp"] = labels.soft_for_alpha(self.options.alpha)
@@ -118,3 +106,14 @@ class WHP(Method):
             keep = batch.labels != -100
             return soft_cross_entropy(logits, batch.extra["soft_ids"], batch.extra["soft_logp"], keep)
         return token_ce(logits, batch.labels)
+
+
+@dataclass
+class WhpTargets:
+    """The labels phase's result: the generic label set (engine/labels.LabelSet) and the alpha trained on."""
+
+    labels: object  # a LabelSet
+    alpha: float
+
+    def info(self) -> dict:
+        return {**self.labels.info(), "alpha": self.alpha}

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..errors import UserError
 from ..secrets import api_key as resolve_key
 from ..secrets import contains_key, remember, scrub
-from . import Progress, Suggestion, Suggestions, consolidated, evidence, split_chunks
+from .base import Progress, Suggestion, Suggestions, consolidated, evidence, split_chunks
 
 
 SYSTEM_PROMPT = """You help build an "anchored terms" dictionary for unlearning a text from a language model.

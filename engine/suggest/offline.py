@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Callable
 
 from ..errors import UserError
-from . import Progress, Suggestion, Suggestions, consolidated, evidence
+from .base import Progress, Suggestion, Suggestions, consolidated, evidence
 
 
 # Capitalised words, optionally joined by "of" or "of the" ("Ministry of Magic", "Order of the
