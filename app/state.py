@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from engine.anchors import AnchorDictionary, load_anchors
-from engine.errors import OOM_HINT, UserError, is_oom
+from engine.errors import UserError, as_user_error
 from engine import jobs
 from engine.config import ModelConfig
 from engine.io import atomic_write_bytes, obliviate_home
@@ -77,9 +77,9 @@ def load_workbench(model: str, precision: str, device: str) -> Workbench:
     try:
         return _workbench(model, precision, device)
     except (MemoryError, RuntimeError) as e:
-        if not is_oom(e):
+        if (err := as_user_error(e, f"loading {model!r}")) is None:
             raise
-        raise UserError(f"loading {model!r} ran {OOM_HINT}") from None
+        raise err from None
 
 
 # -- adapters --------------------------------------------------------------------------------------
@@ -130,9 +130,9 @@ def ensure_adapter(wb: Workbench, kind: str, path: str) -> str:
             try:
                 wb.add_adapter(name, p)
             except (MemoryError, RuntimeError) as e:
-                if not is_oom(e):
+                if (err := as_user_error(e, f"loading the {kind} adapter")) is None:
                     raise
-                raise UserError(f"loading the {kind} adapter ran {OOM_HINT}") from None
+                raise err from None
     return name
 
 

@@ -20,7 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import OOM_HINT, UserError, is_oom
+from .errors import UserError, as_user_error
 from .sections import DEVICES, PRECISIONS
 from .io import check_out_dir, check_out_file, dumps, read_text_file
 from .secrets import scrub
@@ -229,11 +229,11 @@ def cmd_validate(args) -> int:
 # -- runs -------------------------------------------------------------------------------------------
 def _print_run(status) -> None:
     """One short JSON on stdout (rank 0 only): state, dir, familiarity before/after, error."""
-    from .pipeline import headline
+    from .pipeline import phase_changes
 
     if os.environ.get("RANK", "0") != "0":
         return
-    brief = {"state": status.state, "dir": status.dir, "error": status.error, **headline(status.summary)}
+    brief = {"state": status.state, "dir": status.dir, "error": status.error, **phase_changes(status.summary)}
     if "elapsed_s" in status.summary:
         brief["elapsed_s"] = round(status.summary["elapsed_s"], 1)
     print(dumps(brief, indent=2))
@@ -657,12 +657,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     try:
         return args.func(args)
-    except UserError as e:
-        print(f"error: {scrub(e, limit=2000)}", file=sys.stderr)
-        return 2
-    except (MemoryError, RuntimeError) as e:
-        if not is_oom(e):
+    except (UserError, MemoryError, RuntimeError) as e:
+        err = as_user_error(e, "this command")
+        if err is None:
             raise
-        print(f"error: {OOM_HINT}", file=sys.stderr)
+        print(f"error: {scrub(err, limit=2000)}", file=sys.stderr)
         return 2
 

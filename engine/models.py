@@ -25,7 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from .sections import PRECISIONS, ModelConfig  # noqa: F401 - PRECISIONS is part of this module's API
 from .data import pad
-from .errors import UserError, first_line, is_oom, oom_error
+from .errors import UserError, as_user_error, first_line
 from .io import obliviate_home
 
 EMBEDDED = "embedded"
@@ -129,9 +129,8 @@ def load_model(cfg: ModelConfig):
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign weight file raises many types
-        if is_oom(e):
-            raise oom_error(f"loading {cfg.name!r}") from None
-        raise UserError(f"cannot load model {cfg.name!r}: {first_line(e)}") from None
+        raise as_user_error(e, f"loading {cfg.name!r}") or UserError(
+            f"cannot load model {cfg.name!r}: {first_line(e)}") from None
     if precision not in ("nf4", "int8"):
         model.to(device)
     elif precision == "nf4" and device == "cpu":
@@ -295,9 +294,8 @@ class Workbench:
                 except Exception as e:  # noqa: BLE001 - safetensors, PEFT and torch raise many types; all mean "bad adapter"
                     if isinstance(self._model, PeftModel) and name in self._model.peft_config:
                         self._model.delete_adapter(name)
-                    if is_oom(e):
-                        raise oom_error(f"loading adapter {path}") from None
-                    raise UserError(f"cannot load adapter {path}: {first_line(e)}") from None
+                    raise as_user_error(e, f"loading adapter {path}") or UserError(
+                        f"cannot load adapter {path}: {first_line(e)}") from None
                 self._model.eval()
             elif (path / "config.json").exists():
                 cfg = ModelConfig(str(path), self.config.precision, self.config.device)
@@ -566,9 +564,8 @@ class Workbench:
                                                         use_safetensors=True, trust_remote_code=False)
             merged = PeftModel.from_pretrained(base, self.adapters[name]).merge_and_unload()  # W + (alpha/r) B A
         except Exception as e:  # noqa: BLE001 - as add_adapter: every failure to read means the same
-            if is_oom(e):
-                raise oom_error(f"merging adapter {name}") from None
-            raise UserError(f"cannot merge adapter {name}: {first_line(e)}") from None
+            raise as_user_error(e, f"merging adapter {name}") or UserError(
+                f"cannot merge adapter {name}: {first_line(e)}") from None
         Path(path).mkdir(parents=True, exist_ok=True)
         merged.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from . import jobs
 from .config import RunConfig
-from .errors import UserError, is_oom, oom_error
+from .errors import UserError
 from .legacy import checkpoint_names, phase_name
 from .io import atomic_write_json, read_text_file
 from .methods import Method, TrainData, get
@@ -32,7 +32,7 @@ from .models import Workbench, load_model
 from .probes import run_probes
 
 
-class Progress:
+class PhaseProgress:
     """Overall step / total across phases and an ETA from the seconds per unit measured so far."""
 
     def __init__(self, job: jobs.JobWriter, totals: dict[str, int], done: dict[str, int]):
@@ -64,7 +64,7 @@ class RunContext:
     wb: Workbench
     corpus: Corpus
     probes: list[dict]
-    progress: Progress
+    progress: PhaseProgress
     done_phases: list[str]
     summary: dict = field(default_factory=dict)
     targets: Targets | None = None  # the labels phase's result
@@ -256,7 +256,7 @@ def _context(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: l
     summary.update({k: v for k, v in prev.items() if k not in summary})
     return RunContext(cfg, out, job, acc, get(cfg.method).from_config(cfg), Workbench(model, tok, cfg.model),
                       Corpus(blocks, *pad_blocks(blocks, tok.pad_token_id)), probes,
-                      Progress(job, steps, {p: steps[p] for p in done_phases if p in steps}), done_phases, summary)
+                      PhaseProgress(job, steps, {p: steps[p] for p in done_phases if p in steps}), done_phases, summary)
 
 
 def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: list[str]) -> dict:
@@ -300,8 +300,9 @@ def execute(cfg: RunConfig, out: str | os.PathLike, resume: bool = False, queue:
     if main and not resume:
         for name in ("metrics.jsonl", "log.txt"):
             (out / name).unlink(missing_ok=True)
+    doing = lambda: f"the {jobs.read_status(out).phase or 'run'} phase"  # noqa: E731 - what ran out of memory
     try:
-        with jobs.queue_slot(job) if queue else contextlib.nullcontext():
+        with jobs.queue_slot(job) if queue else contextlib.nullcontext(), jobs.failures(job, doing):
             job.start(method=cfg.method, done_phases=done_phases, phases=plan(cfg), world_size=acc.num_processes)
             job.log(f"{'resuming' if resume else 'starting'} {cfg.method} run in {out}")
             result = _pipeline(cfg, out, job, acc, done_phases)
@@ -313,19 +314,6 @@ def execute(cfg: RunConfig, out: str | os.PathLike, resume: bool = False, queue:
         job.log("interrupted (Ctrl-C): --resume continues from the last checkpoint")
         job.cancelled(done_phases=done_phases)
         raise
-    except UserError as e:
-        job.log(f"error: {e}")
-        job.fail(str(e))
-        raise
-    except BaseException as e:  # noqa: BLE001 - recorded, then re-raised with its traceback
-        if is_oom(e):  # the CPU allocator's RuntimeError reads like CUDA's OOM: one line, exit 2
-            err = oom_error(f"the {jobs.read_status(out).phase or 'run'} phase")
-            job.log(f"error: {err}")
-            job.fail(str(err))
-            raise err from None
-        job.log(f"failed: {type(e).__name__}: {e}")
-        job.fail(f"{type(e).__name__}: {e}")
-        raise
     job.log("finished")
     job.finish(summary=result, done_phases=done_phases)
     if not main:  # other ranks: their part is done; rank 0 owns the run directory
@@ -333,7 +321,7 @@ def execute(cfg: RunConfig, out: str | os.PathLike, resume: bool = False, queue:
     return jobs.read_status(out)
 
 
-def headline(summary: dict) -> dict:
+def phase_changes(summary: dict) -> dict:
     """familiarity, retain and the first tracked probe before -> after, per trained phase (the CLI's
     one-line result): the first probe of a probes file is its headline (see docs/runs.md, the demo run)."""
     names = summary.get("probe_names") or []

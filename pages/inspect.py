@@ -13,7 +13,7 @@ import streamlit as st
 
 from app import state, widgets
 from app.strip import token_strip
-from engine.errors import UserError
+from engine.errors import UserError, as_user_error
 from engine.generation import complete_all
 from engine.inspection import inspect
 from engine.methods.elm import ElmOptions
@@ -132,9 +132,9 @@ except UserError as e:
     st.error(f"{e}")
     st.stop()
 except (MemoryError, RuntimeError) as e:
-    if not state.is_oom(e):
+    if (err := as_user_error(e, "Inspecting this prompt")) is None:
         raise
-    st.error(f"Inspecting this prompt ran {state.OOM_HINT}.")
+    st.error(f"{err}.")
     st.stop()
 
 positions = view["positions"]
@@ -216,7 +216,7 @@ with right:
     labels = {text: repr(inspection.piece(tid)) for text, tid in inspection.tracked_ids.items()}
     bars = widgets.pinned_bars(view, pos, shown)
     if bars:
-        st.markdown(widgets.headline([{**b, "token": labels.get(b["token"], b["token"])} for b in bars]))
+        st.markdown(widgets.pinned_summary([{**b, "token": labels.get(b["token"], b["token"])} for b in bars]))
         fig = go.Figure()
         for k, text in enumerate(dict.fromkeys(b["token"] for b in bars)):
             row = [b for b in bars if b["token"] == text]
@@ -308,9 +308,9 @@ if g4.button("Complete the prompt with every model", key="inspect_complete"):
     except UserError as e:
         st.error(str(e))
     except (MemoryError, RuntimeError) as e:
-        if not state.is_oom(e):
+        if (err := as_user_error(e, "Generating")) is None:
             raise
-        st.error(f"Generating ran {state.OOM_HINT}.")
+        st.error(f"{err}.")
 else:
     done = st.session_state.get("inspect_completions")
     if done:

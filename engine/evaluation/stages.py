@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Callable
 
 from ..data import grouped
-from ..errors import UserError, is_oom, oom_error
+from ..errors import UserError
 from ..models import Workbench, adapter_name
 from ..probes import encode, first_token_probabilities, score
 from . import attacks, metrics, relearn
 from .settings import EvalInputs, EvalRequest, EvalSettings
 
 BASELINE = "baseline"
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
+StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 @dataclass
@@ -351,7 +351,7 @@ STAGES = (
 
 
 def evaluate(wb: Workbench, adapters: dict[str, str], inputs: EvalInputs, settings: EvalSettings | None = None,
-             progress: Progress | None = None) -> dict:
+             progress: StageProgress | None = None) -> dict:
     """Every metric for the baseline and each adapter (display name -> LoRA directory or full checkpoint).
 
     progress(stage, done, total) is called as work completes. Adapters are loaded under their names
@@ -403,21 +403,11 @@ def run_request(request: EvalRequest, out: str | Path | None = None) -> dict:
         return _evaluate_request(request, inputs, None)
     job = jobs.JobWriter(out, "eval")
     try:
-        with jobs.queue_slot(job):  # one job at a time per OBLIVIATE_HOME, like training runs
+        with jobs.queue_slot(job), jobs.failures(job, lambda: "the evaluation"):  # one job at a time, like runs
             job.start(phase="loading model", step=0, total=0)
             result = _evaluate_request(request, inputs, job)
     except jobs.Cancelled:
         job.cancelled()
-        raise
-    except UserError as e:
-        job.fail(str(e))
-        raise
-    except BaseException as e:
-        if is_oom(e):
-            err = oom_error("the evaluation")
-            job.fail(str(err))
-            raise err from None
-        job.fail(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
         raise
     atomic_write_json(Path(out) / "eval.json", result)
     job.finish(phase="done")
