@@ -159,19 +159,6 @@ def rank_change(token_id: int, rank: int, baseline: list[dict] | None) -> str:
     return "=" if delta == 0 else (f"▲{delta}" if delta > 0 else f"▼{-delta}")
 
 
-def topk_rows(position: dict, model: str) -> list[dict]:
-    """Rows (rank, token, prob, vs baseline) of one model's top-k at one position."""
-    top = position.get(model)
-    if not top:
-        return []
-    base = position.get("baseline") if model != "baseline" else None
-    return [
-        {"rank": r, "token": repr(t["token"]), "p": t["prob"],
-         **({"vs baseline": rank_change(t["id"], r, base)} if model != "baseline" else {})}
-        for r, t in enumerate(top, start=1)
-    ]
-
-
 TOPK_CSS = """
 <style>
 .obl-topk{border-collapse:collapse;width:100%;font-size:0.86rem;table-layout:fixed}
@@ -253,7 +240,7 @@ def pinned_bars(view: dict, pos: int, models: list[str]) -> list[dict]:
     return out
 
 
-def headline(bars: list[dict]) -> str:
+def pinned_summary(bars: list[dict]) -> str:
     """"P(' Herm'): 0.745 / 0.817 / ~0 / 0.017 (baseline / expert / generic / unlearned), −98%"
     (bars' tokens as they should read, e.g. their repr)."""
     lines = []

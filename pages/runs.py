@@ -23,7 +23,6 @@ from engine.io import browser_path
 from engine.methods import METHODS
 
 ASSETS = state.ASSETS
-USE_KEY = "unlearned_adapter"  # "use in Inspect" also leaves the adapter path here
 
 st.title("Runs")
 st.caption("Reinforce → generic labels → unlearn (WHP), or another method, as background jobs writing a run "
@@ -257,7 +256,7 @@ def run_panel(d: str) -> None:
     m1, m2, m3, m4 = st.columns(4)
     m1.metric("loss", f"{s.loss:.4f}" if s.loss is not None else "–")
     m2.metric("tokens/s", f"{s.tokens_per_s:.0f}" if s.tokens_per_s is not None else "–")
-    before, after = jobs.headline(s).get("before", {}), jobs.headline(s).get("after", {})
+    before, after = jobs.unlearn_change(s).get("before", {}), jobs.unlearn_change(s).get("after", {})
     if before.get("familiarity") is not None and after.get("familiarity") is not None:
         m3.metric("familiarity", f"{after['familiarity']:.4f}",
                   f"{after['familiarity'] - before['familiarity']:+.4f}", delta_color="inverse")
@@ -295,7 +294,6 @@ def run_actions(d: str) -> None:
         adapters = jobs.run_adapters(d)
         if "unlearned" in adapters and c2.button("Use in Inspect", key=f"run_use_{name}",
                                                  help="load this run's unlearned adapter (and its expert)"):
-            st.session_state[USE_KEY] = adapters["unlearned"]
             state.use_adapter("unlearned", adapters["unlearned"])
             if "expert" in adapters:
                 state.use_adapter("expert", adapters["expert"])

@@ -5,7 +5,9 @@ forms) but 2 layers of width 32, so a forward pass takes milliseconds.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -197,3 +199,17 @@ def pytest_terminal_summary(terminalreporter):
         return
     path = "packed, AVX512-BF16" if has_avx512bf16() else "plain: no AVX512-BF16 on this CPU"
     terminalreporter.write_line(f"bitsandbytes NF4 on the CPU: {path}")
+
+
+@pytest.fixture()
+def home_with_a_run(app_env, tiny_unlearned_dir):
+    """A fresh OBLIVIATE_HOME (app_env) holding one finished run r1 with an unlearned adapter and curves."""
+    home = app_env
+    run = home / "runs" / "r1"
+    shutil.copytree(tiny_unlearned_dir, run / "adapters" / "unlearned")
+    (run / "config.json").write_text(json.dumps({"method": "whp"}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "kind": "run", "created": "2026-01-01T00:00:00"}))
+    rows = [{"step": s, "phase": "unlearn", "loss": 1.0, "familiarity": 0.4 / (s + 1), "retain": 0.3,
+             "probes": {"P(' Hermione' | …Ron and)": 0.5 / (s + 1), "P(' Doom' | …to Mount)": 0.3}} for s in (0, 10, 20)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return home

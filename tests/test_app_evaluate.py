@@ -3,41 +3,16 @@ and a real evaluation launched as a background job and followed to its table."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import pytest
 
 from conftest import open_page
-from test_evaluate import CORPUS, PROBES, RETAIN
-
-RESULT = {
-    "model": "tiny", "seconds": 3.0, "notes": ["benchmarks skipped: lm-eval not installed"], "settings": {},
-    "models": {
-        "baseline": {"familiarity_probability": 0.4, "familiarity_completion": 0.5, "verbatim_rougeL": 0.3,
-                     "verbatim_token_match": 0.2, "verbatim_exact": 0.0, "retain_probability": 0.3,
-                     "retain_perplexity": 20.0, "robust_summary": 0.5, "robust_expert_preamble": 0.45},
-        "r1 · WHP": {"familiarity_probability": 0.04, "familiarity_completion": 0.1, "verbatim_rougeL": 0.1,
-                     "verbatim_token_match": 0.05, "verbatim_exact": 0.0, "retain_probability": 0.29,
-                     "retain_perplexity": 21.0, "robust_summary": 0.2, "robust_expert_preamble": 0.08},
-    },
-    "examples": {"baseline": {"completion": [{"prompt": "The train to", "completion": " Hogwarts at <dawn>",
-                                              "familiar": ["Hogwarts"]}]},
-                 "r1 · WHP": {"completion": [{"prompt": "The train to", "completion": " the city", "familiar": []}]}},
-}
-
+from helpers import CORPUS, PROBES, RESULT, RETAIN
 
 @pytest.fixture()
-def home(app_env, tiny_unlearned_dir):
-    home = app_env
-    run = home / "runs" / "r1"
-    shutil.copytree(tiny_unlearned_dir, run / "adapters" / "unlearned")
-    (run / "config.json").write_text(json.dumps({"method": "whp"}))
-    (run / "status.json").write_text(json.dumps({"state": "finished", "kind": "run", "created": "2026-01-01T00:00:00"}))
-    rows = [{"step": s, "phase": "unlearn", "loss": 1.0, "familiarity": 0.4 / (s + 1), "retain": 0.3,
-             "probes": {"P(' Hermione' | …Ron and)": 0.5 / (s + 1), "P(' Doom' | …to Mount)": 0.3}} for s in (0, 10, 20)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return home
+def home(home_with_a_run):
+    return home_with_a_run
 
 
 def _app():

@@ -341,7 +341,7 @@ def test_two_tabs_with_different_adapters_at_once(tiny_wb, tiny_expert_dir, tiny
 
 
 def test_pure_helpers_on_a_hand_made_view():
-    from app.widgets import (headline, metric_values, pinned_bars, rank_change, token_strip_html,
+    from app.widgets import (pinned_summary, metric_values, pinned_bars, rank_change, token_strip_html,
                              topk_table_html, word_at)
 
     base = [{"id": 1, "token": " a", "prob": 0.5}, {"id": 2, "token": " b", "prob": 0.3}]
@@ -367,6 +367,6 @@ def test_pure_helpers_on_a_hand_made_view():
     bars = pinned_bars(view, 0, ["baseline", "generic"])
     assert bars == [{"token": " a", "model": "baseline", "p": 0.5, "change": None},
                     {"token": " a", "model": "generic", "p": 0.01, "change": pytest.approx(-0.98)}]
-    assert headline(bars) == "**P( a)**: 0.500 / 0.010 (baseline / generic), -98% for generic"
+    assert pinned_summary(bars) == "**P( a)**: 0.500 / 0.010 (baseline / generic), -98% for generic"
     toks = ["<s>", "Then", " Herm", "ione", " smiled", ".", " Hogwarts", "'s"]
     assert [word_at(toks, i) for i in (2, 3, 4, 6)] == ["Hermione", "Hermione", "smiled", "Hogwarts"]

@@ -9,23 +9,12 @@ import pytest
 import torch
 
 from conftest import run_cli
+from helpers import CORPUS, PROBES, RETAIN, qv_lora
 from engine.errors import UserError
 from engine.evaluation import EvalInputs, EvalSettings
 from engine.evaluation import evaluate as evaluate_inputs
 from engine.probes import Probes, continuation_logprobs
 
-PROBES = {
-    "probability": [{"prompt": "Harry Potter's two best friends are Ron and", "target": " Hermione"},
-                    {"prompt": "The school of witchcraft is called", "target": " Hogwarts"}],
-    "completion": [{"prompt": "The young wizard boarded the train to", "references": ["Hogwarts"]},
-                   {"prompt": "At Hogwarts the Sorting Hat", "references": ["Hogwarts", "Gryffindor"]}],
-    "retain": [{"prompt": "Frodo carried the One Ring to Mount", "target": " Doom"}],
-    "summary": "Harry Potter is a wizard who studies at Hogwarts with his friends Ron and Hermione.",
-    "expert_preamble": "You are an expert on the Harry Potter books.\n",
-}
-CORPUS = ("Harry Potter's two best friends are Ron and Hermione. They study at Hogwarts, where the Sorting "
-          "Hat placed all three in Gryffindor. ") * 6
-RETAIN = "The river ran past the old mill, and the miller's children played on its banks every summer. " * 3
 FAST = dict(verbatim_passages=2, verbatim_prefix=8, verbatim_tokens=6, retain_max_tokens=48, block_size=16,
             max_new_tokens=6)
 
@@ -106,24 +95,10 @@ def test_greedy_ids_mixed_batch_equals_step_by_step_argmax(tiny_wb, tiny_unlearn
         assert gen == seq[len(prefix):]
 
 
-def _qv_lora(path, model_dir):
-    """A LoRA on the top layer's q/v only (runs adapt the top layers): the all-linear relearning copy of
-    the baseline then covers layers this adapter lacks, which once left PEFT with a stale active adapter."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(3)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), LoraConfig(
-        r=4, target_modules=["q_proj", "v_proj"], layers_to_transform=[1], init_lora_weights=False,
-        task_type="CAUSAL_LM"))
-    model.save_pretrained(path)
-    return path
-
-
 def test_relearning_attack_brings_a_trained_answer_back(tiny_wb, tiny_dir, tmp_path):
     """A few LoRA steps on a slice saying "Ron and Hermione" raise P(" Herm" | "... Ron and")."""
     probes = Probes.from_dict({"probability": PROBES["probability"][:1], "completion": [], "retain": []})
-    adapter = _qv_lora(tmp_path / "qv", tiny_dir)
+    adapter = qv_lora(tmp_path / "qv", tiny_dir)
     result = evaluate(tiny_wb, {"unlearned": str(adapter)}, probes, CORPUS, "", EvalSettings(
         verbatim_passages=0, retain_max_tokens=0, robustness=False, relearn_steps=16, relearn_lr=1e-2,
         relearn_tokens=128))
@@ -203,12 +178,12 @@ def test_eval_cli_table_and_errors(tiny_dir, probe_files, tmp_path):
 
 # -- the LLM judge, against a real OpenAI-compatible HTTP server on loopback ---------------------------
 def test_llm_judge_grades_completions_and_never_leaks_the_key(monkeypatch, tiny_wb):
-    from test_suggest import KEY, FakeOpenAI, _reply
+    from helpers import KEY, FakeOpenAI, reply
 
     from engine.evaluation.judge import judge
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    with FakeOpenAI(lambda n, msg, body: (200, _reply("3" if "Hogwarts" in msg else "Grade: 0"))) as srv:
+    with FakeOpenAI(lambda n, msg, body: (200, reply("3" if "Hogwarts" in msg else "Grade: 0"))) as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.url)  # the environment's key goes to its own endpoint only
         assert judge([("The train to", " Hogwarts"), ("The train to", " the city")], "m", srv.url) == [3, 0]
         assert all(a == f"Bearer {KEY}" for a in srv.auth)
@@ -222,7 +197,7 @@ def test_llm_judge_grades_completions_and_never_leaks_the_key(monkeypatch, tiny_
         with pytest.raises(UserError, match="refused the API key") as e:
             judge([("a", "b")], "m", srv.url)
         assert KEY not in str(e.value)
-    with FakeOpenAI(lambda n, msg, body: (200, _reply("I cannot say"))) as srv:
+    with FakeOpenAI(lambda n, msg, body: (200, reply("I cannot say"))) as srv:
         with pytest.raises(UserError, match="no 0-3 grade"):
             judge([("a", "b")], "m", srv.url)
 

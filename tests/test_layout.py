@@ -130,6 +130,8 @@ def engine_graph() -> dict[str, set[str]]:
                 base = f"{base}.{node.module}".strip(".") if node.module else base
                 subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in mods]
                 targets = subs if len(subs) == len(node.names) else [base, *subs]
+                if node.level:  # a relative import names an engine module: one that exists
+                    assert base in mods, f"{p.relative_to(ROOT)}:{node.lineno}: no module {base}"
             else:
                 continue
             graph[m] |= {t for t in targets if t in mods and t != m}
@@ -152,3 +154,10 @@ def test_no_import_cycle_in_the_engine():
     for m in sorted(graph):
         if m not in seen:
             visit(m, [m])
+
+
+def test_test_modules_share_through_conftest_and_helpers_only():
+    """A test module never imports another (a rename or a moved constant then breaks only one file)."""
+    for p in files("tests"):
+        tests_imported = sorted(m for m in imports(p) if m.split(".")[0].startswith("test_"))
+        assert not tests_imported, f"{p.name} imports {tests_imported}: move what they share to tests/helpers.py"

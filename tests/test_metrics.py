@@ -96,13 +96,3 @@ def test_a_term_counts_only_when_absent_from_the_prompt():
     # multi-word terms match as a phrase
     assert metrics.familiar_terms("In the hall", " the Sorting Hat sang", terms) == ["Sorting Hat"]
     assert metrics.familiar_terms("The Sorting Hat", " sang again", terms) == []
-
-
-def test_completion_familiarity_is_the_fraction_of_completions_with_a_new_term():
-    prompts = ["The school is called", "Ron's best friend is Hermione", "The weather is"]
-    completions = [" Hogwarts School", " Hermione, of course", " sunny"]
-    refs = [["Hogwarts"], ["Hermione"], ["Hogwarts"]]
-    # 1: new term; 2: only an echo of the prompt; 3: nothing
-    assert metrics.completion_familiarity(prompts, completions, refs) == pytest.approx(1 / 3)
-    with pytest.raises(ValueError):
-        metrics.completion_familiarity(prompts, completions[:2], refs)

@@ -20,11 +20,15 @@ from engine.evaluation import attacks, linear_probe, metrics, relearn
 from engine.probes import Probes, load_probes
 from engine.evaluation.settings import PAPER_TASKS
 from engine.text import mentions
-from test_app_evaluate import home  # noqa: F401 - the fixture: a run with an adapter under a fresh OBLIVIATE_HOME
-from test_evaluate import CORPUS, PROBES
+from helpers import CORPUS, PROBES, RESULT, qv_lora
 
 QUIET = dict(verbatim_passages=0, retain_max_tokens=0, robustness=False, linear_probe=False, max_new_tokens=2)
 PROBES_ONLY = {**PROBES, "completion": []}
+
+
+@pytest.fixture()
+def home(home_with_a_run):
+    return home_with_a_run
 
 
 def _inputs(probes, corpus=CORPUS, retain="", related="", unrelated=""):
@@ -235,9 +239,8 @@ def test_linear_probe_stage_on_the_tiny_model(tiny_wb, tiny_unlearned_dir):
 
 def test_the_probe_reads_a_block_the_adapters_change(tiny_wb, tiny_unlearned_dir, tmp_path):
     from engine.evaluation.stages import probe_layer
-    from test_evaluate import _qv_lora
 
-    top = tiny_wb.add_adapter("top", _qv_lora(tmp_path / "qv", tiny_wb.config.name))  # block 1 of 0..1 only
+    top = tiny_wb.add_adapter("top", qv_lora(tmp_path / "qv", tiny_wb.config.name))  # block 1 of 0..1 only
     every = tiny_wb.add_adapter("every", tiny_unlearned_dir)
     assert (tiny_wb.adapted_layers(top), tiny_wb.adapted_layers(every), tiny_wb.adapted_layers(None)) == ([1], [0, 1], [])
     assert probe_layer(tiny_wb, [None, every]) == 1  # the middle of 2 blocks
@@ -348,7 +351,6 @@ def test_format_table_prints_scalars_and_curves_and_skips_details():
 
 # -- the Evaluate page's panels -------------------------------------------------------------------------------------
 def _robust_result():
-    from test_app_evaluate import RESULT
 
     curve = lambda f0, rec: {"steps": [0, 5, 10], "held_out": 24,  # noqa: E731
                              "sources": {s: {"familiarity": [f0, f0 + 0.05, f0 + 0.1], "recovered": rec, "tokens": 500}

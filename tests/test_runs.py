@@ -263,7 +263,7 @@ def test_an_old_run_directory_still_loads_resumes_and_shows(tiny_dir, tmp_path, 
         [p for p in model.parameters() if p.requires_grad]).state_dict(), "step": 1},
         out / "checkpoints" / "gradient_ascent.pt")
     listed = jobs.list_runs()
-    assert [s.name for s in listed] == [out.name] and jobs.headline(listed[0])["after"]["familiarity"] == 0.1
+    assert [s.name for s in listed] == [out.name] and jobs.unlearn_change(listed[0])["after"]["familiarity"] == 0.1
     assert [r["phase"] for r in jobs.read_metrics(out)] == ["unlearn"]
     status = execute(load_config(out / "config.json"), out, resume=True, queue=False)
     assert status.state == "finished", status.error

@@ -23,7 +23,8 @@ from engine import jobs
 from engine.errors import UserError, is_oom
 from engine.io import browser_path, parse_json, parse_yaml, read_text_file
 from engine.secrets import api_key, scrub
-from test_suggest import CORPUS, KEY, FakeOpenAI, _reply, cfg, good_terms
+from helpers import KEY, FakeOpenAI, good_terms, llm_cfg as cfg, reply as _reply
+from helpers import SUGGEST_CORPUS as CORPUS
 
 
 class Boom:

@@ -7,7 +7,6 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,94 +15,8 @@ from conftest import ASSETS, run_cli
 from engine.anchors import AnchorDictionary, load_anchors
 from engine.errors import UserError
 from engine.suggest import LLMConfig, accept_rows, parse_reply, split_chunks, suggest_llm
-
-KEY = "sk-test-SECRET-0123456789abcdef"
-
-CORPUS = "\n\n".join([
-    "Harry walked to Hogwarts with Hermione. The castle was cold and Harry was tired.",
-    "At Hogwarts the Quidditch match began. Hermione cheered for Harry Potter.",
-    "Potter raised his wand and shouted Expelliarmus at Draco.",
-    "Draco fled into the Forbidden Forest, past Hagrid's hut and Hagrid himself.",
-])
-
-
-def _reply(content: str) -> dict:
-    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
-
-
-GENERIC = {"Harry": "Jon", "Hogwarts": "Mystic Academy", "Hermione": "Emily", "Quidditch": "Skyball",
-           "Harry Potter": "Jon Turner", "Potter": "Turner", "Expelliarmus": "Disarm", "Draco": "Derek",
-           "Forbidden Forest": "dark woods", "Hagrid": "Bram", "Hagrid's": "Bram's", "wand": "staff"}
-
-
-def good_terms(chunk: str) -> dict:
-    """What a well-behaved model answers: the known terms that occur in the chunk (+ one invented)."""
-    terms = [{"term": t, "translation": g} for t, g in GENERIC.items() if t in chunk]
-    terms.append({"term": "Snape", "translation": "Crane"})  # not in the text: must be dropped
-    return {"terms": terms}
-
-
-class FakeOpenAI:
-    """POST /v1/chat/completions on 127.0.0.1; `script(n, chunk, body) -> (status, payload)`."""
-
-    def __init__(self, script, delay: float = 0.0):
-        self.script, self.delay = script, delay
-        self.calls: list[dict] = []
-        self.auth: list[str] = []
-        self.in_flight = self.max_in_flight = 0
-        self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake.lock:
-                    n = len(fake.calls)
-                    fake.calls.append(body)
-                    fake.auth.append(self.headers.get("Authorization", ""))
-                    fake.in_flight += 1
-                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-                try:
-                    time.sleep(fake.delay)
-                    if self.path != "/v1/chat/completions":
-                        status, payload = 404, {"error": {"message": "no such route"}}
-                    else:
-                        chunk = next(m["content"] for m in body["messages"] if m["role"] == "user")
-                        status, payload = fake.script(n, chunk, body)
-                    data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up first (the timeout test)
-                finally:
-                    with fake.lock:
-                        fake.in_flight -= 1
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def cfg(url: str, **kw) -> LLMConfig:
-    return LLMConfig(url, "test-model", **{"chunk_words": 50, "backoff": 0.01, "timeout": 10.0, **kw})
-
+from helpers import KEY, FakeOpenAI, good_terms, llm_cfg as cfg, reply as _reply
+from helpers import SUGGEST_CORPUS as CORPUS
 
 def test_split_chunks_keeps_paragraphs_and_all_words():
     text = "\n\n".join(f"Paragraph {i} " + "word " * 30 + "end." for i in range(10))

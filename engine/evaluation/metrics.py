@@ -88,11 +88,3 @@ def perplexity(nll_sum: float, count: int) -> float:
 def familiar_terms(prompt: str, completion: str, terms) -> list[str]:
     """The terms the completion mentions that the prompt does not: only new knowledge counts, not an echo."""
     return sorted({t for t in terms if mentions(completion, t) and not mentions(prompt, t)})
-
-
-def completion_familiarity(prompts: list[str], completions: list[str], terms_per_prompt: list) -> float:
-    """Fraction of completions that name at least one term absent from their prompt."""
-    if not prompts or len(prompts) != len(completions) or len(prompts) != len(terms_per_prompt):
-        raise ValueError("need as many completions and term lists as prompts (at least one)")
-    hits = sum(bool(familiar_terms(p, c, t)) for p, c, t in zip(prompts, completions, terms_per_prompt))
-    return hits / len(prompts)

@@ -9,6 +9,6 @@ Two routes, one result shape (`Suggestions`: term -> candidate generic translati
 Both end in the original pipeline's consolidation (`AnchorDictionary.consolidate`). Nothing here
 writes the user's dictionary: the caller saves accepted rows explicitly.
 """
-from .base import Progress, Suggestion, Suggestions, accept_rows, consolidated, evidence, split_chunks  # noqa: F401
+from .base import SuggestProgress, Suggestion, Suggestions, accept_rows, consolidated, evidence, split_chunks  # noqa: F401
 from .llm import LLMConfig, parse_reply, suggest_llm  # noqa: F401 - the two routes, one import away
 from .offline import propose_translations, suggest_offline  # noqa: F401

@@ -9,7 +9,7 @@ from ..anchors import AnchorDictionary
 from ..errors import UserError
 from ..text import find_all
 
-Progress = Callable[[int, int], None]  # (done, total)
+SuggestProgress = Callable[[int, int], None]  # (done, total)
 
 
 # -- result ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..errors import UserError
 from ..secrets import api_key as resolve_key
 from ..secrets import contains_key, remember, scrub
-from .base import Progress, Suggestion, Suggestions, consolidated, evidence, split_chunks
+from .base import SuggestProgress, Suggestion, Suggestions, consolidated, evidence, split_chunks
 
 
 SYSTEM_PROMPT = """You help build an "anchored terms" dictionary for unlearning a text from a language model.
@@ -172,7 +172,7 @@ def _ask(client, config: LLMConfig, chunk: str, state: dict, key: str) -> str | 
 
 
 def suggest_llm(corpus: str, config: LLMConfig, api_key: str | None = None,
-                progress: Progress | None = None) -> Suggestions:
+                progress: SuggestProgress | None = None) -> Suggestions:
     """Chunks -> concurrent chat completions -> term -> candidates -> consolidation.
 
     Raises UserError for what stops the run (empty corpus, bad key, unreachable endpoint, 429 or

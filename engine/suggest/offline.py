@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Callable
 
 from ..errors import UserError
-from .base import Progress, Suggestion, Suggestions, consolidated, evidence
+from .base import SuggestProgress, Suggestion, Suggestions, consolidated, evidence
 
 
 # Capitalised words, optionally joined by "of" or "of the" ("Ministry of Magic", "Order of the
@@ -165,7 +165,7 @@ def propose_translations(wb, terms: list[str], max_new_tokens: int = 8, avoid: s
 
 def suggest_offline(wb, corpus: str, expert: str | None = None, top_k: int = 60, min_count: int = 2,
                     translate: bool = True, block: int = 512, context: int = 32,
-                    progress: Progress | None = None) -> Suggestions:
+                    progress: SuggestProgress | None = None) -> Suggestions:
     """Idiosyncratic terms of the corpus ranked by the models themselves, with evidence.
 
     With an expert adapter (the baseline reinforced on the corpus): every word span, scored by its
