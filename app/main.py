@@ -33,7 +33,7 @@ _booting.info("Starting the workbench: loading torch and the model (the first ti
 
 from app import state  # noqa: E402
 from engine import jobs  # noqa: E402
-from engine.config import PRECISIONS  # noqa: E402
+from engine.sections import PRECISIONS  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 
 PAGES = [  # (file, title, icon)

@@ -16,6 +16,7 @@ import streamlit as st
 
 from engine.anchors import AnchorDictionary, load_anchors
 from engine.errors import UserError, as_user_error
+from engine.inspection import PAGE_PROMPT_CHARS
 from engine import jobs
 from engine.config import ModelConfig
 from engine.io import atomic_write_bytes, obliviate_home
@@ -25,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "assets"
 NONE = "none"
 PATH = "a path…"
-MAX_PROMPT_CHARS = 20_000  # ~5k tokens: beyond every small model's context, and the page would crawl
+MAX_PROMPT_CHARS = PAGE_PROMPT_CHARS  # the engine's limit for a page (engine/inspection.py)
 
 # Session-state keys of the sidebar widgets (the entry point owns them; pages read, never render them).
 MODEL, PRECISION, DEVICE = "model", "precision", "device"

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -42,8 +41,8 @@ from .methods.simnpo import SimNpoOptions
 from .methods.undial import UndialOptions
 from .methods.whp import WhpOptions
 from .probes import probe_problems
-from .sections import (DEVICES, PRECISIONS, Directory, ModelConfig, Section, TextFile,  # noqa: F401 - re-exported
-                       field_error, get_path, path_kind, resolve_path, set_path)
+from .sections import (ModelConfig, Section, TextFile, field_error, field_specs, get_path,  # noqa: F401
+                       path_kind, resolve_path, set_path)  # ModelConfig and field_specs: re-exported for pages, the CLI and benches
 
 
 class DataConfig(Section):
@@ -256,45 +255,6 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 
 # -- fields, for the CLI and the Runs page -------------------------------------------------------------
-def field_specs(section: type[BaseModel], prefix: str = "") -> list[dict]:
-    """Leaf fields of a section as plain dicts: path, kind (int, float, bool, choice, text, list),
-    choices, default, bounds, optional, help. The CLI builds flags and the Runs page its form from these."""
-    specs = []
-    for name, f in section.model_fields.items():
-        ann = f.annotation
-        path = f"{prefix}{name}"
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            specs += field_specs(ann, path + ".")
-            continue
-        origin, args = get_origin(ann), get_args(ann)
-        optional = type(None) in args
-        core = [a for a in args if a is not type(None)] if origin in (Union, UnionType) else [ann]
-        choices = None
-        if origin is Literal:
-            kind, choices = "choice", list(args)
-        elif origin is list or get_origin(core[0]) is list:
-            kind = "list"
-        elif core[0] is bool:
-            kind = "bool"
-        elif core[0] is int:
-            kind = "int"
-        elif core[0] is float:
-            kind = "float"
-        elif core[0] is str and len(core) == 1:
-            kind = "text"
-        else:
-            kind = "any"
-        bounds = {}
-        for m in f.metadata:
-            for attr in ("ge", "gt", "le", "lt"):
-                if getattr(m, attr, None) is not None:
-                    bounds[attr] = getattr(m, attr)
-        specs.append({"path": path, "kind": kind, "choices": choices, "default": f.get_default(call_default_factory=True),
-                      "path_kind": path_kind(f),
-                      "optional": optional, "help": " ".join((f.description or "").split()), **bounds})
-    return specs
-
-
 MAIN_FIELDS = ("corpus", "probes", "unlearn.steps", "reinforce.steps", "unlearn.lr", "lora.rank", "train.batch_size",
                "data.block_size", "data.max_blocks")  # and each method's main_options: what a form shows first
 

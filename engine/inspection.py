@@ -22,6 +22,8 @@ MODELS = ("baseline", "expert", "generic", "unlearned")
 LOGITS_BUDGET = 4 << 30  # bytes of float32 logits one inspection may hold: (rows x T x V x 4)
 MAX_ALPHA = 1000.0
 MAX_PROMPT_CHARS = 200_000  # far beyond any context window; a 50 MB paste would stall the tokenizer
+PAGE_PROMPT_CHARS = 20_000  # what the Inspect page takes (~5k tokens: past every small model's context, and a
+                            # page drawing more would crawl); the CLI takes MAX_PROMPT_CHARS
 
 
 def check_alpha(alpha) -> float:

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from .sections import PRECISIONS, ModelConfig  # noqa: F401 - PRECISIONS is part of this module's API
+from .sections import ModelConfig
 from .data import pad
 from .errors import UserError, as_user_error, first_line
 from .io import obliviate_home
@@ -352,6 +352,14 @@ class Workbench:
             return {"adapter_names": [n if n is not None and n not in self._full else BASE for n in names]}
         return {}
 
+    def _forwards(self, batch: list[Row], **kw):
+        """(row indices, model output) for each model the rows route to: one right-padded forward each,
+        the LoRA adapters and the baseline mixed in one batch. Call under the lock, without gradients."""
+        for model, idx in self._route([n for _, n in batch]).values():
+            ids, mask = pad([batch[i][0] for i in idx], self.tokenizer.pad_token_id)
+            yield idx, model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kw,
+                             **self._adapter_kwargs(model, [batch[i][1] for i in idx]))
+
     @torch.no_grad()
     def logits(self, batch: list[Row]) -> list[torch.Tensor]:
         """Next-token logits for each (token ids, adapter or None = baseline), one (T_i, V) tensor each.
@@ -361,10 +369,8 @@ class Workbench:
         """
         with self.lock:
             out: list = [None] * len(batch)
-            for model, idx in self._route([n for _, n in batch]).values():
-                ids, mask = pad([batch[i][0] for i in idx], self.tokenizer.pad_token_id)
-                logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                               **self._adapter_kwargs(model, [batch[i][1] for i in idx])).logits.float()  # (B, T, V)
+            for idx, o in self._forwards(batch):
+                logits = o.logits.float()  # (B, T, V)
                 for j, i in enumerate(idx):
                     out[i] = logits[j, : len(batch[i][0])]
             return out
@@ -409,10 +415,8 @@ class Workbench:
             raise UserError(f"layer {layer} is out of range: the model has blocks 0..{self.num_layers}")
         with self.lock:
             out: list = [None] * len(batch)
-            for model, idx in self._route([n for _, n in batch]).values():
-                ids, mask = pad([batch[i][0] for i in idx], self.tokenizer.pad_token_id)
-                hs = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), output_hidden_states=True,
-                           **self._adapter_kwargs(model, [batch[i][1] for i in idx])).hidden_states[layer]  # (B, T, H)
+            for idx, o in self._forwards(batch, output_hidden_states=True):
+                hs = o.hidden_states[layer]  # (B, T, H)
                 last = torch.tensor([len(batch[i][0]) - 1 for i in idx], device=hs.device)  # right padding
                 rows = hs[torch.arange(len(idx), device=hs.device), last].float().cpu()  # (B, H)
                 for j, i in enumerate(idx):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from types import UnionType
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -82,6 +83,47 @@ def path_kind(field) -> str | None:
 def resolve_path(value: str, base: Path) -> str:
     """A path as written in a config file, made absolute against the file's folder."""
     return str((base / os.path.expanduser(value)).resolve())
+
+
+# -- fields as plain dicts (the CLI's flags, the pages' forms) --------------------------------------
+def field_specs(section: type[BaseModel], prefix: str = "") -> list[dict]:
+    """Leaf fields of a section as plain dicts: path, kind (int, float, bool, choice, text, list),
+    choices, default, bounds, optional, help. The CLI builds flags and the Runs page its form from these."""
+    specs = []
+    for name, f in section.model_fields.items():
+        ann = f.annotation
+        path = f"{prefix}{name}"
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            specs += field_specs(ann, path + ".")
+            continue
+        origin, args = get_origin(ann), get_args(ann)
+        optional = type(None) in args
+        core = [a for a in args if a is not type(None)] if origin in (Union, UnionType) else [ann]
+        choices = None
+        if origin is Literal:
+            kind, choices = "choice", list(args)
+        elif origin is list or get_origin(core[0]) is list:
+            kind = "list"
+        elif core[0] is bool:
+            kind = "bool"
+        elif core[0] is int:
+            kind = "int"
+        elif core[0] is float:
+            kind = "float"
+        elif core[0] is str and len(core) == 1:
+            kind = "text"
+        else:
+            kind = "any"
+        bounds = {}
+        for m in f.metadata:
+            for attr in ("ge", "gt", "le", "lt"):
+                if getattr(m, attr, None) is not None:
+                    bounds[attr] = getattr(m, attr)
+        specs.append({"path": path, "kind": kind, "choices": choices, "default": f.get_default(call_default_factory=True),
+                      "path_kind": path_kind(f),
+                      "optional": optional, "help": " ".join((f.description or "").split()), **bounds})
+    return specs
+
 
 
 # -- config trees ---------------------------------------------------------------------------------

@@ -9,16 +9,16 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-from app import robustness_panel, state, widgets
+from app import charts, robustness_panel, state, widgets
 from engine import jobs
 from engine.config import ModelConfig
 from engine.errors import UserError
 from engine.estimate import duration, estimate_eval
 from engine.evaluation import EvalRequest, EvalSettings
-from engine.evaluation.table import ROBUSTNESS, metric, ordered, scalar_keys
+from engine.evaluation.settings import settings_fields
+from engine.evaluation.table import ROBUSTNESS, comes_back, metric, ordered, scalar_keys
 from engine.io import browser_path, check_text_file
 from engine.methods import METHODS
 
@@ -86,12 +86,15 @@ extra = st.text_input("Another adapter directory (optional)", key="eval_extra",
                       placeholder="/path/to/adapter (adapter_config.json inside)")
 with st.expander("Settings"):
     c1, c2, c3 = st.columns(3)
-    max_new = c1.number_input("completion tokens", 1, 200, 20, key="eval_new_tokens")
-    passages = c2.number_input("verbatim passages", 0, 256, 16, key="eval_passages",
-                               help="Corpus passages: 32 tokens in, 32 greedy tokens out (0: skip).")
-    relearn = c3.number_input("relearning steps", 0, 200, 0, key="eval_relearn",
-                              help="Relearning attack: LoRA steps of each model on the first 512 corpus tokens "
-                                   "before familiarity is measured again (0: skip; ~seconds per step on a CPU).")
+    fields = settings_fields()  # defaults, bounds and help from engine/evaluation/settings.py
+
+    def number(col, label: str, name: str, key: str) -> int:
+        f = fields[name]
+        return col.number_input(label, f.get("ge", 0), f.get("le"), f["default"], key=key, help=f["help"] or None)
+
+    max_new = number(c1, "completion tokens", "max_new_tokens", "eval_new_tokens")
+    passages = number(c2, "verbatim passages", "verbatim_passages", "eval_passages")
+    relearn = number(c3, "relearning steps", "relearn_steps", "eval_relearn")
     robust = st.checkbox("Familiarity with the HP summary, the expert preamble and few-shot pairs in context", True,
                          key="eval_robust")
     robustness = robustness_panel.settings_inputs()
@@ -215,16 +218,7 @@ def tracked_chart(run: Path, key: str) -> None:
     rows = [r for r in rows if r.get("phase", "") == phase]
     probe_names = list(dict.fromkeys(k for r in rows for k in (r.get("probes") or {})))
     chosen = st.multiselect("Probes", probe_names, default=probe_names[:4], key=f"{key}_probes")
-    fig = go.Figure()
-    for k, name in (("familiarity", "familiarity (mean of forget probes)"), ("retain", "retain (mean)")):
-        if any(r.get(k) is not None for r in rows):
-            fig.add_scatter(x=[r["step"] for r in rows], y=[r.get(k) for r in rows], name=name,
-                            mode="lines+markers", line=dict(width=3))
-    for name in chosen:
-        fig.add_scatter(x=[r["step"] for r in rows], y=[(r.get("probes") or {}).get(name) for r in rows],
-                        name=name, mode="lines+markers", line=dict(dash="dot"))
-    fig.update_layout(title=f"{run.name}: {phase}", xaxis_title="step", yaxis_title="probability", height=400,
-                      margin=dict(t=40, b=40))
+    fig = charts.training_probes(rows, chosen, f"{run.name}: {phase}")
     st.plotly_chart(fig, key=key)
 
 
@@ -300,43 +294,24 @@ else:
                              format_func=lambda k: label(k), key="eval_y")
             pts = [(n, v.get(x_key), v.get(y_key)) for n, v in models.items()
                    if v.get(x_key) is not None and v.get(y_key) is not None]
-            fig = go.Figure()
-            bx, by = base.get(x_key), base.get(y_key)
-            x_max = max([p[1] for p in pts] + [0.01]) * 1.25
-            y_max = max([p[2] for p in pts] + [0.01]) * 1.25
-            if bx is not None and by is not None:  # where a good unlearning lands: familiarity down, utility kept
-                y0, y1 = (by * 0.9, y_max) if metric(y_key).better == "higher" else (0, by * 1.1)
-                fig.add_shape(type="rect", x0=0, x1=bx * 0.25, y0=y0, y1=y1, line_width=0,
-                              fillcolor="rgba(22,163,74,0.12)", layer="below")
-                fig.add_annotation(x=bx * 0.125, y=y1, text="target", showarrow=False, yanchor="top",
-                                   font=dict(color="#15803d", size=11))
-            fig.add_scatter(x=[p[1] for p in pts], y=[p[2] for p in pts], mode="markers+text", cliponaxis=False,
-                            text=[p[0] for p in pts], textposition="top center", marker=dict(size=12))
-            fig.update_layout(title="Familiarity vs utility", xaxis_title=label(x_key), yaxis_title=label(y_key),
-                              height=400, margin=dict(t=50, b=40, l=60, r=40), showlegend=False,
-                              xaxis=dict(range=[0, x_max], fixedrange=True),
-                              yaxis=dict(range=[0, y_max], fixedrange=True))
+            fig = charts.tradeoff(pts, (base.get(x_key), base.get(y_key)), metric(y_key).better == "higher",
+                                  label(x_key), label(y_key))
             st.plotly_chart(fig, key="eval_tradeoff")
             st.caption("Green: familiarity under a quarter of the baseline's, utility within 10% of it.")
         with c2:
-            fig = go.Figure([go.Bar(name=label(k), x=list(models), y=[v.get(k) for v in models.values()])
-                             for k in ("verbatim_rougeL", "verbatim_token_match", "verbatim_exact")
-                             if any(v.get(k) is not None for v in models.values())])
-            fig.update_layout(title="Verbatim memorisation", barmode="group", yaxis_range=[0, 1], height=380,
-                              margin=dict(t=40, b=40))
+            keys = [k for k in ("verbatim_rougeL", "verbatim_token_match", "verbatim_exact")
+                    if any(v.get(k) is not None for v in models.values())]
+            fig = charts.grouped_bars(models, keys, {k: label(k) for k in keys}, "Verbatim memorisation",
+                                      yaxis_range=[0, 1])
             st.plotly_chart(fig, key="eval_verbatim")
 
         # -- robustness: the pressure bars, then app/robustness_panel.show (curves, attacks, probe) --------
         robust = [k for k in ROBUST if any(v.get(k) is not None for v in models.values())]
         if len(robust) > 1:
-            fig = go.Figure([go.Bar(name=label(k) if k != ROBUST[0] else "plain prompt", x=list(models),
-                                    y=[v.get(k) for v in models.values()]) for k in robust])
-            fig.update_layout(title="Robustness: familiarity (prob.) under pressure", barmode="group", height=380,
-                              yaxis_title="P(answer)", margin=dict(t=40, b=40))
+            fig = charts.grouped_bars(models, robust, {k: label(k) if k != ROBUST[0] else "plain prompt" for k in robust},
+                                      "Robustness: familiarity (prob.) under pressure", yaxis_title="P(answer)")
             st.plotly_chart(fig, key="eval_robust_chart")
-            back = pd.DataFrame([{label(k): (v[k] / v["familiarity_probability"]
-                                                  if v.get(k) is not None and v.get("familiarity_probability") else None)
-                                  for k in robust[1:]} for v in models.values()], index=list(models))
+            back = pd.DataFrame.from_dict(comes_back(models, robust[1:]), orient="index").rename(columns=label)
             st.caption("How much comes back: familiarity under pressure ÷ plain familiarity (1 = no change).")
             st.dataframe(back.style.format("{:.2f}x", na_rep="–"), key="eval_back")
         robustness_panel.show(result)

@@ -8,10 +8,9 @@ reload, another page or a shared link comes back to the same view.
 from __future__ import annotations
 
 
-import plotly.graph_objects as go
 import streamlit as st
 
-from app import state, widgets
+from app import charts, state, widgets
 from app.strip import token_strip
 from engine.errors import UserError, as_user_error
 from engine.generation import complete_all
@@ -217,19 +216,7 @@ with right:
     bars = widgets.pinned_bars(view, pos, shown)
     if bars:
         st.markdown(widgets.pinned_summary([{**b, "token": labels.get(b["token"], b["token"])} for b in bars]))
-        fig = go.Figure()
-        for k, text in enumerate(dict.fromkeys(b["token"] for b in bars)):
-            row = [b for b in bars if b["token"] == text]
-            fig.add_bar(
-                name=f"P({labels.get(text, text)})", x=[b["model"] for b in row], y=[b["p"] or 0.0 for b in row],
-                marker_color=[COLOURS[b["model"]] for b in row] if len(track) == 1 else widgets.RUN_COLOURS[k % 8],
-                text=[("–" if b["p"] is None else "~0" if b["p"] < 5e-4 else f"{b['p']:.3f}")
-                      + (f" ({b['change']:+.0%})" if b["change"] is not None else "") for b in row],
-                textposition="outside", cliponaxis=False)
-        top = max([b["p"] or 0.0 for b in bars] + [0.05])
-        fig.update_layout(barmode="group", height=210, margin=dict(l=10, r=10, t=10, b=10), showlegend=len(track) > 1,
-                          yaxis=dict(range=[0, min(1.0, top * 1.3)], title="P(next token)", fixedrange=True),
-                          xaxis=dict(fixedrange=True), legend=dict(orientation="h", y=1.15, x=0))
+        fig = charts.pinned_bars(bars, labels, COLOURS, one_token=len(track) == 1)
         st.plotly_chart(fig, key="inspect_bars", config={"displayModeBar": False})
     else:
         st.caption("Pin a word (above) to follow its probability here.")
@@ -243,21 +230,7 @@ if view["tracked"]:
     st.caption("The probability that each pinned word (its first token) comes next, after every position. "
                "Solid: baseline · dotted: expert · dashed: generic · dash-dot: unlearned. The grey line "
                "marks the selected position; generic has gaps where a position has no label.")
-    fig = go.Figure()
-    palette = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"]
-    dashes = {"baseline": "solid", "expert": "dot", "generic": "dash", "unlearned": "dashdot"}
-    x = list(range(T))
-    for k, (text, per_model) in enumerate(view["tracked"].items()):
-        for m, probs in per_model.items():
-            fig.add_trace(go.Scatter(
-                x=x, y=probs, mode="lines+markers", name=f"{labels.get(text, text)} · {m}", connectgaps=False,
-                line={"color": palette[k % len(palette)], "dash": dashes[m]}, marker={"size": 4}))
-    fig.add_vline(x=pos, line_width=1, line_color="#999")
-    fig.update_layout(
-        height=320, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title="P(next token)",
-        yaxis_type="log" if log_y else "linear",
-        xaxis={"tickmode": "array", "tickvals": x, "ticktext": [widgets.show(t) for t in tokens], "tickangle": -60},
-        legend={"orientation": "h", "y": -0.45})
+    fig = charts.tracked_along_prompt(view["tracked"], labels, tokens, pos, log_y)
     st.plotly_chart(fig, key="inspect_tracked", config={"displayModeBar": False})
 
 # -- the translated prompt -------------------------------------------------------------------------

@@ -11,10 +11,9 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
-from app import state, widgets
+from app import charts, state, widgets
 from engine import jobs
 from engine.config import flatten, form_fields, load_config, nest, path_fields, run_config
 from engine.errors import UserError
@@ -185,34 +184,6 @@ if msg := st.session_state.pop("run_flash", None):
     st.success(msg)
 
 
-# -- charts ---------------------------------------------------------------------------------------
-def loss_figure(rows: list[dict], title: str = "loss") -> go.Figure:
-    fig = go.Figure()
-    xs = widgets.global_steps(rows)
-    for phase in dict.fromkeys(r["phase"] for r in rows):
-        pts = [(x, r) for x, r in zip(xs, rows) if r["phase"] == phase and r.get("loss") is not None]
-        fig.add_scatter(x=[x for x, _ in pts], y=[r["loss"] for _, r in pts], mode="lines", name=phase)
-    fig.update_layout(title=title, xaxis_title="step (all phases)", height=300, margin=dict(t=40, b=30, l=40, r=10))
-    return fig
-
-
-def probe_figure(rows: list[dict], names: list[str]) -> go.Figure:
-    fig = go.Figure()
-    probed = [(x, r) for x, r in zip(widgets.global_steps(rows), rows) if r.get("probes")]
-    for phase in dict.fromkeys(r["phase"] for _, r in probed):
-        pts = [(x, r) for x, r in probed if r["phase"] == phase]
-        for key in ("familiarity", "retain"):
-            if any(r.get(key) is not None for _, r in pts):
-                fig.add_scatter(x=[x for x, _ in pts], y=[r.get(key) for _, r in pts], mode="lines+markers",
-                                name=f"{phase}: mean {key}", line=dict(dash="dot" if key == "retain" else "solid"))
-        for n in names:
-            fig.add_scatter(x=[x for x, _ in pts], y=[r["probes"].get(n) for _, r in pts], mode="lines+markers",
-                            name=f"{phase}: {n}")
-    fig.update_layout(title="tracked probabilities", xaxis_title="step (all phases)", yaxis_title="probability",
-                      height=340, margin=dict(t=40, b=30, l=40, r=10))
-    return fig
-
-
 def fmt_eta(s) -> str:
     if s is None or not isinstance(s, (int, float)) or math.isnan(s):
         return "ETA …"
@@ -274,8 +245,8 @@ def run_panel(d: str) -> None:
             st.caption(" · ".join(f"{p['name']}: {p['first']:.3f} → {p['last']:.3f}"
                                   + (" so far" if active else "") for p in live))
         c1, c2 = st.columns(2)
-        c1.plotly_chart(loss_figure(rows), key=f"run_loss_{name}")
-        c2.plotly_chart(probe_figure(rows, chosen), key=f"run_probe_{name}")
+        c1.plotly_chart(charts.loss_curve(rows), key=f"run_loss_{name}")
+        c2.plotly_chart(charts.probe_curves(rows, chosen), key=f"run_probe_{name}")
     else:
         st.info("No metrics yet: the run is loading the model or waiting in the queue.")
     with st.expander("Log"):
@@ -345,21 +316,7 @@ if len(dirs) >= 2:
     names = list(dict.fromkeys(n for rows in metrics.values() for r in rows if isinstance(r.get("probes"), dict)
                                for n in r["probes"]))
     series = c2.selectbox("Series", ["loss", "familiarity", "retain", *names], key="run_cmp_series")
-    fig = go.Figure()
-    dashes = ["solid", "dot", "dash", "dashdot"]
-    for k, d in enumerate(picked):
-        rows = metrics[d]
-        colour = widgets.RUN_COLOURS[k % len(widgets.RUN_COLOURS)]
-        xs = widgets.global_steps(rows)
-        for j, phase in enumerate(dict.fromkeys(r["phase"] for r in rows)):
-            pts = [(x, (r.get("probes") or {}).get(series) if series in names else r.get(series))
-                   for x, r in zip(xs, rows) if r["phase"] == phase]
-            pts = [(x, y) for x, y in pts if y is not None]
-            if pts:
-                fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
-                                name=f"{Path(d).name} · {phase}", line=dict(color=colour, dash=dashes[j % 4]))
-    fig.update_layout(title=series, xaxis_title="step (all phases: reinforce, then unlearn)", height=360,
-                      margin=dict(t=40, b=30, l=40, r=10))
+    fig = charts.run_comparison(metrics, {d: Path(d).name for d in picked}, series, series in names)
     st.plotly_chart(fig, key="run_compare")
     if len(picked) >= 2:
         diff = widgets.config_diff({Path(d).name: jobs.read_json(d, "config.json") or {} for d in picked})

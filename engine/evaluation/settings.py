@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
-from ..sections import ModelConfig, Section
+from ..sections import ModelConfig, Section, field_specs
 from ..errors import UserError
 from ..io import ASSETS, read_text_file
 
@@ -136,3 +136,9 @@ class EvalInputs:
                    read_text_file(request.related, "related text") if "related" in sources and request.related else "",
                    read_text_file(request.unrelated, "unrelated text") if "unrelated" in sources and request.unrelated
                    else "")
+
+
+def settings_fields() -> dict[str, dict]:
+    """{field: its spec (default, bounds ge/le, help)} of EvalSettings: what a form's widgets start at
+    and allow, read from here rather than copied."""
+    return {s["path"]: s for s in field_specs(EvalSettings)}

@@ -112,6 +112,16 @@ def metric(name: str) -> Metric:
     return Metric(name, name, "", None, "other")
 
 
+def comes_back(models: dict[str, dict], attacks: list[str]) -> dict[str, dict[str, float | None]]:
+    """{model: {attack: familiarity under it / plain familiarity}}: how much an attack brings back
+    (1 = no change; None where either is missing or the plain one is 0)."""
+    out = {}
+    for m, v in models.items():
+        plain = v.get("familiarity_probability")
+        out[m] = {k: v[k] / plain if v.get(k) is not None and plain else None for k in attacks}
+    return out
+
+
 def is_scalar(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
