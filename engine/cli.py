@@ -33,16 +33,6 @@ def _spec_index(section) -> dict:
     return {s["path"]: s for s in field_specs(section)}
 
 
-def _add_field_flag(p: argparse.ArgumentParser, flag: str, spec: dict, help: str | None = None) -> None:
-    """--flag for one config field: its type, choices and help from the field itself."""
-    kw: dict = {"help": help or spec["help"] or None, "dest": flag.replace("-", "_"), "default": None}
-    if spec["kind"] == "choice":
-        kw["choices"] = spec["choices"]
-    elif spec["kind"] in ("int", "float"):
-        kw["type"] = int if spec["kind"] == "int" else float
-    p.add_argument(f"--{flag}", **kw)
-
-
 def _model_flags(p: argparse.ArgumentParser, default: str | None = "embedded") -> None:
     from .sections import ModelConfig
 
@@ -347,10 +337,10 @@ def _dest(path: str) -> str:
     return "field__" + path.replace(".", "__")
 
 
-def _run_verb_parser(sub, verb: str, method: str, help_: str) -> None:
-    p = sub.add_parser(verb, help=help_)
-    p.add_argument("--config", help="a config file whose fields the flags override")
-    specs = verb_fields(verb, method)
+def add_field_flags(p: argparse.ArgumentParser, specs: list[dict], names: dict[str, list[str]]) -> None:
+    """The one flag generator: a flag per field spec (names[path] = [--primary, aliases...]), its type,
+    choices and help from the field; a list takes comma-separated values and repeats; a bool is
+    --x / --no-x. field_values() reads them back."""
     for spec in specs:
         kw: dict = {"dest": _dest(spec["path"]), "default": None, "help": spec["help"] or None}
         if spec["kind"] == "choice":
@@ -359,9 +349,36 @@ def _run_verb_parser(sub, verb: str, method: str, help_: str) -> None:
             kw["type"] = int if spec["kind"] == "int" else float
         elif spec["kind"] == "bool":
             kw["action"] = argparse.BooleanOptionalAction
+        elif spec["kind"] == "list":
+            kw["action"] = "append"
+            kw["help"] = (kw["help"] or "") + " Comma-separated; repeatable."
         if spec["kind"] not in ("choice", "bool"):
             kw["metavar"] = spec["path"].rpartition(".")[2].upper() + (",..." if spec["kind"] == "list" else "")
-        p.add_argument(*_flags(method, specs)[spec["path"]], **kw)
+        p.add_argument(*names[spec["path"]], **kw)
+
+
+def field_values(args, specs: list[dict]) -> dict:
+    """{dotted path: value} of the field flags given on the command line (add_field_flags)."""
+    kinds = {"int": int, "float": float, "str": str}
+    out = {}
+    for spec in specs:
+        value = getattr(args, _dest(spec["path"]))
+        if value is not None and spec["kind"] == "list":
+            value = _list_value(names_of(spec), value, kinds.get(spec["item"], str))  # the field validates the items
+        if value is not None:
+            out[spec["path"]] = value
+    return out
+
+
+def names_of(spec: dict) -> str:
+    return spec["path"].rpartition(".")[2].replace("_", "-")
+
+
+def _run_verb_parser(sub, verb: str, method: str, help_: str) -> None:
+    p = sub.add_parser(verb, help=help_)
+    p.add_argument("--config", help="a config file whose fields the flags override")
+    specs = verb_fields(verb, method)
+    add_field_flags(p, specs, _flags(method, specs))
     if any(s["path"].startswith("goldfish.") for s in specs):
         p.add_argument("--goldfish", help="goldfish loss KIND[:K[:H]] (static or hash), e.g. hash:4:13")
     if verb != "labels":
@@ -374,13 +391,8 @@ def _step_config(args):
     from .config import load_config, run_config, set_path
 
     data: dict = load_config(args.config).to_dict() if args.config else {}
-    for spec in args.specs:
-        value = getattr(args, _dest(spec["path"]))
-        if value is None:
-            continue
-        if spec["kind"] == "list":
-            value = _list_value(spec["path"].replace(".", "-"), [value], float)
-        set_path(data, spec["path"], value)
+    for path, value in field_values(args, args.specs).items():
+        set_path(data, path, value)
     if getattr(args, "goldfish", None):
         kind, *rest = args.goldfish.split(":")
         try:
@@ -445,19 +457,22 @@ def cmd_runs(args) -> int:
 
 
 # -- eval -------------------------------------------------------------------------------------------
-# flag -> field of EvalRequest ("settings." for EvalSettings), in --help order
-EVAL_FLAGS = {
-    "probes": "probes", "corpus": "corpus", "retain": "retain", "anchors": "anchors",
-    "max-new-tokens": "settings.max_new_tokens", "passages": "settings.verbatim_passages",
-    "prefix-tokens": "settings.verbatim_prefix", "continuation-tokens": "settings.verbatim_tokens",
-    "retain-tokens": "settings.retain_max_tokens", "relearn-steps": "settings.relearn_steps",
-    "relearn-curve": "settings.relearn_curve", "relearn-source": "settings.relearn_sources",
-    "relearn-tokens": "settings.relearn_tokens", "related-text": "related", "unrelated-text": "unrelated",
-    "quantize": "settings.quantize", "probe-layer": "settings.probe_layer",
-    "benchmarks": "settings.benchmarks", "benchmark-limit": "settings.benchmark_limit",
-    "judge-model": "settings.judge_model", "judge-base-url": "settings.judge_base_url",
-}
-EVAL_LISTS = {"relearn-curve": (int, "STEPS"), "relearn-source": (str, "SOURCE"), "quantize": (str, "PRECISION")}  # a,b; repeatable
+# eval's fields are flags named after their leaf (--max-new-tokens, --relearn-curve); these kept the
+# names eval gave them before
+EVAL_ALIASES = {"settings.verbatim_passages": "passages", "settings.verbatim_prefix": "prefix-tokens",
+                "settings.verbatim_tokens": "continuation-tokens", "settings.retain_max_tokens": "retain-tokens",
+                "settings.relearn_sources": "relearn-source", "related": "related-text", "unrelated": "unrelated-text",
+                "settings.linear_probe": "probe"}
+
+
+def eval_fields() -> list[dict]:
+    """The EvalRequest fields eval takes as flags: all but the model, the adapters (--model, --adapter)
+    and the benchmarks (a bare --benchmarks means all seven)."""
+    from .evaluation import EvalRequest
+    from .sections import field_specs
+
+    return [s for s in field_specs(EvalRequest)
+            if not s["path"].startswith("model.") and s["path"] not in ("adapters", "settings.benchmarks")]
 
 
 def _parse_adapter(spec: str) -> tuple[str, str]:
@@ -493,18 +508,10 @@ def eval_request(args):
             raise UserError(f"adapter path does not exist: {path}")
         adapters[name] = path
     data["adapters"] = adapters
-    for flag, path in EVAL_FLAGS.items():
-        value = getattr(args, flag.replace("-", "_"))
-        if flag in EVAL_LISTS and value is not None:
-            value = _list_value(flag, value, EVAL_LISTS[flag][0])
-        if flag == "benchmarks" and value == []:
-            value = True  # a bare --benchmarks: all seven tasks
-        if value is not None:
-            (settings if path.startswith("settings.") else data)[path.removeprefix("settings.")] = value
-    if args.no_robustness:
-        settings["robustness"] = False
-    if args.no_probe:
-        settings["linear_probe"] = False
+    for path, value in field_values(args, eval_fields()).items():
+        (settings if path.startswith("settings.") else data)[path.removeprefix("settings.")] = value
+    if args.benchmarks is not None:
+        settings["benchmarks"] = args.benchmarks or True  # a bare --benchmarks: all seven tasks
     try:
         return EvalRequest.model_validate(data)
     except ValidationError as e:
@@ -538,27 +545,20 @@ def cmd_eval(args) -> int:
 
 def _eval_parser(sub) -> None:
     from .evaluation import EvalRequest
+    from .sections import field_specs
 
-    specs = _spec_index(EvalRequest)
+    bench_help = next(s["help"] for s in field_specs(EvalRequest) if s["path"] == "settings.benchmarks")
     p = sub.add_parser("eval", help="familiarity, verbatim memorisation, utility and robustness of the baseline and adapters")
     _model_flags(p, default=None)
     p.add_argument("--adapter", action="append", metavar="NAME=PATH",
                    help="a LoRA adapter (or full checkpoint) to evaluate next to the baseline; repeatable")
     from .evaluation.settings import PAPER_TASKS
 
-    for flag, path in EVAL_FLAGS.items():
-        if flag in EVAL_LISTS:
-            p.add_argument(f"--{flag}", action="append", metavar=EVAL_LISTS[flag][1] + ",...",
-                           help=specs[path]["help"] + " Comma-separated; repeatable.")
-        elif flag == "benchmarks":
-            p.add_argument("--benchmarks", nargs="*", choices=PAPER_TASKS, metavar="TASK",
-                           help=specs[path]["help"] + f" Bare: all of {', '.join(PAPER_TASKS)}.")
-        else:
-            _add_field_flag(p, flag, specs[path])
-        if flag == "retain-tokens":
-            p.add_argument("--no-robustness", action="store_true",
-                           help="skip the in-context attacks (summary, expert preamble, few-shot pairs)")
-            p.add_argument("--no-probe", action="store_true", help="skip the linear probe on hidden states")
+    specs = eval_fields()
+    add_field_flags(p, specs, {s["path"]: [f"--{names_of(s)}"] + ([f"--{EVAL_ALIASES[s['path']]}"]
+                                                                   if s["path"] in EVAL_ALIASES else []) for s in specs})
+    p.add_argument("--benchmarks", nargs="*", choices=PAPER_TASKS, metavar="TASK",
+                   help=bench_help + f" Bare: all of {', '.join(PAPER_TASKS)}.")
     p.add_argument("--request", help="an evaluation request (JSON, as an evaluation job's request.json); flags override it")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", help="job directory: status.json progress and eval.json")

@@ -99,11 +99,14 @@ def field_specs(section: type[BaseModel], prefix: str = "") -> list[dict]:
         origin, args = get_origin(ann), get_args(ann)
         optional = type(None) in args
         core = [a for a in args if a is not type(None)] if origin in (Union, UnionType) else [ann]
-        choices = None
+        choices, item = None, None
         if origin is Literal:
             kind, choices = "choice", list(args)
         elif origin is list or get_origin(core[0]) is list:
             kind = "list"
+            item = (get_args(core[0]) or (str,))[0]  # list[int], list[Literal["nf4", "int8"]]
+            choices = list(get_args(item)) if get_origin(item) is Literal else None
+            item = type(choices[0]) if choices else item
         elif core[0] is bool:
             kind = "bool"
         elif core[0] is int:
@@ -120,7 +123,7 @@ def field_specs(section: type[BaseModel], prefix: str = "") -> list[dict]:
                 if getattr(m, attr, None) is not None:
                     bounds[attr] = getattr(m, attr)
         specs.append({"path": path, "kind": kind, "choices": choices, "default": f.get_default(call_default_factory=True),
-                      "path_kind": path_kind(f),
+                      "path_kind": path_kind(f), "item": item.__name__ if kind == "list" else None,
                       "optional": optional, "help": " ".join((f.description or "").split()), **bounds})
     return specs
 

@@ -59,15 +59,6 @@ def test_bad_input_exits_2_with_one_line(tiny_dir, tmp_path):
         assert len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
 
 
-def test_readme_config_table_is_generated_from_the_field_docstrings():
-    from conftest import ROOT
-    from engine.config import fields_markdown
-
-    readme = (ROOT / "docs" / "runs.md").read_text()
-    block = readme.split("<!-- config-fields -->\n", 1)[1].split("\n<!-- /config-fields -->", 1)[0]
-    assert block == fields_markdown(), "regenerate docs/runs.md's table: engine.config.fields_markdown()"
-
-
 def test_the_step_verbs_flags_come_from_the_config_fields():
     """One generator: every field a verb's method uses is a flag named after its dotted path, with the
     short names of earlier configs and of the method's own phase as aliases; type, choices and help

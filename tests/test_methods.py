@@ -241,60 +241,6 @@ def test_the_registry_gives_each_method_a_config_section_a_form_and_a_verb():
     assert cfg.options.eta == 4 and isinstance(METHODS["elm"].from_config(cfg), ELM)
 
 
-def test_the_registry_and_the_run_config_name_the_same_method_sections():
-    from engine.config import RunConfig
-
-    with_options = {n: m.Options for n, m in METHODS.items() if m.Options is not None}
-    sections = {n: f.annotation for n, f in RunConfig.model_fields.items() if n in METHODS}
-    assert sections == with_options, "a method with options needs its typed section in RunConfig, and only it"
-
-
-def test_a_new_method_is_a_file_a_registry_line_and_a_section_and_its_file_option_is_checked_everywhere(
-        app_env, monkeypatch, tmp_path):
-    """A throwaway method with a file option, added as a developer adds one: validated (the file
-    must exist), resolved against the config's folder, refused in the browser outside the allowed
-    folders, offered as a CLI verb with a flag and as fields of the Runs form."""
-    from pydantic import Field
-
-    import engine.config as config
-    from conftest import open_page
-
-    from engine.cli import build_parser
-    from engine.errors import UserError
-    from engine.methods.gradient_ascent import GradientAscent
-    from engine.sections import Section, TextFile
-
-    class ToyOptions(Section):
-        notes: TextFile | None = None
-        """A notes file the toy method reads."""
-        care: float = Field(1.0, ge=0)
-        """How much it cares."""
-
-    class Toy(GradientAscent):
-        name, Options, label = "toy", ToyOptions, "Toy"
-
-    class ToyRun(config.RunConfig):  # the section line in RunConfig
-        toy: ToyOptions = ToyOptions()
-
-    monkeypatch.setitem(METHODS, "toy", Toy)  # the registry line
-    monkeypatch.setattr(config, "RunConfig", ToyRun)
-    corpus = str(ASSETS / "demo_corpus.txt")
-    with pytest.raises(UserError, match=r"toy\.notes: .*missing\.txt"):
-        config.run_config({"method": "toy", "corpus": corpus, "toy": {"notes": str(tmp_path / "missing.txt")}})
-    (tmp_path / "notes.txt").write_text("notes")
-    cfg = config.run_config({"method": "toy", "corpus": corpus, "toy": {"notes": "notes.txt", "care": 2.0}}, tmp_path)
-    assert cfg.options.notes == str(tmp_path / "notes.txt") and config.path_fields()["toy.notes"] == "file"
-    args = build_parser().parse_args(["toy", "--corpus", corpus, "--notes", "n.txt", "--toy-care", "3", "--out", "o"])
-    assert (args.method, args.field__toy__notes, args.field__toy__care) == ("toy", "n.txt", 3.0)
-    assert {"toy.notes", "toy.care"} <= {s["path"] for s in config.form_fields("toy")}
-    at = open_page("runs")
-    at.radio(key="run_method").set_value("toy").run()
-    at.text_input(key="run_toy.notes").set_value("/etc/hostname")
-    at.button(key="run_start").click().run()
-    assert not at.exception and any("toy.notes" in e.value and "outside the folders" in e.value for e in at.error)
-    assert not any((app_env / "runs").glob("*/config.json"))
-
-
 def test_inspect_shows_the_elm_target_as_the_generic_row(tiny_wb):
     from engine.inspection import inspect
     from engine.methods.elm import persona_prefixes

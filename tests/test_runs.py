@@ -45,36 +45,6 @@ def wait_for(out, pred, timeout=240):
     raise AssertionError(f"timed out; last status {jobs.read_status(out)}")
 
 
-def test_invalid_config_lists_every_bad_field_and_starts_nothing(tmp_path, home):
-    bad = {"corpus": "missing.txt", "method": "magic", "steps": 0, "lr": -1, "batch_size": "8",
-           "goldfish": {"kind": "hash", "k": 1}, "probes": [{"prompt": "x"}], "colour": "blue",
-           "labels": "fuzzy", "retain_loss": "l2", "soft_top_k": 0}
-    with pytest.raises(UserError) as e:
-        run_config(bad, tmp_path)
-    msg = str(e.value)
-    for field in ("corpus", "method", "steps", "lr", "batch_size", "goldfish.k", "probes[0]", "colour",
-                  "labels", "retain_loss", "soft_top_k"):
-        assert field in msg, field
-    cfg_file = tmp_path / "bad.yaml"
-    cfg_file.write_text("corpus: missing.txt\nsteps: -3\nlora_rank: 0\n")
-    r = run_cli("run", str(cfg_file), "--out", str(tmp_path / "run"))
-    assert r.returncode == 2 and r.stderr.startswith("error: invalid config")
-    assert "corpus" in r.stderr and "steps" in r.stderr and "lora_rank" in r.stderr
-    assert "anchors: required" in r.stderr
-    assert not (tmp_path / "run").exists()
-
-
-def test_paths_resolve_against_the_config_folder(tmp_path):
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "c.txt").write_text("Harry went to Hogwarts.")
-    (tmp_path / "data" / "a.json").write_text('{"Harry": ["Jon"]}')
-    (tmp_path / "data" / "run.json").write_text(json.dumps({"corpus": "c.txt", "anchors": "a.json"}))
-    cfg = load_config(tmp_path / "data" / "run.json")
-    assert cfg.corpus == str((tmp_path / "data" / "c.txt").resolve())
-    demo = load_config(ASSETS / "demo.yaml")  # the shipped demo config is valid
-    assert demo.method == "whp" and Path(demo.corpus).exists()
-
-
 def test_the_demo_retain_text_names_no_retain_probe_answer():
     # The demo trains its KL retain term on retain_train.txt: a retain probe's answer in it would let
     # the retain probes measure what was trained on, not what was spared.
