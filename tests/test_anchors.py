@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from engine.anchors import AnchorDictionary, load_anchors, save_anchors
+from engine.anchors import AnchorDictionary, changes, load_anchors, save_anchors
 from engine.errors import UserError
 
 
@@ -85,3 +85,83 @@ def test_save_keeps_a_backup_of_the_previous_version(tmp_path):
 
 def test_version_changes_with_content():
     assert AnchorDictionary({"Ron": ["Mark"]}).version() != AnchorDictionary({"Ron": ["Tom"]}).version()
+
+
+# -- merges never overwrite (the Anchors page's imports and suggestions) --------------------------------
+PAPER_LIKE = {
+    "Invisibility Cloak": ["Shadow Cape"], "invisibility cloak": ["vanishing shawl"],
+    "Muggle": ["Commoner"], "muggle": ["outsider", "commoner"], "Dark Lord": ["Shadow King"], "dark lord": ["tyrant"],
+    "Harry": ["Jon"], "Quaffle": ["ball"], "quaffle": ["ball"],
+}
+
+
+def test_merge_keeps_every_term_and_only_adds_candidates():
+    current = AnchorDictionary({"Weasley": ["Smith"], "Hogwarts": ["Mystic Academy"], "Snape": ["Grey"]}, {"Snape"})
+    incoming = AnchorDictionary({"Weasley": ["the dragon"], "Hogwarts": ["Mystic Academy"], "Quidditch": ["Skyball"]})
+    merged, report = current.merged_with(incoming)
+    assert merged.entries == {"Weasley": ["Smith", "the dragon"], "Hogwarts": ["Mystic Academy"], "Snape": ["Grey"],
+                              "Quidditch": ["Skyball"]}
+    assert merged.disabled == {"Snape"}
+    assert report.added == ["Quidditch"] and report.extended == {"Weasley": ["the dragon"]}
+    assert report.unchanged == 2 and not report.removed and not report.changed
+    assert report.summary() == ("1 new term; 1 existing term gained candidates (Weasley + the dragon); "
+                                "2 already there, unchanged")
+
+
+def test_replace_says_how_many_terms_it_removes():
+    current = AnchorDictionary({f"T{i}": ["x"] for i in range(202)})
+    small = AnchorDictionary({"T1": ["x"], "T2": ["y"], "New": ["z"], "T3": ["x"], "Other": ["w"]})
+    report = current.replaced_by(small)
+    assert len(report.removed) == 199 and report.added == ["New", "Other"] and report.changed == ["T2"]
+    assert "199 removed" in report.summary()
+
+
+def test_status_of_a_suggested_row():
+    d = AnchorDictionary({"Weasley": ["Smith"], "muggle": ["outsider"]})
+    assert d.status_of("Weasley", ["Smith"]) == "in the dictionary"
+    assert d.status_of("Weasley", ["the dragon"]) == "in the dictionary, adds: the dragon"
+    assert d.status_of("Muggle", ["commoner"]) == "as 'muggle' in the dictionary"  # 'muggle' matches 'Muggle'
+    assert d.status_of("Hermione", ["Emily"]) == "new"
+    assert changes(d, d).summary() == "2 already there, unchanged"
+
+
+def test_only_spellings_that_match_the_same_text_are_problems():
+    problems = AnchorDictionary(PAPER_LIKE).validate()
+    # "muggle" also matches "Muggle" (a lower-case term matches capitalised); "Invisibility Cloak" and
+    # "invisibility cloak" never match the same text; Quaffle / quaffle agree.
+    assert [p.term for p in problems] == ["Muggle"] and "different case" in problems[0].message
+
+
+def test_resolving_case_variants_folds_colliding_spellings_and_keeps_the_others(tokenizer):
+    from engine.translation import Translator
+
+    resolved, report = AnchorDictionary(PAPER_LIKE).resolve_case_variants()
+    assert resolved.validate() == []
+    assert resolved.entries["muggle"] == ["outsider", "commoner"]  # Muggle's "Commoner" is commoner already
+    assert "Muggle" not in resolved.entries and "Quaffle" not in resolved.entries
+    assert resolved.entries["Invisibility Cloak"] == ["Shadow Cape"]
+    assert resolved.entries["invisibility cloak"] == ["vanishing shawl"]
+    assert list(resolved.entries)[:3] == ["Invisibility Cloak", "invisibility cloak", "muggle"]  # order kept
+    assert any("folded into 'muggle'" in r for r in report)
+    assert any("separate terms" in r and "'Dark Lord' / 'dark lord'" in r for r in report)
+    # What the rule defends: both spellings of one word now get one stand-in per block.
+    tr = Translator(tokenizer, resolved).translate_text("Muggle children. The muggle boy saw the Invisibility Cloak.", 0)
+    by_term = {}
+    for o in tr.occurrences:
+        by_term.setdefault(o.term, set()).add(o.translation.lower())
+    assert len(by_term["muggle"]) == 1 and by_term["Invisibility Cloak"] == {"shadow cape"}
+
+
+def test_a_big_dictionary_with_case_variants_imports_and_resolves_in_one_click():
+    entries = {}
+    for i in range(800):
+        entries[f"Spell{i} Charm"] = [f"trick{i}"]
+        entries[f"spell{i} charm"] = [f"knack{i}"]  # differs beyond the first letter: separate terms
+    for i in range(30):
+        entries[f"Creature{i}"] = [f"Beast{i}"]
+        entries[f"creature{i}"] = [f"animal{i}"]  # collides with Creature{i}
+    d = AnchorDictionary.from_bytes(json.dumps(entries).encode(), "paper.json")
+    assert len(d) == 1660 and len(d.validate()) == 30
+    resolved, _ = d.resolve_case_variants()
+    assert resolved.validate() == [] and len(resolved) == 1630
+    assert resolved.entries["creature7"] == ["animal7", "beast7"]

@@ -1,8 +1,14 @@
-"""engine/jobs/: the one failure ladder a run and an evaluation share, and the face's names."""
+"""engine/jobs/: the one failure ladder a run and an evaluation share, the face's names, run configs as
+YAML and commands, run names, finished jobs reaped by their launcher, the demo built once."""
 from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
 
 import pytest
 
+from conftest import ASSETS
 from engine import jobs
 from engine.errors import UserError
 
@@ -51,3 +57,79 @@ def test_the_face_keeps_every_name_pages_and_the_cli_use():
                  "find_demo", "cancel", "delete", "JobWriter", "queue_slot", "failures", "read_metrics", "read_log",
                  "read_json", "read_eval", "run_adapters", "unlearn_change", "eta_s", "runs_root", "DEMO"):
         assert hasattr(jobs, name), name
+
+
+# -- run configs as YAML and commands, names, ETA, reaping, the demo ----------------------------------
+def _proc_state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+TINY_DEMO = {"reinforce.steps": 2, "unlearn.steps": 2, "data.block_size": 32, "data.max_blocks": 4,
+             "train.batch_size": 2, "probe_every": 1}
+
+
+def wait_finished(d: str, timeout: float = 240) -> jobs.Status:
+    deadline = time.time() + timeout
+    while (s := jobs.read_status(d)).active and time.time() < deadline:
+        time.sleep(0.5)
+    return s
+
+
+def test_config_yaml_round_trips_and_the_command_runs_it(tmp_path):
+    from engine.config import load_config
+
+    cfg = load_config(ASSETS / "demo.yaml")
+    text = jobs.config_yaml(cfg)
+    assert jobs.config_from_bytes(text.encode(), "c.yaml").to_dict() == cfg.to_dict()
+    (tmp_path / "c.yaml").write_text(text)
+    assert load_config(tmp_path / "c.yaml").to_dict() == cfg.to_dict()
+    assert jobs.run_command("c.yaml", "/x/runs/my run") == "python -m engine run c.yaml --out '/x/runs/my run'"
+    # An uploaded copy of assets/demo.yaml: its relative paths are read from assets/.
+    assert jobs.config_from_bytes((ASSETS / "demo.yaml").read_bytes(), "demo.yaml").to_dict() == cfg.to_dict()
+    with pytest.raises(UserError, match="corpus"):
+        jobs.config_from_bytes(b"method: whp\ncorpus: nowhere.txt\n", "bad.yaml")
+
+
+def test_run_names(monkeypatch, tmp_path):
+    monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path))
+    assert jobs.run_dir("alpha-10_v2", "whp") == tmp_path / "runs" / "alpha-10_v2"
+    assert jobs.run_dir("", "whp").name.endswith("-whp")
+    for bad in ("../x", ".hidden", "a/b", "x" * 81):
+        with pytest.raises(UserError, match="run name"):
+            jobs.run_dir(bad, "whp")
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    with pytest.raises(UserError, match="already exists"):
+        jobs.run_dir("taken", "whp")
+
+
+def test_a_finished_job_is_reaped_without_anyone_looking(monkeypatch, tmp_path):
+    """The launcher (the Streamlit server) waits for its children: a finished job never stays a
+    zombie, even when no page reads its status."""
+    monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path))
+    out = tmp_path / "runs" / "quick"
+    status = jobs.launch(["runs", "list"], out, kind="run")  # exits at once (--out is not its flag)
+    deadline = time.time() + 60
+    while _proc_state(status.pid) not in (None,) and time.time() < deadline:
+        assert _proc_state(status.pid) in ("R", "S", "D", "Z", None)
+        time.sleep(0.2)
+    assert _proc_state(status.pid) is None, "the finished child is still in the process table (a zombie)"
+
+
+@pytest.mark.slow  # a subprocess or a whole run: `make test`, not `make test-fast`
+def test_the_demo_run_is_built_once_for_its_model(monkeypatch, tmp_path, tiny_dir):
+    monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path))
+    assert jobs.find_demo(str(tiny_dir)) is None
+    first = jobs.launch_demo(str(tiny_dir), TINY_DEMO)
+    assert Path(first.dir) == tmp_path / "runs" / "demo"
+    assert jobs.launch_demo(str(tiny_dir), TINY_DEMO).dir == first.dir  # running: not started twice
+    done = wait_finished(first.dir)
+    assert done.state == "finished", (done.error, jobs.read_log(first.dir))
+    assert set(jobs.run_adapters(first.dir)) == {"expert", "unlearned"}
+    assert jobs.find_demo(str(tiny_dir)).state == "finished" and jobs.find_demo("embedded") is None
+    again = jobs.launch_demo(str(tiny_dir), TINY_DEMO)
+    assert again.state == "finished" and again.pid == done.pid  # finished: returned as is
+    cfg = json.loads((tmp_path / "runs" / "demo" / "config.json").read_text())
+    assert cfg["model"]["name"] == str(tiny_dir) and cfg["unlearn"]["steps"] == 2
