@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from app.widgets import RUN_COLOURS, global_steps, show
+from app.inspect_views import show
+from app.run_views import RUN_COLOURS, global_steps
 
 MODEL_DASHES = {"baseline": "solid", "expert": "dot", "generic": "dash", "unlearned": "dashdot"}
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2"]

@@ -1,7 +1,7 @@
 """The token strip as a clickable component: a click on a token selects its position.
 
 An `st.components.v2` inline component (no npm build): the strip's HTML comes from
-app/widgets.token_strip_html (escaped there), the script adds a click handler per token, which
+app/inspect_views.token_strip_html (escaped there), the script adds a click handler per token, which
 sends the token's position back to Python, and a hover card with every model's p and rank (each
 token's `data-card`), placed next to the token and kept inside the window.
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app import state, widgets
+from app import anchor_views, state
 from app.suggest_panel import render_suggest_panel
 from engine.anchors import AnchorDictionary, changes, save_anchors
 from engine.coverage import coverage
@@ -43,7 +43,7 @@ def load_into_editor(rows: list[dict], source: str) -> None:
 
 
 def dictionary_rows(d: AnchorDictionary) -> list[dict]:
-    return widgets.anchor_rows(d.entries, d.disabled)
+    return anchor_views.anchor_rows(d.entries, d.disabled)
 
 
 base = st.session_state.get(BASE)
@@ -83,12 +83,12 @@ edited_df = st.data_editor(
                                                    help="Disabled terms stay in the file but are not translated"),
     })
 rows = edited_df.to_dict("records")
-entries, disabled, row_problems = widgets.rows_to_entries(rows)
+entries, disabled, row_problems = anchor_views.rows_to_entries(rows)
 edited = AnchorDictionary(entries, disabled)
 row_of = {r.get("term"): n for n, r in enumerate(rows, start=1)}
 problems = [{"row": n, "term": t, "problem": msg} for n, t, msg in row_problems]
 problems += [{"row": row_of.get(p.term), "term": p.term, "problem": p.message} for p in edited.validate()]
-diff_rows = widgets.diff((saved.entries, saved.disabled), (entries, disabled))
+diff_rows = anchor_views.diff((saved.entries, saved.disabled), (entries, disabled))
 collisions = edited.case_collisions()
 
 left, right = st.columns([2, 3])
@@ -117,7 +117,7 @@ with right:
         st.error(f"{len(problems)} problem(s) to fix before saving; the rows (numbered as in the editor):")
         shown = pd.DataFrame(problems)
         cands = {n: r.get("candidates") for n, r in enumerate(rows, start=1)}
-        shown.insert(2, "candidates", [widgets.cell_text(cands.get(n)) for n in shown["row"]])
+        shown.insert(2, "candidates", [anchor_views.cell_text(cands.get(n)) for n in shown["row"]])
         shown["row"] = shown["row"].map(lambda n: "" if n is None or pd.isna(n) else str(int(n)))
         st.dataframe(shown.style.set_properties(**{"background-color": "#fef2f2"}), hide_index=True,
                      width="stretch", key="anchors_problems")
@@ -247,7 +247,7 @@ shown_tokens = int(p3.number_input("Tokens shown", 1, n_tokens, min(400, n_token
 st.caption(f"{len(tr.occurrences)} anchored-term occurrences · {len(tr.dropped)} of {len(tr.mapping)} positions "
            f"dropped (no generic label) · {len(tr.original_ids)} → {len(tr.translated_ids)} tokens")
 terms = [vars(o) for o in tr.occurrences if o.start < shown_tokens]
-st.html(widgets.alignment_html([tok.decode([i]) for i in tr.original_ids],
+st.html(anchor_views.alignment_html([tok.decode([i]) for i in tr.original_ids],
                                [tok.decode([i]) for i in tr.translated_ids], tr.mapping, terms, limit=shown_tokens))
 
 cov = coverage(preview_dict, text, tr)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, robustness_panel, state, widgets
+from app import charts, inspect_views, robustness_panel, state
 from engine import jobs
 from engine.config import ModelConfig
 from engine.errors import UserError
@@ -318,7 +318,7 @@ else:
         # -- end of the robustness place --------------------------------------------------------------
 
         ex = result.get("examples", {})
-        comp = widgets.completions_html(ex)
+        comp = inspect_views.completions_html(ex)
         if comp:
             st.markdown("**Completions**, prompt by model: the words that count as familiar are highlighted")
             st.html(comp)

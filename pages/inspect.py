@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import charts, state, widgets
+from app import anchor_views, charts, inspect_views, state
 from app.strip import token_strip
 from engine.errors import UserError, as_user_error
 from engine.generation import complete_all
@@ -76,7 +76,7 @@ pinned = c2.text_input("Pinned tokens", key=PINNED,
                        help="Comma-separated words whose probability is shown at the selected position "
                             "and along the prompt; each is read as it appears in running text (with a "
                             "leading space), first token only.")
-metric = c3.selectbox("Colour tokens by", list(widgets.METRICS), format_func=widgets.METRICS.get,
+metric = c3.selectbox("Colour tokens by", list(inspect_views.METRICS), format_func=inspect_views.METRICS.get,
                       key="inspect_metric")
 for key, value in ((PROMPT, prompt), (PINNED, pinned), ("inspect_metric", metric)):
     state.keep(key, value)
@@ -161,7 +161,7 @@ def _clicked() -> None:
 
 if metric == "expert_gain" and ctx.expert is None:
     st.caption("Pick an expert in the sidebar to colour by expert − baseline.")
-token_strip(widgets.token_strip_html(view, metric, pos, alpha), key="inspect_strip", on_click=_clicked)
+token_strip(inspect_views.token_strip_html(view, metric, pos, alpha), key="inspect_strip", on_click=_clicked)
 s1, s2, s3 = st.columns([7, 1.1, 1.6], vertical_alignment="bottom")
 s1.select_slider("Position", options=list(range(T)), key=POS, label_visibility="collapsed",
                  format_func=lambda i: f"position {i} · {positions[i]['token']!r}",
@@ -175,7 +175,7 @@ state.keep("inspect_use_anchors", use_anchors)
 
 # -- at the selected position: every model's top-k, the pinned tokens, alpha --------------------------
 p = positions[pos]
-shown = [m for m in widgets.MODELS if m in ("baseline", "generic")
+shown = [m for m in inspect_views.MODELS if m in ("baseline", "generic")
          or (m == "expert" and ctx.expert) or (m == "unlearned" and ctx.unlearned)]
 left, right = st.columns([3, 2], gap="medium")
 with left:
@@ -183,13 +183,13 @@ with left:
     nxt = f"next: {p['next_token']!r}" if p["next_token"] is not None else "end of the prompt: what comes next"
     h1.markdown(f"**After {p['token']!r}** · position {pos} · {nxt}"
                 + (f" · inside anchored term **{p['term']}**" if p["term"] else ""))
-    word = widgets.word_at(tokens, pos)
+    word = inspect_views.word_at(tokens, pos)
     if word and h2.button(f"“{word[:14]}” as term", key="inspect_add_term", icon=":material/add:", width="stretch",
                           help=f"Add {word!r} to the anchored-terms dictionary: opens the Anchors page with it in "
                                "the editor (you type its generic translation, then Save)"):
         st.session_state.setdefault("anchors_pending_terms", []).append(word)
         st.switch_page(str(state.ROOT / "pages" / "anchors.py"))
-    st.html(widgets.topk_table_html(p, shown, alpha))
+    st.html(inspect_views.topk_table_html(p, shown, alpha))
 with right:
     a1, a2 = st.columns([3, 2])
     with a2:
@@ -213,9 +213,9 @@ with right:
         st.caption("alpha has no effect without an expert: generic is the baseline reading the translated "
                    "prompt. Pick an expert in the sidebar.")
     labels = {text: repr(inspection.piece(tid)) for text, tid in inspection.tracked_ids.items()}
-    bars = widgets.pinned_bars(view, pos, shown)
+    bars = inspect_views.pinned_bars(view, pos, shown)
     if bars:
-        st.markdown(widgets.pinned_summary([{**b, "token": labels.get(b["token"], b["token"])} for b in bars]))
+        st.markdown(inspect_views.pinned_summary([{**b, "token": labels.get(b["token"], b["token"])} for b in bars]))
         fig = charts.pinned_bars(bars, labels, COLOURS, one_token=len(track) == 1)
         st.plotly_chart(fig, key="inspect_bars", config={"displayModeBar": False})
     else:
@@ -240,7 +240,7 @@ if not view["terms"]:
                + ("" if anchors else " (translation is off)") + ".")
 else:
     st.caption(" · ".join(f"{t['term']} → {t['translation']}" for t in view["terms"]))
-    st.html(widgets.alignment_html(tokens, view["translated_tokens"], view["mapping"], view["terms"]))
+    st.html(anchor_views.alignment_html(tokens, view["translated_tokens"], view["mapping"], view["terms"]))
 
 # -- side-by-side completions ----------------------------------------------------------------------
 st.subheader("Completions")
@@ -251,7 +251,7 @@ temperature = float(g2.number_input("Temperature", 0.0, 2.0, 0.0, 0.1, key="insp
 seed = int(g3.number_input("Seed", 0, 2**31 - 1, 0, key="inspect_seed"))
 key = (ctx.model_key, ctx.adapters_key, prompt, anchors.version() if anchors else "", alpha, max_new,
        temperature, seed)
-models = [m for m in widgets.MODELS if m in ("baseline", "generic") or (m == "expert" and ctx.expert)
+models = [m for m in inspect_views.MODELS if m in ("baseline", "generic") or (m == "expert" and ctx.expert)
           or (m == "unlearned" and ctx.unlearned)]
 cells = dict(zip(models, st.columns(len(models))))
 
@@ -262,8 +262,8 @@ def show_completion(m: str, text: str | None) -> None:
         cell.markdown(f"**{m}**  \n:gray[generating…]")
         return
     cell.markdown(f"**{m}**<div style='font-family:ui-monospace,monospace;font-size:0.9rem'>"
-                  f"<span style='color:#888'>…{widgets.show(prompt[-40:])}</span>"
-                  f"<b>{widgets.show(text)}</b></div>", unsafe_allow_html=True)
+                  f"<span style='color:#888'>…{inspect_views.show(prompt[-40:])}</span>"
+                  f"<b>{inspect_views.show(text)}</b></div>", unsafe_allow_html=True)
 
 
 if g4.button("Complete the prompt with every model", key="inspect_complete"):
@@ -275,8 +275,8 @@ if g4.button("Complete the prompt with every model", key="inspect_complete"):
         for m, text in complete_all(wb, prompt, ctx.expert, ctx.unlearned, alpha, anchors, max_new, temperature, seed):
             out[m] = text
             slots[m].markdown(f"**{m}**<div style='font-family:ui-monospace,monospace;font-size:0.9rem'>"
-                              f"<span style='color:#888'>…{widgets.show(prompt[-40:])}</span>"
-                              f"<b>{widgets.show(text)}</b></div>", unsafe_allow_html=True)
+                              f"<span style='color:#888'>…{inspect_views.show(prompt[-40:])}</span>"
+                              f"<b>{inspect_views.show(text)}</b></div>", unsafe_allow_html=True)
         st.session_state["inspect_completions"] = (key, out)
     except UserError as e:
         st.error(str(e))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, state, widgets
+from app import charts, run_views, state
 from engine import jobs
 from engine.config import flatten, form_fields, load_config, nest, path_fields, run_config
 from engine.errors import UserError
@@ -236,7 +236,7 @@ def run_panel(d: str) -> None:
     if rows:
         chosen = st.multiselect("Tracked probes", names, default=[headline] if headline else [],
                                 key=f"run_probes_{name}")
-        live = widgets.probe_progress(rows, chosen or ([headline] if headline else []))
+        live = run_views.probe_progress(rows, chosen or ([headline] if headline else []))
         if live:
             first = live[0]
             m4.metric(first["name"].split(" | ")[0] + ")", f"{first['last']:.3f}",
@@ -319,7 +319,7 @@ if len(dirs) >= 2:
     fig = charts.run_comparison(metrics, {d: Path(d).name for d in picked}, series, series in names)
     st.plotly_chart(fig, key="run_compare")
     if len(picked) >= 2:
-        diff = widgets.config_diff({Path(d).name: jobs.read_json(d, "config.json") or {} for d in picked})
+        diff = run_views.config_diff({Path(d).name: jobs.read_json(d, "config.json") or {} for d in picked})
         st.markdown(f"**Config differences** ({len(diff)} field{'s' * (len(diff) != 1)})")
         if diff:
             st.dataframe(pd.DataFrame(diff), hide_index=True, width="stretch", key="run_cmp_diff")

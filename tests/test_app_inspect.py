@@ -341,8 +341,8 @@ def test_two_tabs_with_different_adapters_at_once(tiny_wb, tiny_expert_dir, tiny
 
 
 def test_pure_helpers_on_a_hand_made_view():
-    from app.widgets import (pinned_summary, metric_values, pinned_bars, rank_change, token_strip_html,
-                             topk_table_html, word_at)
+    from app.inspect_views import (metric_values, pinned_bars, pinned_summary, rank_change, token_strip_html,
+                                   topk_table_html, word_at)
 
     base = [{"id": 1, "token": " a", "prob": 0.5}, {"id": 2, "token": " b", "prob": 0.3}]
     assert [rank_change(2, 1, base), rank_change(1, 2, base), rank_change(1, 1, base), rank_change(9, 1, base)] \

@@ -1,0 +1,49 @@
+"""What the Runs and Evaluate pages derive from a run's metrics: one step axis over its phases, the
+config differences of several runs, the tracked probes' progress. No Streamlit, no torch."""
+from __future__ import annotations
+
+
+# -- runs ------------------------------------------------------------------------------------------
+RUN_COLOURS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"]
+
+
+def global_steps(rows: list[dict]) -> list[int]:
+    """Each metrics row's step on one axis across phases: a phase starts where the one before ended
+    (reinforce 0..12, then unlearn 12..42), so runs with different phase lengths line up."""
+    offset, ends, out = 0, {}, []
+    current = None
+    for r in rows:
+        phase = r.get("phase", "")
+        if phase != current:
+            if current is not None:
+                offset = ends.get(current, offset)
+            current = phase
+        step = int(r.get("step") or 0)
+        ends[phase] = offset + step
+        out.append(offset + step)
+    return out
+
+
+def config_diff(configs: dict[str, dict]) -> list[dict]:
+    """Rows {field, <run>: value, ...} for the flattened config fields whose values differ."""
+    from engine.config import flatten
+
+    flat = {name: flatten(c or {}) for name, c in configs.items()}
+    fields = list(dict.fromkeys(k for f in flat.values() for k in f))
+    out = []
+    for k in fields:
+        values = [flat[n].get(k) for n in flat]
+        if len({repr(v) for v in values}) > 1:
+            out.append({"field": k, **{n: "" if v is None else str(v) for n, v in zip(flat, values)}})
+    return out
+
+
+def probe_progress(rows: list[dict], names: list[str]) -> list[dict]:
+    """Per probe: its first logged value and its latest, {name, first, last, phase}."""
+    out = []
+    for n in names:
+        pts = [(r.get("phase", ""), r["probes"][n]) for r in rows
+               if isinstance(r.get("probes"), dict) and r["probes"].get(n) is not None]
+        if pts:
+            out.append({"name": n, "first": pts[0][1], "last": pts[-1][1], "phase": pts[-1][0]})
+    return out
