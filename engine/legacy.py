@@ -4,11 +4,14 @@
                           the CLI's short flags (--steps, --anchors) are these names too
     the phase "gradient_ascent"   gradient ascent's training phase before issue 11 -> "unlearn"
                           (status.json phases, metrics.jsonl rows, summaries, its checkpoint file)
+    `<phase>.pt` checkpoints      torch.save files before safetensors trainer states; read with
+                          torch.load(weights_only=True): tensors and plain data, never code
 
 Nothing else reads an old format; a format no shipped file or run directory uses is dropped here.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .sections import get_path, set_path
@@ -72,3 +75,17 @@ def summary_of(summary: dict, key: str):
         return summary[key]
     phase, _, rest = key.partition("_")
     return next((summary[f"{old}_{rest}"] for old, new in PHASES.items() if new == phase and f"{old}_{rest}" in summary), None)
+
+
+def is_torch_checkpoint(path: Path) -> bool:
+    """A torch.save zip container (a safetensors file starts with its header's length instead)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def read_torch_checkpoint(path: Path) -> tuple[dict, dict, int]:
+    """(lora state dict, optimizer state dict, step) of a `<phase>.pt` checkpoint: weights only."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["lora"], state["optimizer"], int(state["step"])

@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from . import legacy
 from .errors import UserError
 from .methods import Method, Models, TrainData
 
@@ -102,11 +103,8 @@ def load_trainer_state(path: str | os.PathLike) -> tuple[dict, dict, int]:
     """(lora state dict, optimizer state dict, step) from save_trainer_state's file, or from a
     legacy `.pt` checkpoint read with torch.load(weights_only=True) (tensors and plain data only)."""
     path = Path(path)
-    with open(path, "rb") as f:
-        legacy = f.read(4) == b"PK\x03\x04"  # torch.save's zip container; safetensors starts with a length
-    if legacy:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        return state["lora"], state["optimizer"], int(state["step"])
+    if legacy.is_torch_checkpoint(path):
+        return legacy.read_torch_checkpoint(path)
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
@@ -129,7 +127,7 @@ def load_trainer_state(path: str | os.PathLike) -> tuple[dict, dict, int]:
 def find_checkpoint(path: str | os.PathLike, legacy_names: tuple[str, ...] = ()) -> Path | None:
     """The checkpoint to resume from: `path`, a legacy `<phase>.pt` beside it, or one of legacy_names."""
     path = Path(path)
-    for p in (path, path.with_suffix(".pt"), *(path.with_name(n) for n in legacy_names)):
+    for p in (path, path.with_suffix(".pt"), *(path.with_name(n) for n in legacy_names)):  # engine/legacy.py
         if p.is_file():
             return p
     return None
