@@ -8,6 +8,7 @@ tabs choosing different experts never switch each other's adapter.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,7 +181,10 @@ def _parse(key: str, raw: str):
     if key in ("inspect_pos", "inspect_top_k"):
         return int(raw)
     if key == ALPHA:
-        return min(max(round(float(raw) * 2) / 2, 0.0), 20.0)  # the slider's range and step
+        alpha = float(raw)
+        if not math.isfinite(alpha):  # ?alpha=inf: round() would raise OverflowError on every open
+            raise ValueError(raw)
+        return min(max(round(alpha * 2) / 2, 0.0), 20.0)  # the slider's range and step
     if key == "inspect_use_anchors":
         return raw not in ("0", "false", "off")
     if key == "inspect_prompt":

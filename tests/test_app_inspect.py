@@ -370,3 +370,11 @@ def test_pure_helpers_on_a_hand_made_view():
     assert pinned_summary(bars) == "**P( a)**: 0.500 / 0.010 (baseline / generic), -98% for generic"
     toks = ["<s>", "Then", " Herm", "ione", " smiled", ".", " Hogwarts", "'s"]
     assert [word_at(toks, i) for i in (2, 3, 4, 6)] == ["Hermione", "Hermione", "smiled", "Hogwarts"]
+
+
+@pytest.mark.parametrize("alpha", ["inf", "-inf", "nan", "1e400", "x"])
+def test_a_link_with_a_bad_alpha_opens_on_the_default(app_env, alpha):
+    """A hand-edited link (?alpha=inf crashed the app on every open): the value falls back to its default."""
+    at = _app(PROMPT, {"alpha": alpha}).run()
+    assert not at.exception, at.exception
+    assert at.slider(key="alpha").value == 5.0
