@@ -157,12 +157,14 @@ def nf4_packed(layer) -> bool:
 
 
 def _unpack_for_backprop(layer, args) -> None:
-    """Forward pre-hook: back to the plain NF4 layout before a forward whose input needs a gradient."""
+    """Forward pre-hook: back to the plain NF4 layout before a forward whose input needs a gradient.
+    Runs before every forward of every 4-bit layer, so the cheap tests come first."""
+    if not (torch.is_grad_enabled() and args and getattr(args[0], "requires_grad", False) and nf4_packed(layer)):
+        return
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
-    if nf4_packed(layer) and torch.is_grad_enabled() and args and getattr(args[0], "requires_grad", False):
-        layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-            layer.weight.data, layer.weight.quant_state)
+    layer.weight.data, layer.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+        layer.weight.data, layer.weight.quant_state)
 
 
 def prepare_nf4_on_cpu(model, name: str) -> None:
