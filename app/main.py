@@ -13,6 +13,10 @@ from pathlib import Path
 # on a busy CPU. Measured on 2 shared cores: inspect of 67 tokens 5.7-19 s -> 1.4 s, and a new
 # alpha's view 225 -> 40 ms. Idle machines lose nothing measurable.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# A browser user must not make the server call a new host: no hub downloads unless the machine's
+# owner opts in (OBLIVIATE_HUB=on). Set before huggingface_hub reads it at import.
+if os.environ.get("OBLIVIATE_HUB") != "on":  # engine.boundary.hub_allowed, read before torch loads
+    os.environ["HF_HUB_OFFLINE"] = "1"
 
 import streamlit as st  # noqa: E402  (engine and app are installed by `make setup`: pip install -e .)
 
@@ -171,6 +175,7 @@ def sidebar() -> state.Context:
                     expert = name
                 else:
                     unlearned = name
+            state.hold_adapters(wb, {n for n in (expert, unlearned) if n})
             loaded = [(k, n) for k, n in (("expert", expert), ("unlearned", unlearned)) if n]
             if loaded:
                 cols = st.columns(len(loaded))

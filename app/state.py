@@ -16,7 +16,8 @@ from pathlib import Path
 import streamlit as st
 
 from engine.anchors import AnchorDictionary, load_anchors
-from engine.errors import UserError, as_user_error
+from engine.boundary import browser_adapter, browser_model
+from engine.errors import as_user_error
 from engine.inspection import PAGE_PROMPT_CHARS
 from engine import jobs
 from engine.config import ModelConfig
@@ -76,6 +77,8 @@ def _workbench(model: str, precision: str, device: str) -> Workbench:
 
 
 def load_workbench(model: str, precision: str, device: str) -> Workbench:
+    """The shared Workbench of a model the browser may name (engine/boundary.py decides which)."""
+    model = browser_model(model)
     try:
         return _workbench(model, precision, device)
     except (MemoryError, RuntimeError) as e:
@@ -90,7 +93,7 @@ def run_adapters(kind: str, model: str | None = None) -> list[str]:
     demo's first, then newest first; with `model`, only runs of that model (or of an unknown one)."""
     found = [Path(d) for run in jobs.list_runs() if (d := jobs.run_adapters(run.dir).get(kind))
              and (model is None or jobs.run_model(run.dir) in ("", model))]
-    found.sort(key=lambda d: (d.parents[1].name != jobs.DEMO, -d.stat().st_mtime))
+    found.sort(key=lambda d: (not jobs.is_demo(d.parents[1]), -d.stat().st_mtime))
     return [str(d) for d in found]
 
 
@@ -100,7 +103,7 @@ def adapter_label(choice: str) -> str:
     p = Path(choice)
     if p.parent.name == "adapters":
         run = p.parents[1].name
-        return f"demo ({p.name} of the demo run)" if run == jobs.DEMO else f"run {run}"
+        return f"demo ({p.name} of the demo run)" if jobs.is_demo(p.parents[1]) else f"run {run}"
     return str(p)
 
 
@@ -122,10 +125,10 @@ def _fingerprint(path: Path) -> str:
 
 
 def ensure_adapter(wb: Workbench, kind: str, path: str) -> str:
-    """Load the adapter once per Workbench under a name derived from its path; return the name."""
-    p = Path(os.path.expanduser(path.strip()))
-    if not p.exists():
-        raise UserError(f"{kind} adapter path does not exist: {path}")
+    """Load the adapter once per Workbench under a name derived from its path; return the name.
+    Only a LoRA adapter directory under the browser roots (engine/boundary.py): a link or a typed
+    path never loads a second base model, nor anything outside."""
+    p = browser_adapter(path, kind)
     name = f"{kind}_{_fingerprint(p)}"
     with wb.lock:
         if name not in wb.adapters:
@@ -136,6 +139,41 @@ def ensure_adapter(wb: Workbench, kind: str, path: str) -> str:
                     raise
                 raise err from None
     return name
+
+
+@st.cache_resource
+def _holders() -> dict:
+    """Workbench id -> {browser session id: adapter names it shows}: who keeps which adapter loaded."""
+    return {}
+
+
+def _session_id() -> str:
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return ctx.session_id if ctx else "script"
+
+
+def _live(session_id: str) -> bool:
+    from streamlit import runtime
+
+    if not runtime.exists():  # AppTest: one session, its own
+        return True
+    return runtime.get_instance().is_active_session(session_id)
+
+
+def hold_adapters(wb: Workbench, names: set[str]) -> None:
+    """This browser session shows `names` now; every adapter the sidebar loaded that no live session
+    shows any more is unloaded (three links opened one after another keep one adapter, not three)."""
+    holders = _holders().setdefault(id(wb), {})
+    with wb.lock:
+        holders[_session_id()] = set(names)
+        for sid in [s for s in holders if not _live(s)]:
+            del holders[sid]
+        used = set().union(*holders.values())
+        for name in list(wb.adapters):
+            if name.startswith(("expert_", "unlearned_")) and name not in used:
+                wb.remove_adapter(name)
 
 
 def use_adapter(kind: str, path: str) -> None:

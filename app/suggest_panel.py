@@ -8,12 +8,11 @@ written, logged or shown again.
 """
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 import streamlit as st
 
 from engine.anchors import AnchorDictionary
+from engine.boundary import allowed_endpoints, shown_url
 from engine.errors import UserError
 from engine.secrets import env_key_for
 from engine.suggest import LLMConfig, Suggestions, accept_rows, suggest_llm, suggest_offline
@@ -82,10 +81,11 @@ def render_suggest_panel(current: AnchorDictionary, wb=None, expert: str | None 
     llm_tab, offline_tab = st.tabs(["With an LLM", "Offline (no API)"])
     with llm_tab:
         c1, c2 = st.columns(2)
-        base_url = c1.text_input("Base URL", value=os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
-                                 key=f"{key}_base_url",
-                                 help="Any OpenAI-compatible chat endpoint: OpenAI, a local vLLM or llama.cpp "
-                                      "server (http://127.0.0.1:8000/v1)")
+        endpoints = allowed_endpoints()  # the owner's list: a browser user cannot point the server at a new host
+        base_url = c1.selectbox("Endpoint", endpoints, key=f"{key}_base_url", format_func=shown_url,
+                                help="The OpenAI-compatible chat endpoints this server may call: OPENAI_BASE_URL "
+                                     "(api.openai.com when unset) and those its owner lists in OBLIVIATE_ENDPOINTS "
+                                     "(a local vLLM or llama.cpp server, say)")
         model = c2.text_input("Model", key=f"{key}_model", placeholder="gpt-4o-mini",
                               help="The chat model's name as the endpoint knows it")
         env_key = env_key_for(base_url) is not None  # the server's key goes only to the URL it was set up for

@@ -196,11 +196,11 @@ def path_fields(section: type[BaseModel] | None = None, prefix: str = "") -> dic
 
 
 # -- reading a config --------------------------------------------------------------------------------
-def _resolve_paths(data: dict, base: Path) -> None:
+def _resolve_paths(data: dict, base: Path, gate=None) -> None:
     for dotted in path_fields():
         v = get_path(data, dotted)
         if isinstance(v, str) and v:
-            set_path(data, dotted, resolve_path(v, base))
+            set_path(data, dotted, str(gate(resolve_path(v, base), dotted)) if gate else resolve_path(v, base))
     name = get_path(data, "model.name")
     if isinstance(name, str) and name.startswith((".", "~")):
         set_path(data, "model.name", resolve_path(name, base))
@@ -218,13 +218,14 @@ def _requirements_beside(nested: dict, bad: set) -> list[str]:
     return METHODS[cfg.method].requirements(cfg)
 
 
-def run_config(data, base_dir: str | os.PathLike | None = None) -> RunConfig:
+def run_config(data, base_dir: str | os.PathLike | None = None, gate=None) -> RunConfig:
     """Validate a parsed config (nested, or the flat keys of earlier configs); relative paths resolve
-    against base_dir (the config's folder). Every problem is reported at once, in one UserError."""
+    against base_dir (the config's folder). Every problem is reported at once, in one UserError.
+    gate(path, field) -> path: a rule every path passes first (a page's: engine.boundary.browser_path)."""
     if not isinstance(data, dict):
         raise UserError("invalid config: expected a mapping of field: value")
     nested, written = legacy.migrate(data)
-    _resolve_paths(nested, Path(base_dir) if base_dir else Path.cwd())
+    _resolve_paths(nested, Path(base_dir) if base_dir else Path.cwd(), gate)
     try:
         return RunConfig.model_validate(nested)
     except ValidationError as e:

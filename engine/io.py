@@ -5,11 +5,11 @@ Every file a user names goes through here, so the whole class of bad inputs gets
     parse_json       JSON with duplicate keys, absurd nesting and huge numbers refused in one line
     parse_yaml       YAML without aliases (an alias bomb grows a process by gigabytes)
     check_out_dir / check_out_file   an output place that can be written, checked before any work
-    browser_path     the path policy for text a browser user names (assets/, OBLIVIATE_HOME, ...)
     short            a value bounded for echoing in a message
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -101,6 +101,10 @@ def check_out_dir(path: str | os.PathLike, what: str = "--out") -> Path:
         parent = parent.parent
     if not parent.is_dir() or not _writable_dir(parent):
         raise UserError(f"{what}: cannot write under {parent} (permission denied)")
+    try:  # root passes every access() test: /sys or a read-only mount refuses only a real write
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".obliviate-check-"))
+    except OSError as e:
+        raise UserError(f"{what}: cannot write under {parent} ({e.strerror})") from None
     return p
 
 
@@ -193,15 +197,32 @@ def parse_json(text: str, what: str = "JSON"):
     return obj
 
 
+@functools.cache
+def _yaml_loader():
+    """SafeLoader that reads `1e-4` as a float, as YAML 1.2 (and every config example) does: YAML 1.1,
+    PyYAML's, wants a dot (1.0e-4) and would leave it a string that float fields refuse."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+    return Loader
+
+
 def parse_yaml(text: str, what: str = "YAML"):
     """yaml.safe_load without aliases: `*a` references can expand a 1 kB file into gigabytes."""
     import yaml
 
+    loader = _yaml_loader()
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=loader):
             if isinstance(event, yaml.AliasEvent):
                 raise UserError(f"{what}: YAML aliases (*name) are not accepted; write the values out")
-        obj = yaml.safe_load(text)
+        obj = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         raise UserError(f"{what}: cannot parse YAML ({str(e).splitlines()[0][:100]})") from None
     except RecursionError:
@@ -209,32 +230,3 @@ def parse_yaml(text: str, what: str = "YAML"):
     if _depth(obj, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise UserError(f"{what}: YAML nested deeper than {MAX_JSON_DEPTH} levels")
     return obj
-
-
-# -- what a browser user may read -----------------------------------------------------------------
-def browser_roots() -> list[Path]:
-    """Folders whose files a browser user may name: the project's assets, OBLIVIATE_HOME, ./runs, and
-    any folder the machine's owner lists in OBLIVIATE_BROWSER_ROOTS (os.pathsep-separated)."""
-    roots = [ASSETS, obliviate_home(), ROOT / "runs"]
-    roots += [Path(p).expanduser() for p in os.environ.get("OBLIVIATE_BROWSER_ROOTS", "").split(os.pathsep) if p]
-    return [r.resolve() for r in roots]
-
-
-def browser_path(path: str, what: str = "file") -> Path:
-    """A path typed in the browser, resolved (symlinks followed) and refused outside browser_roots().
-
-    The CLI is run by the machine's owner and may read anything; a page is run by whoever opens it.
-    """
-    if not isinstance(path, str) or not path.strip():
-        raise UserError(f"{what}: no path given")
-    p = Path(os.path.expanduser(path.strip()))
-    if not p.is_absolute():
-        p = ROOT / p
-    real = p.resolve()
-    anchors = os.environ.get("OBLIVIATE_ANCHORS")  # the dictionary file the owner pointed the workbench at
-    if anchors and real == Path(anchors).expanduser().resolve():
-        return real
-    if not any(real == r or real.is_relative_to(r) for r in browser_roots()):
-        raise UserError(f"{what}: {path.strip()} is outside the folders this page may read (assets/, "
-                        f"OBLIVIATE_HOME, runs/, OBLIVIATE_BROWSER_ROOTS): upload it or copy it there")
-    return real

@@ -9,7 +9,12 @@ cutting the text to length, so no part of a key survives at the cut.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit
+import re
+import threading
+from typing import Callable, TypeVar
+from urllib.parse import quote, urlsplit
+
+T = TypeVar("T")
 
 OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 KEY_ENV = ("OPENAI_API_KEY", "OBLIVIATE_JUDGE_API_KEY")
@@ -49,17 +54,56 @@ def api_key(base_url: str | None, typed: str | None = None) -> str:
     return remember(typed) or env_key_for(base_url) or ""
 
 
+def _key_pattern(key: str) -> str:
+    """A key as a regex that also matches it split by whitespace (a wrapped error body) and with any
+    of its characters percent-encoded (a key echoed inside a URL)."""
+    def char(c: str) -> str:
+        enc = quote(c, safe="")
+        alts = [re.escape(c)] + ([] if enc == c else [re.escape(enc)])
+        alts += [f"%{b:02x}" for b in c.encode()] if len(c.encode()) == 1 else []
+        return "(?:" + "|".join(dict.fromkeys(alts)) + ")"
+
+    return r"\s*".join(char(c) for c in key)
+
+
 def scrub(text, limit: int | None = 300) -> str:
-    """One line with every known key replaced by ***, then cut to `limit` characters."""
-    text = " ".join(str(text).split())
+    """One line with every known key replaced by ***, then cut to `limit` characters. A key split by
+    line breaks or spaces, or percent-encoded, is found too."""
+    text = str(text)
     keys = {os.environ.get(k) for k in KEY_ENV} | _known
     for key in sorted((k for k in keys if k and len(k) >= 4), key=len, reverse=True):
-        text = text.replace(key, "***")
+        text = re.sub(_key_pattern(key), "***", text)
+    text = " ".join(text.split())
     if limit is not None and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
 
 
 def contains_key(text: str) -> bool:
-    keys = {os.environ.get(k) for k in KEY_ENV} | _known
-    return any(k and len(k) >= 4 and k in text for k in keys)
+    return scrub(text, None) != " ".join(str(text).split())
+
+
+class Deadline(Exception):
+    """A request that did not complete within its overall deadline."""
+
+
+def within(seconds: float, call: Callable[[], T]) -> T:
+    """call() with an overall deadline: a reply that trickles in a byte a second, or never ends, is
+    given up at `seconds` (a client's read timeout restarts at every byte). The call runs in a daemon
+    thread, which ends by itself once its connection yields or closes."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = call()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller as it is
+            box["error"] = e
+
+    worker = threading.Thread(target=run, name="request", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise Deadline(f"no complete reply within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

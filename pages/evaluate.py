@@ -19,7 +19,8 @@ from engine.estimate import duration, estimate_eval
 from engine.evaluation import EvalRequest, EvalSettings
 from engine.evaluation.settings import settings_fields
 from engine.evaluation.table import ROBUSTNESS, comes_back, metric, ordered, scalar_keys
-from engine.io import browser_path, check_text_file
+from engine.boundary import allowed_endpoints, browser_adapter, browser_endpoint, browser_path, shown_url
+from engine.io import check_text_file
 from engine.methods import METHODS
 
 ASSETS = state.ASSETS
@@ -102,7 +103,9 @@ with st.expander("Settings"):
     judge_model = j1.text_input("LLM judge model (optional)", key="eval_judge",
                                 help="Grades every completion 0-3 through an OpenAI-compatible endpoint; "
                                      "the key comes from OPENAI_API_KEY in the environment.")
-    judge_url = j2.text_input("Judge endpoint (optional)", key="eval_judge_url", placeholder="https://api.openai.com/v1")
+    judge_url = j2.selectbox("Judge endpoint", allowed_endpoints(), key="eval_judge_url", format_func=shown_url,
+                             help="The endpoints this server may call: OPENAI_BASE_URL (api.openai.com when unset) "
+                                  "and those its owner lists in OBLIVIATE_ENDPOINTS")
     judge_key = j1.text_input("Judge API key", type="password", key="eval_judge_key",
                               help="Needed unless the server's OPENAI_API_KEY was configured for this endpoint "
                                    "(OPENAI_BASE_URL, or the official one). Passed to the evaluation job in its "
@@ -119,11 +122,11 @@ model = ModelConfig(st.session_state.get(state.MODEL) or state.default_model(),
 
 def build_request() -> tuple[EvalRequest, dict | None]:
     """The page's choices as an EvalRequest (every path checked), and the judge key's environment."""
-    adapters = {safe_name(n): choices[n] for n in picked}
+    # Every adapter, a listed run's too (a copied run's adapters/ may be a link), passes the browser's
+    # rule: a LoRA adapter directory under the roots (engine/boundary.py), never a full model.
+    adapters = {safe_name(n): str(browser_adapter(choices[n], n)) for n in picked}
     if extra.strip():
-        p = Path(extra.strip()).expanduser()
-        if not p.exists():
-            raise UserError(f"adapter path does not exist: {extra.strip()}")
+        p = browser_adapter(extra, "another")
         adapters[safe_name(p.name)] = str(p)
     # Paths typed here may only name files under assets/, OBLIVIATE_HOME or runs/: the texts come
     # back on this page (verbatim examples), so /proc/self/environ must not be readable through it.
@@ -134,7 +137,7 @@ def build_request() -> tuple[EvalRequest, dict | None]:
             raise UserError(problem)
     settings = EvalSettings.make(max_new_tokens=int(max_new), verbatim_passages=int(passages),
                                  relearn_steps=int(relearn), robustness=bool(robust), **robustness,
-                                 judge_model=judge_model.strip() or None, judge_base_url=judge_url.strip() or None)
+                                 judge_model=judge_model.strip() or None, judge_base_url=browser_endpoint(judge_url, "judge endpoint") if judge_model.strip() else None)
     request = EvalRequest.make(model=model, adapters=adapters, probes=files[0], corpus=files[1], retain=retain_path,
                                anchors=str(state.anchors_path()), settings=settings)
     env = {"OBLIVIATE_JUDGE_API_KEY": judge_key} if judge_model.strip() and judge_key else None
@@ -255,7 +258,8 @@ else:
             st.error(f"the result of {Path(shown).name} is missing or unreadable")
     if result:
         models = result["models"]
-        st.caption(f"model **{result['model']}** · {len(models)} models · {result['seconds']:.0f} s")
+        took = f" · {result['seconds']:.0f} s" if result["seconds"] is not None else ""
+        st.caption(f"model **{result['model']}** · {len(models)} models{took}")
         for note in result.get("notes", []):
             st.info(note)
         present = {k for v in models.values() for k in v}

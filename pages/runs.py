@@ -18,7 +18,7 @@ from engine import jobs
 from engine.config import flatten, form_fields, load_config, nest, path_fields, run_config
 from engine.errors import UserError
 from engine.estimate import estimate_run
-from engine.io import browser_path
+from engine.boundary import browser_model, browser_path
 from engine.methods import METHODS
 
 ASSETS = state.ASSETS
@@ -91,7 +91,7 @@ def _load_yaml() -> None:
     if upload is None:
         return
     try:
-        cfg = jobs.config_from_bytes(upload.getvalue(), upload.name)
+        cfg = jobs.config_from_bytes(upload.getvalue(), upload.name, gate=browser_path)
     except UserError as e:
         st.session_state["run_yaml_error"] = f"{upload.name}: {e}"
         return
@@ -109,7 +109,7 @@ def form_config(method: str, values: dict):
         if isinstance(values.get(path), str) and values[path]:
             values[path] = str(browser_path(values[path], path))
     values["method"] = method
-    values["model.name"] = (st.session_state.get(state.MODEL) or state.default_model()).strip()
+    values["model.name"] = browser_model(st.session_state.get(state.MODEL) or state.default_model())
     values["model.precision"] = st.session_state.get(state.PRECISION) or "auto"
     values["model.device"] = st.session_state.get(state.DEVICE) or "auto"
     return run_config(nest(values))

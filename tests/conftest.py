@@ -176,14 +176,17 @@ def open_page(page: str, timeout: float = 60):
 
 
 @pytest.fixture()
-def app_env(monkeypatch, tmp_path, tiny_dir):
-    """The workbench's environment for AppTests: the tiny model, a fresh OBLIVIATE_HOME (yielded)."""
+def app_env(monkeypatch, tmp_path, tiny_dir, tmp_path_factory):
+    """The workbench's environment for AppTests: the tiny model, a fresh OBLIVIATE_HOME (yielded), and
+    the tests' temporary folders as a browser root (the owner's OBLIVIATE_BROWSER_ROOTS), where the
+    session's adapters live; tests of the trust boundary remove it."""
     import streamlit as st
 
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("OBLIVIATE_MODEL", str(tiny_dir))
     monkeypatch.setenv("OBLIVIATE_HOME", str(home))
+    monkeypatch.setenv("OBLIVIATE_BROWSER_ROOTS", str(tmp_path_factory.getbasetemp()))
     monkeypatch.delenv("OBLIVIATE_ANCHORS", raising=False)
     st.cache_resource.clear()  # the Workbench and inspections are process-wide: start each test clean
     st.cache_data.clear()

@@ -223,7 +223,7 @@ def test_bad_input_shows_an_error_and_keeps_running(app_env, monkeypatch, tiny_e
     at.session_state["model"] = "/nonexistent/model"
     at.run()
     assert not at.exception, at.exception
-    assert any("does not exist" in e.value for e in at.sidebar.error)
+    assert any("is not a model this page may load" in e.value for e in at.sidebar.error)
     assert any("No model is loaded" in w.value for w in at.warning)
     # NF4 on the CPU with layers bitsandbytes cannot pack (the tiny model's width 32): one line there.
     at = _app(PROMPT)
@@ -251,7 +251,7 @@ def test_bad_input_shows_an_error_and_keeps_running(app_env, monkeypatch, tiny_e
     at.session_state["unlearned_path"] = "/nonexistent/adapter"
     at.run()
     assert not at.exception, at.exception
-    assert any("does not exist" in e.value for e in at.main.error), "the error is where the eyes are"
+    assert any("is not an adapter this page may load" in e.value for e in at.main.error), "the error is where the eyes are"
     assert set(_tables(at)) == {"baseline", "expert", "generic"}
 
 
@@ -318,10 +318,13 @@ def test_add_a_token_as_a_term(app_env, monkeypatch, tmp_path):
     assert any("Added 'Hermione'" in s.value for s in at.success)
 
 
-def test_two_tabs_with_different_adapters_at_once(tiny_wb, tiny_expert_dir, tiny_unlearned_dir):
+def test_two_tabs_with_different_adapters_at_once(tiny_wb, tiny_expert_dir, tiny_unlearned_dir, monkeypatch,
+                                                  tmp_path_factory):
     """Two sessions share one Workbench: adapters are named by path, forwards are serialised by the
     engine's lock, so concurrent inspections each get their own adapter's answer."""
     from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("OBLIVIATE_BROWSER_ROOTS", str(tmp_path_factory.getbasetemp()))  # where the adapters are
 
     from app.state import ensure_adapter
     from engine.inspection import inspect

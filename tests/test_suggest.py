@@ -327,9 +327,10 @@ def test_panel_suggests_reviews_and_returns_the_merged_dictionary(monkeypatch, t
     monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with FakeOpenAI(lambda n, chunk, body: (200, _reply(json.dumps(good_terms(chunk))))) as srv:
+        monkeypatch.setenv("OBLIVIATE_ENDPOINTS", srv.url)  # the owner's list: no URL is typed in a page
         at = AppTest.from_string(PANEL, default_timeout=60).run()
         assert not at.exception
-        at.text_input(key="suggest_base_url").input(srv.url)
+        at.selectbox(key="suggest_base_url").set_value(srv.url)
         at.text_input(key="suggest_model").input("m")
         at.text_input(key="suggest_api_key").input(KEY)
         at.button(key="suggest_llm").click().run()
@@ -351,8 +352,9 @@ def test_panel_shows_a_clear_error_and_keeps_running(monkeypatch):
 
     monkeypatch.setenv("SUGGEST_CORPUS", CORPUS)
     with FakeOpenAI(lambda n, c, b: (401, {"error": {"message": f"bad key {KEY}"}})) as srv:
+        monkeypatch.setenv("OBLIVIATE_ENDPOINTS", srv.url)
         at = AppTest.from_string(PANEL, default_timeout=60).run()
-        at.text_input(key="suggest_base_url").input(srv.url)
+        at.selectbox(key="suggest_base_url").set_value(srv.url)
         at.text_input(key="suggest_model").input("m")
         at.text_input(key="suggest_api_key").input(KEY)
         at.button(key="suggest_llm").click().run()

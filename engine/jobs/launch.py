@@ -2,7 +2,9 @@
 run configs, evaluation requests and demo it starts from."""
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,8 +16,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..io import ASSETS, ROOT, atomic_write_json, check_out_dir
 from .control import delete
-from .status import (ACTIVE, DEMO, RUN_NAME, Status, _read, _write, evals_root, mark, now, read_status, run_model, run_roots,
-                     runs_root)
+from .status import (ACTIVE, DEMO, RUN_NAME, Status, _read, _write, append_file, evals_root, mark, now, read_status,
+                     run_model, run_roots, runs_root)
 
 def launch(args: list[str], out: str | os.PathLike, kind: str, env: dict | None = None) -> Status:
     """Start `python -m engine *args --out OUT` detached (own session: survives the UI's reruns).
@@ -33,7 +35,7 @@ def launch(args: list[str], out: str | os.PathLike, kind: str, env: dict | None 
                        "created": old.created or now(), "updated": now(), "host": socket.gethostname(),
                        "pid": None, "phase": "queued", "error": None})
     _write(out, status)
-    err = open(out / "stderr.txt", "ab")
+    err = append_file(out / "stderr.txt")
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine", *args, "--out", str(out)], cwd=ROOT, stdout=err, stderr=err,
         stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
@@ -92,9 +94,10 @@ def config_yaml(cfg) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True, width=100)
 
 
-def config_from_bytes(data: bytes, name: str, base_dir: str | os.PathLike = ASSETS):
+def config_from_bytes(data: bytes, name: str, base_dir: str | os.PathLike = ASSETS, gate=None):
     """An uploaded YAML / JSON config, validated; its relative paths resolve against base_dir
-    (assets/ by default, where the demo config's files are)."""
+    (assets/ by default, where the demo config's files are). gate(path, field): the browser's rule
+    (engine.boundary.browser_path), applied to every path before anything looks at the file."""
     from ..config import run_config
     from ..io import parse_json, parse_yaml
 
@@ -105,7 +108,7 @@ def config_from_bytes(data: bytes, name: str, base_dir: str | os.PathLike = ASSE
     except UnicodeDecodeError:
         raise UserError(f"{name} is not UTF-8 text") from None
     parsed = parse_json(text, name) if name.lower().endswith(".json") else parse_yaml(text, name)
-    return run_config(parsed or {}, base_dir)
+    return run_config(parsed or {}, base_dir, gate)
 
 
 # -- the demo adapters --------------------------------------------------------------------------------
@@ -116,29 +119,46 @@ def demo_config(model: str = "embedded", overrides: dict | None = None):
     return with_overrides(load_config(ASSETS / "demo.yaml"), {"model.name": model, **(overrides or {})})
 
 
+def demo_name(model: str) -> str:
+    """The demo run's directory name for a model: `demo` for the embedded one, `demo-<name>-<hash>`
+    for any other, so that building one model's demo never touches another's."""
+    if model == "embedded":
+        return DEMO
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).name or "model").strip("-.")[:40] or "model"
+    return f"{DEMO}-{slug}-{hashlib.sha1(model.encode()).hexdigest()[:6]}"
+
+
+def is_demo(run_dir: str | os.PathLike) -> bool:
+    name = Path(run_dir).name
+    return name == DEMO or name.startswith(f"{DEMO}-")
+
+
 def find_demo(model: str = "embedded") -> Status | None:
-    """The demo run of this model (OBLIVIATE_HOME/runs/demo or ./runs/demo from `make demo`),
-    finished ones first; None when there is none."""
+    """The demo run of this model (OBLIVIATE_HOME/runs/<demo_name>, ./runs/demo from `make demo`, or
+    the `demo` of earlier versions), finished ones first; None when there is none."""
     found = []
     for root in run_roots():
-        d = root / DEMO
-        if (d / "status.json").is_file() and run_model(d) == model:
-            found.append(read_status(d))
+        for d in dict.fromkeys((root / demo_name(model), root / DEMO)):
+            if (d / "status.json").is_file() and run_model(d) == model:
+                found.append(read_status(d))
     found.sort(key=lambda s: (s.state != "finished", not s.active))
     return found[0] if found else None
 
 
 def launch_demo(model: str = "embedded", overrides: dict | None = None) -> Status:
     """Build the demo's expert and unlearned adapters once, as a normal run job into
-    OBLIVIATE_HOME/runs/demo; an existing demo of the model (running or finished) is returned as is,
-    a failed or cancelled one is started again."""
+    OBLIVIATE_HOME/runs/<demo_name(model)>; an existing demo of the model (running or finished) is
+    returned as is, a failed or cancelled one of the same model is started again. Another model's
+    demo is never replaced."""
     existing = find_demo(model)
     if existing and (existing.active or existing.state == "finished"):
         return existing
-    out = runs_root() / DEMO
+    out = runs_root() / demo_name(model)
     if (out / "status.json").exists():
         if read_status(out).active:
-            raise UserError(f"{out} is running a demo for another model: wait for it, or cancel it on the Runs page")
+            raise UserError(f"{out} is running a demo: wait for it, or cancel it on the Runs page")
+        if run_model(out) not in ("", model):
+            raise UserError(f"{out} holds the demo of {run_model(out)!r}: delete it on the Runs page first")
         delete(out)
     return launch_run(demo_config(model, overrides), out)
 
@@ -158,6 +178,8 @@ def launch_eval(request, out: str | os.PathLike | None = None, env: dict | None 
     for the job (a judge key from a page's key field: never in a file or on a command line)."""
     out = Path(out) if out else evals_root() / datetime.now().strftime("%Y%m%d-%H%M%S")
     check_out_dir(out, "evaluation directory")
+    if (out / "eval.json").exists() or read_status(out).state is not None:
+        raise UserError(f"{out} already holds an evaluation: choose another directory")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "request.json", request.model_dump(mode="json"))
     return launch(["eval", "--request", str(out / "request.json")], out, kind="eval", env=env)
