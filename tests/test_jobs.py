@@ -123,7 +123,7 @@ def test_the_demo_run_is_built_once_for_its_model(monkeypatch, tmp_path, tiny_di
     monkeypatch.setenv("OBLIVIATE_HOME", str(tmp_path))
     assert jobs.find_demo(str(tiny_dir)) is None
     first = jobs.launch_demo(str(tiny_dir), TINY_DEMO)
-    assert Path(first.dir) == tmp_path / "runs" / "demo"
+    assert Path(first.dir) == tmp_path / "runs" / jobs.demo_name(str(tiny_dir))  # its own, beside the embedded one's
     assert jobs.launch_demo(str(tiny_dir), TINY_DEMO).dir == first.dir  # running: not started twice
     done = wait_finished(first.dir)
     assert done.state == "finished", (done.error, jobs.read_log(first.dir))
@@ -131,5 +131,5 @@ def test_the_demo_run_is_built_once_for_its_model(monkeypatch, tmp_path, tiny_di
     assert jobs.find_demo(str(tiny_dir)).state == "finished" and jobs.find_demo("embedded") is None
     again = jobs.launch_demo(str(tiny_dir), TINY_DEMO)
     assert again.state == "finished" and again.pid == done.pid  # finished: returned as is
-    cfg = json.loads((tmp_path / "runs" / "demo" / "config.json").read_text())
+    cfg = json.loads((Path(first.dir) / "config.json").read_text())
     assert cfg["model"]["name"] == str(tiny_dir) and cfg["unlearn"]["steps"] == 2

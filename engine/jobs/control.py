@@ -17,7 +17,7 @@ from typing import Callable
 from ..errors import UserError, as_user_error, first_line
 from ..io import obliviate_home
 from ..secrets import scrub
-from .status import Status, _read, _write, is_job_dir, job_roots, mark, now, pid_alive, read_status
+from .status import Status, _read, _write, append_file, is_job_dir, job_roots, mark, now, pid_alive, read_status
 
 # -- job side -----------------------------------------------------------------------------------
 class Cancelled(Exception):
@@ -115,15 +115,15 @@ class JobWriter:
         line = f"{datetime.now().strftime('%H:%M:%S')} {scrub(message, limit=2000)}"
         print(line, file=sys.stderr, flush=True)
         if self.enabled:
-            with open(self.out / "log.txt", "a") as f:
-                f.write(line + "\n")
+            with append_file(self.out / "log.txt") as f:
+                f.write((line + "\n").encode("utf-8"))
 
     def metric(self, row: dict) -> None:
         if self.enabled:
             from ..io import dumps
 
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(dumps(row) + "\n")
+            with append_file(self.out / "metrics.jsonl") as f:
+                f.write((dumps(row) + "\n").encode("utf-8"))
 
 
 @contextlib.contextmanager

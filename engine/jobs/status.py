@@ -7,21 +7,27 @@
         .obliviate-job the mark that makes DIR deletable by `runs delete`
     a run:  config.json, adapters/<expert|unlearned>/, checkpoints/, labels.json  (engine/pipeline.py)
     an evaluation:  request.json (what to evaluate), eval.json (the result)       (engine/evaluation/)
+
+Every one of them is read through `job_file`: a name whose real path leaves the job directory (a
+copied run's log.txt linked to /etc/shadow), anything but a regular file (a FIFO would hang the
+page) and anything over its size bound is "unreadable", never followed; the readers below turn
+what is left into typed records, so one garbage file cannot break a page.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
 import socket
+import stat
 import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..io import ROOT, atomic_write_json, obliviate_home
+from ..errors import UserError
+from ..io import ROOT, atomic_write_json, atomic_write_text, obliviate_home, parse_json
 from ..legacy import phase_name, summary_of
 
 ACTIVE = ("queued", "running")
@@ -29,6 +35,10 @@ INTERRUPTED = "failed (interrupted)"
 STATES = (*ACTIVE, "finished", "failed", "cancelled", INTERRUPTED)
 MARK = ".obliviate-job"  # written into every job directory: `delete` removes nothing without it
 MAX_STATUS_BYTES = 4 << 20
+PID_MAX = 1 << 22  # Linux's largest pid_max
+MAX_JOB_JSON_BYTES = 64 << 20  # eval.json of a big evaluation (examples) stays far below
+MAX_METRICS_BYTES = 64 << 20
+LOG_TAIL_BYTES = 1 << 20  # a page shows the last lines of a log: read at most its last MiB
 DEMO = "demo"  # OBLIVIATE_HOME/runs/demo: the demo config's adapters, built once (launch_demo)
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 def now() -> str:
@@ -91,8 +101,8 @@ class Status:
                 kw[f.name] = [x for x in v if isinstance(x, str)]
             elif isinstance(v, want):
                 kw[f.name] = v
-        if kw.get("pid") is not None and kw["pid"] <= 0:
-            del kw["pid"]  # 0 or -1 would signal a process group, or every process the user may signal
+        if kw.get("pid") is not None and not 0 < kw["pid"] < PID_MAX:
+            del kw["pid"]  # 0 or -1 would signal a process group, or every process; 10**20 overflows os.kill
         if kw.get("state") is not None and kw["state"] not in STATES:
             kw["state"] = "unreadable"
         kw["dir"] = dir
@@ -102,15 +112,64 @@ class Status:
         return asdict(self)
 
 
+class Unreadable(Exception):
+    """A job file that is not one: outside the job directory, not a regular file, or too large."""
+
+
+def job_file(out: str | os.PathLike, name: str, limit: int, tail: bool = False) -> bytes | None:
+    """The bytes of DIR/name (None when it does not exist), read only when its real path stays inside
+    DIR and it is a regular file of at most `limit` bytes (tail=True: its last `limit` bytes).
+    Raises Unreadable otherwise."""
+    base = Path(out).resolve()
+    try:
+        real = (Path(out) / name).resolve(strict=True)
+    except FileNotFoundError:
+        return None
+    except (OSError, RuntimeError):  # a symlink loop
+        raise Unreadable(f"{name} cannot be resolved") from None
+    if not real.is_relative_to(base):
+        raise Unreadable(f"{name} points outside the job directory")
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise Unreadable(f"{name}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise Unreadable(f"{name} is not a regular file")
+        if info.st_size > limit:
+            if not tail:
+                raise Unreadable(f"{name} is larger than {limit >> 20} MiB")
+            f.seek(info.st_size - limit)
+        return f.read(limit)
+
+
+def append_file(path: Path):
+    """A job file opened for appending (binary), never through a link: a copied run's log.txt linked
+    to /etc/... or a FIFO in its place is replaced by a fresh regular file."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IsADirectoryError(path)
+    except OSError:
+        path.unlink(missing_ok=True)
+        fd = os.open(path, flags, 0o644)
+    return os.fdopen(fd, "ab")
+
+
 def _read(out: Path) -> Status:
     """status.json as a safe record (state None when there is none)."""
-    path = Path(out) / "status.json"
     try:
-        if path.stat().st_size > MAX_STATUS_BYTES:
-            return Status(dir=str(out), state="unreadable", error="status.json is too large")
-        raw = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        return Status(dir=str(out))
+        data = job_file(out, "status.json", MAX_STATUS_BYTES)
+        if data is None:
+            return Status(dir=str(out))
+        raw = json.loads(data.decode("utf-8"))
+    except Unreadable as e:
+        return Status(dir=str(out), state="unreadable", error=str(e))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return Status(dir=str(out), state="unreadable", error="status.json is not valid JSON")
     return Status.from_dict(raw, str(out))
@@ -122,7 +181,7 @@ def _write(out: Path, status: Status) -> None:
 
 def pid_alive(pid: int | None) -> bool:
     """Alive and not a zombie (a finished child its launcher has not reaped yet)."""
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < PID_MAX:
         return False  # os.kill(0 or -1, ...) would reach a whole process group, or every process
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -194,41 +253,84 @@ def list_evals() -> list[Status]:
     return list_jobs(evals_root(), "eval")
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def metric_row(raw) -> dict | None:
+    """One metrics.jsonl row as a typed record, or None: a non-negative int step, a phase name (legacy
+    names renamed: "gradient_ascent" -> "unlearn"), finite numbers, and `probes` as
+    {name: finite number}. Anything else in a row is dropped, never passed to a chart."""
+    if not isinstance(raw, dict):
+        return None
+    step = raw.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 1 << 40:
+        return None
+    row = {"phase": phase_name(raw["phase"]) if isinstance(raw.get("phase"), str) else "", "step": step}
+    for k, v in raw.items():
+        if k in row or len(k) > 200:
+            continue
+        if _number(v):
+            row[k] = v
+        elif k == "probes" and isinstance(v, dict):
+            row[k] = {n: p for n, p in v.items() if len(n) <= 500 and _number(p)}
+    return row
+
+
 def read_metrics(out: str | os.PathLike) -> list[dict]:
-    """metrics.jsonl rows, the legacy phase names of older runs renamed ("gradient_ascent" -> "unlearn")."""
-    rows = []
+    """metrics.jsonl as typed rows (metric_row), one per (phase, step): a resumed run logs the steps
+    after its last checkpoint again, and the later row is the one that counts. Unreadable: []."""
     try:
-        with open(Path(out) / "metrics.jsonl") as f:
-            for line in f:
-                with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
-                    row = json.loads(line)
-                    if isinstance(row, dict):
-                        row["phase"] = phase_name(str(row.get("phase", "")))
-                        rows.append(row)
-    except FileNotFoundError:
-        pass
-    return rows
+        data = job_file(out, "metrics.jsonl", MAX_METRICS_BYTES)
+    except Unreadable:
+        return []
+    rows: dict[tuple[str, int], dict] = {}
+    for line in (data or b"").decode("utf-8", errors="replace").splitlines():
+        try:
+            row = metric_row(json.loads(line))
+        except (ValueError, RecursionError):  # a line being written right now, or garbage
+            continue
+        if row is not None:
+            rows.pop((row["phase"], row["step"]), None)
+            rows[(row["phase"], row["step"])] = row
+    return list(rows.values())
 
 
 def read_log(out: str | os.PathLike, lines: int = 200) -> str:
+    """The last `lines` lines of DIR/log.txt ('' when there is none, a note when it is unreadable)."""
     try:
-        return "\n".join(Path(out, "log.txt").read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return ""
+        data = job_file(out, "log.txt", LOG_TAIL_BYTES, tail=True)
+    except Unreadable as e:
+        return f"(log unreadable: {e})"
+    return "\n".join((data or b"").decode("utf-8", errors="replace").splitlines()[-lines:])
 
 
 def read_json(out: str | os.PathLike, name: str) -> dict | None:
-    """A job's own JSON file (config.json, request.json, eval.json, labels.json), or None."""
+    """A job's own JSON object (config.json, request.json, eval.json, labels.json), or None when it
+    is missing or unreadable (job_file's rules, then strict JSON)."""
     try:
-        data = json.loads(Path(out, name).read_text())
-    except (OSError, ValueError, RecursionError):
+        data = job_file(out, name, MAX_JOB_JSON_BYTES)
+        obj = parse_json(data.decode("utf-8"), name) if data is not None else None
+    except (Unreadable, UserError, UnicodeDecodeError):
         return None
-    return data if isinstance(data, dict) else None
+    return obj if isinstance(obj, dict) else None
 
 
 def read_eval(out: str | os.PathLike) -> dict | None:
-    """A finished evaluation's result (eval.json), or None."""
-    return read_json(out, "eval.json")
+    """A finished evaluation's result (eval.json) with the shape every page relies on: `models` a
+    {name: {metric: value}} mapping, `model` a string, `notes` strings, `examples` and `settings`
+    mappings, `seconds` a number; None when it has no models."""
+    raw = read_json(out, "eval.json")
+    if raw is None or not isinstance(raw.get("models"), dict):
+        return None
+    models = {n: m for n, m in raw["models"].items() if isinstance(m, dict)}
+    if not models:
+        return None
+    typed = lambda key, kind, default: raw.get(key) if isinstance(raw.get(key), kind) else default  # noqa: E731
+    return {**raw, "models": models, "model": typed("model", str, "?"),
+            "notes": [n for n in typed("notes", list, []) if isinstance(n, str)],
+            "examples": typed("examples", dict, {}), "settings": typed("settings", dict, {}),
+            "seconds": raw["seconds"] if _number(raw.get("seconds")) else None}
 
 
 def run_method(out: str | os.PathLike) -> str:
@@ -280,8 +382,8 @@ def eta_s(status: Status) -> float | None:
 
 # -- launching and controlling -------------------------------------------------------------------------
 def mark(out: Path) -> None:
-    if not (out / MARK).exists():
-        (out / MARK).write_text("made by Obliviate's engine: a job directory `runs delete` may remove\n")
+    if not (out / MARK).is_file() or (out / MARK).is_symlink():  # atomic: replaces a link, never writes through it
+        atomic_write_text(out / MARK, "made by Obliviate's engine: a job directory `runs delete` may remove\n")
 
 
 def is_job_dir(out: str | os.PathLike) -> bool:
