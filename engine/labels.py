@@ -19,7 +19,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import stat
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +31,13 @@ import torch
 
 from .anchors import AnchorDictionary
 from .data import IGNORE, pad_blocks
-from .errors import UserError
+from .errors import UserError, first_line
 from .generic import generic_parts
 from .io import atomic_write_bytes, atomic_write_json, obliviate_home
 from .models import Workbench, resolve_model_path
 from .translation import Translator
 
-LABELS_VERSION = 2  # bump when the label computation changes: old caches stop matching
+LABELS_VERSION = 3  # bump when the label computation or layout changes (3: shard digests): old caches stop matching
 DEFAULT_ALPHAS = (2.5, 5.0, 10.0)
 SHARD_TOKENS = 1 << 16  # corpus tokens per shard file: the unit a killed build resumes from
 
@@ -156,16 +159,77 @@ def _shard_name(j: int) -> str:
     return f"shard-{j:05d}.safetensors"
 
 
+SHARD_NAME = re.compile(r"^shard-\d{5}\.safetensors$")
+SHARD_COUNTS = ("blocks", "tokens", "labelled", "term_occurrences", "real_next", "first", "rank")
+
+
+def _regular(path: Path) -> bool:
+    """A regular file itself, not a link, a FIFO (safe_open would wait on it for ever) or a folder."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def _shard_meta(path: Path) -> dict | None:
     """A shard's own record (block range, counts, the rank that built it), or None when the file is
-    missing or unreadable (a shard cut short is rebuilt, never trusted)."""
+    missing, not a regular file or its record is not the shape _build_shard writes (a shard cut short
+    or planted is rebuilt, never trusted)."""
     from safetensors import safe_open
 
+    if not _regular(path):
+        return None
     try:
         with safe_open(str(path), "pt") as f:
-            return json.loads((f.metadata() or {})["shard"])
+            meta = json.loads((f.metadata() or {})["shard"])
     except Exception:  # noqa: BLE001 - truncated, foreign or half-written: build it again
         return None
+    ok = isinstance(meta, dict) and all(isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool)
+                                        and meta[k] >= 0 for k in SHARD_COUNTS)
+    return meta if ok and isinstance(meta.get("changed"), dict) else None
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checked(files: list[Path], digests: list[str], alphas: list[float], top_k: int, vocab: int) -> None:
+    """Raise ValueError unless every shard is a regular file with its recorded digest and tensors of
+    the shapes and ranges the labels need: ids and lengths (N, T) and (N,), lengths <= T, every label
+    IGNORE or a token id below `vocab`, soft ids (N, T, top_k) in range. Reads the headers and the
+    hard labels; the soft labels' values are checked when they are read (_LazyByAlpha)."""
+    from safetensors import safe_open
+
+    if len(digests) != len(files):
+        raise ValueError("shard digests missing")
+    for file, digest in zip(files, digests):
+        if not _regular(file) or _digest(file) != digest:
+            raise ValueError(f"{file.name} is not the shard that was written")
+        with safe_open(str(file), "pt") as f:
+            ids, lengths = f.get_tensor("ids"), f.get_tensor("lengths")
+            if ids.dim() != 2 or lengths.shape != (ids.shape[0],) or not lengths.numel() \
+                    or int(lengths.max()) > ids.shape[1] or int(lengths.min()) < 0 \
+                    or not _in_vocab(ids, vocab, allow_ignore=False):
+                raise ValueError(f"{file.name}: ids and lengths do not fit")
+            for a in alphas:
+                lab = f.get_tensor(f"labels_{a}")
+                if lab.shape != ids.shape or not _in_vocab(lab, vocab):
+                    raise ValueError(f"{file.name}: labels for alpha {a} out of shape or vocabulary")
+                if top_k:
+                    shape = tuple(f.get_slice(f"soft_ids_{a}").get_shape())
+                    if shape != (*ids.shape, top_k) or tuple(f.get_slice(f"soft_logp_{a}").get_shape()) != shape:
+                        raise ValueError(f"{file.name}: soft labels for alpha {a} out of shape")
+
+
+def _in_vocab(t: torch.Tensor, vocab: int, allow_ignore: bool = True) -> bool:
+    bad = (t < 0) | (t >= vocab)
+    if allow_ignore:
+        bad &= t != IGNORE
+    return not bool(bad.any())
 
 
 def _cat(files: list[Path], name: str) -> torch.Tensor:
@@ -178,30 +242,54 @@ def _cat(files: list[Path], name: str) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _load(path: Path, key: str) -> LabelSet | None:
-    """The finished label set under `path` (shards + meta.json, or the single-file layout of older
-    versions), or None when there is none. Soft labels are read per alpha on first use."""
-    from safetensors.torch import load_file
+class Damaged(Exception):
+    """A label set on disk that is not one this engine wrote whole: set aside and rebuilt."""
 
+
+def _load(path: Path, key: str, vocab: int) -> LabelSet | None:
+    """The finished label set under `path`, or None when there is none. Raises Damaged when one is
+    there but fails a check (meta.json's shape and key, each shard's digest, shapes, ranks and label
+    range against `vocab`). Soft labels are read per alpha on first use, their range checked then."""
     meta_file = path / "meta.json"
-    if not meta_file.exists():
+    if not path.exists() and not path.is_symlink():
         return None
     try:
+        if not path.is_dir() or path.is_symlink() or not _regular(meta_file):
+            raise ValueError("not a label-set directory")
         meta = json.loads(meta_file.read_text())
+        if not isinstance(meta, dict) or meta.get("key") != key or not isinstance(meta.get("stats"), dict):
+            raise ValueError("meta.json is not this label set's")
         alphas = [float(a) for a in meta["alphas"]]
-        if "shards" not in meta:  # one labels.safetensors (LABELS_VERSION 2 before sharding)
-            t = load_file(str(path / "labels.safetensors"))
-            soft = {a: (t[f"soft_ids_{a}"], t[f"soft_logp_{a}"]) for a in alphas if f"soft_ids_{a}" in t}
-            return LabelSet(t["ids"].long(), t["lengths"].long(), {a: t[f"labels_{a}"].long() for a in alphas}, key,
-                            path, cached=True, stats=meta["stats"], soft=soft)
-        files = [path / n for n in meta["shards"]]
+        names, top_k = meta["shards"], meta.get("top_k") or 0
+        if not names or not all(isinstance(n, str) and SHARD_NAME.match(n) for n in names) \
+                or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError("meta.json lists no shards")
+        files = [path / n for n in names]
+        _checked(files, meta.get("digests") or [], alphas, top_k, vocab)
         ids, lengths = _cat(files, "ids").long(), _cat(files, "lengths").long()
         labels = {a: _cat(files, f"labels_{a}").long() for a in alphas}
-    except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, not fatal
-        return None
-    soft = _LazyByAlpha(alphas, lambda a: (_cat(files, f"soft_ids_{a}"), _cat(files, f"soft_logp_{a}"))) \
-        if meta.get("top_k") else {}
-    return LabelSet(ids, lengths, labels, key, path, cached=True, stats=meta["stats"], soft=soft)
+    except Exception as e:  # noqa: BLE001 - anything a damaged, foreign or planted set raises
+        raise Damaged(f"{path.name}: {first_line(e)}") from None
+
+    def soft(a):
+        sid, slp = _cat(files, f"soft_ids_{a}"), _cat(files, f"soft_logp_{a}")
+        if not _in_vocab(sid, vocab, allow_ignore=False):
+            raise UserError(f"the soft labels of {path} name tokens outside the vocabulary: delete the folder")
+        return sid, slp
+
+    return LabelSet(ids, lengths, labels, key, path, cached=True, stats=meta["stats"],
+                    soft=_LazyByAlpha(alphas, soft) if top_k else {})
+
+
+def _set_aside(path: Path) -> Path:
+    """Move a damaged label set out of the way (<key>.bad, replacing an older one), as checkpoints are."""
+    bad = path.with_name(f"{path.name}.bad")
+    if bad.is_dir() and not bad.is_symlink():
+        shutil.rmtree(bad, ignore_errors=True)
+    else:
+        bad.unlink(missing_ok=True)
+    os.replace(path, bad)
+    return bad
 
 
 def _build_shard(wb: Workbench, expert: str | None, translator: Translator, blocks: list[list[int]], rows: range,
@@ -314,13 +402,25 @@ def generic_labels(
     path = obliviate_home() / "labels" / key
     total = len(blocks)
     progress = on_progress or (lambda done, n: None)
-    if cache and (hit := _load(path, key)) is not None:
+    set_aside = None
+    if cache and rank == 0:
+        try:
+            if (hit := _load(path, key, wb.vocab_size)) is not None:
+                progress(total, total)
+                return hit
+        except Damaged as e:  # truncated, garbage or planted: out of the way, then built again
+            set_aside = _set_aside(path)
+            warnings.warn(f"the generic-label set {e}; set aside as {set_aside.name} and rebuilt")
+    barrier()  # rank 0 has set a damaged set aside before any rank reads the cache
+    if cache and rank > 0 and (hit := _load(path, key, wb.vocab_size)) is not None:
         progress(total, total)
         return hit
 
     block_len = max(map(len, blocks))
     plan = shard_plan(total, block_len)
     partial = path.with_name(f"{key}.partial")
+    if cache and rank == 0 and (partial.is_symlink() or (partial.exists() and not partial.is_dir())):
+        partial.unlink()  # shards are written into a real folder of ours, never through a link
     done = {j for j in range(len(plan)) if cache and _shard_meta(partial / _shard_name(j)) is not None}
     barrier()  # every rank has listed the shards of an earlier attempt before any writes a new one
     mine = [j for j in range(len(plan)) if j not in done][rank::world]
@@ -349,10 +449,15 @@ def generic_labels(
         _finish(wb, expert, translator, blocks, plan, block_len, alphas, seed, group, top_k, key, path, partial,
                 resumed, tick)
     barrier()  # the label set is written once, by rank 0
-    out = _load(path, key)
+    try:
+        out = _load(path, key, wb.vocab_size)
+    except Damaged as e:
+        raise UserError(f"the generic labels just written fail their check ({e}): is the disk full?") from None
     if out is None:
         raise UserError(f"the generic labels {key} were not written (see the log of rank 0)")
     out.cached = False
+    if set_aside is not None:
+        out.stats["set_aside"] = str(set_aside)
     progress(total, total)
     return out
 
@@ -381,14 +486,21 @@ def _finish(wb, expert, translator, blocks, plan, block_len, alphas, seed, group
     for c in counts:
         by_rank[str(c["rank"])] = by_rank.get(str(c["rank"]), 0) + c["blocks"]
     stats = {**_stats(counts, alphas), "shards": len(plan), "blocks_by_rank": by_rank, "resumed_blocks": resumed}
+    names = [_shard_name(j) for j in range(len(plan))]
     atomic_write_json(partial / "meta.json", {"key": key, "alphas": alphas, "top_k": top_k, "stats": stats,
-                                              "shards": [_shard_name(j) for j in range(len(plan))]})
+                                              "shards": names, "digests": [_digest(partial / n) for n in names]})
     try:
         os.replace(partial, path)  # atomic: a concurrent builder either wins or finds ours
-    except OSError:
-        if _load(path, key) is None:
-            raise
-        shutil.rmtree(partial, ignore_errors=True)
+    except OSError:  # something is at <key> already: a concurrent builder's set, or a damaged one
+        try:
+            if _load(path, key, wb.vocab_size) is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+                return
+        except Damaged:
+            pass
+        if path.exists() or path.is_symlink():
+            _set_aside(path)
+        os.replace(partial, path)
 
 
 def _assemble(shards: dict[int, tuple[dict, dict]], plan: list[range], alphas: list[float], key: str, path: Path,
