@@ -25,7 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from .sections import ModelConfig
 from .data import pad
-from .errors import UserError, as_user_error, first_line
+from .errors import UserError, as_user_error, first_line, one_line
 from .io import obliviate_home
 
 EMBEDDED = "embedded"
@@ -184,8 +184,10 @@ def prepare_nf4_on_cpu(model, name: str) -> None:
         layer.register_forward_pre_hook(_unpack_for_backprop)
 
 
-def check_adapter_dir(path: Path) -> None:
-    """A PEFT adapter directory we will load: a JSON-object config and safetensors weights."""
+def check_adapter_dir(path: Path, num_layers: int | None = None) -> None:
+    """A PEFT adapter directory we will load: a JSON-object config and safetensors weights; with
+    num_layers, weights for no block the model lacks (PEFT would load a 3-layer model's adapter onto
+    a 2-layer one and silently drop the third layer's update)."""
     from safetensors import safe_open
 
     from .io import parse_json, read_text_file
@@ -201,9 +203,13 @@ def check_adapter_dir(path: Path) -> None:
         raise UserError(f"{path} has no adapter_model.safetensors{extra}")
     try:
         with safe_open(str(weights), "pt") as f:
-            f.keys()
+            keys = list(f.keys())
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file
         raise UserError(f"{weights} is not a readable safetensors file: {first_line(e)}") from None
+    blocks = {int(m.group(1)) for k in keys if (m := re.search(r"\.layers\.(\d+)\.", k))}
+    if num_layers is not None and blocks and max(blocks) >= num_layers:
+        raise UserError(f"{path} adapts block {max(blocks)}, but this model has {num_layers} blocks (0-"
+                        f"{num_layers - 1}): it was trained on another model")
 
 
 def adapter_name(name: str) -> str:
@@ -227,6 +233,9 @@ class Workbench:
         self.adapters: dict[str, str] = {}  # name -> source path
         self._full: dict[str, torch.nn.Module] = {}  # experts given as full checkpoints
         self.device = next(model.parameters()).device
+        # Called before every forward and generate chunk: a job sets one that raises when it is asked
+        # to stop, so every stage of an evaluation stops within one batch.
+        self.interrupt: Callable[[], None] = lambda: None
 
     @classmethod
     def load(cls, config: ModelConfig | None = None) -> "Workbench":
@@ -287,7 +296,7 @@ class Workbench:
         with self.lock:
             self.remove_adapter(name)
             if (path / "adapter_config.json").exists():
-                check_adapter_dir(path)
+                check_adapter_dir(path, self.num_layers)
                 try:
                     if isinstance(self._model, PeftModel):
                         self._model.load_adapter(str(path), adapter_name=name)
@@ -297,7 +306,7 @@ class Workbench:
                     if isinstance(self._model, PeftModel) and name in self._model.peft_config:
                         self._model.delete_adapter(name)
                     raise as_user_error(e, f"loading adapter {path}") or UserError(
-                        f"cannot load adapter {path}: {first_line(e)}") from None
+                        f"cannot load adapter {path}: {one_line(e)}") from None
                 self._model.eval()
             elif (path / "config.json").exists():
                 cfg = ModelConfig(str(path), self.config.precision, self.config.device)
@@ -357,6 +366,7 @@ class Workbench:
     def _forwards(self, batch: list[Row], **kw):
         """(row indices, model output) for each model the rows route to: one right-padded forward each,
         the LoRA adapters and the baseline mixed in one batch. Call under the lock, without gradients."""
+        self.interrupt()
         for model, idx in self._route([n for _, n in batch]).values():
             ids, mask = pad([batch[i][0] for i in idx], self.tokenizer.pad_token_id)
             yield idx, model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device), **kw,
@@ -398,6 +408,7 @@ class Workbench:
             prefix = model(input_ids=ctx, use_cache=True, **self._adapter_kwargs(model, [name])).past_key_values
             S = len(context)
             for group in groups([len(batch[i][0]) + S // 4 for i in range(len(batch))], budget):
+                self.interrupt()
                 ids, mask = pad([batch[i][0] for i in group], self.tokenizer.pad_token_id)
                 B = len(group)
                 full_mask = torch.cat([torch.ones((B, S), dtype=torch.long), mask], dim=1)  # (B, S + T)
@@ -440,6 +451,7 @@ class Workbench:
             for model, idx in self._route([n for _, n in batch]).values():
                 idx = sorted(idx, key=lambda i: len(batch[i][0]))  # similar lengths together: less padding
                 for s in range(0, len(idx), batch_size):
+                    self.interrupt()
                     chunk = idx[s: s + batch_size]
                     ids, mask = pad([batch[i][0] for i in chunk], self.tokenizer.pad_token_id, side="left")
                     kw = dict(max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,

@@ -137,5 +137,5 @@ def curve(wb: Workbench, name: str | None, blocks: list[list[int]], items: list[
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # gradient-checkpointing deprecation chatter from transformers
-                train(model, spec, Hooks(probe=probe, probe_every=1))
+                train(model, spec, Hooks(probe=probe, probe_every=1, should_stop=lambda: wb.interrupt() or False))
     return [found[s] for s in steps]

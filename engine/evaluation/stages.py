@@ -376,6 +376,8 @@ def evaluate(wb: Workbench, adapters: dict[str, str], inputs: EvalInputs, settin
                 done = min(done + 1, ceiling)
                 if progress:
                     progress(name, done, total)
+            if progress:
+                progress(stage.name, done, total)  # the status names the stage that runs now
             stage.run(ctx, tick)
             spent += stage.cost(ctx)
             if done < spent:  # a stage that skipped work still completes its share of the bar
@@ -417,15 +419,26 @@ def run_request(request: EvalRequest, out: str | Path | None = None) -> dict:
 def _evaluate_request(request: EvalRequest, inputs: EvalInputs, job) -> dict:
     from .. import jobs
 
+    from ..train import Stopped
+
     wb = Workbench.load(request.model)
+    running = ["loading"]
+
+    def interrupt():  # before every forward, generate chunk and relearning step (Workbench.interrupt)
+        if job and job.should_stop():
+            raise jobs.Cancelled(f"cancelled during {running[0]}")
 
     def progress(stage: str, done: int, total: int):
+        running[0] = stage
+        interrupt()
         if job:
-            if job.should_stop():
-                raise jobs.Cancelled(f"cancelled during {stage}")
             job.status(phase=stage, step=done, total=total)
             job.log(f"{stage} ({done}/{total})")
 
-    result = evaluate(wb, dict(request.adapters), inputs, request.settings, progress)
+    wb.interrupt = interrupt
+    try:
+        result = evaluate(wb, dict(request.adapters), inputs, request.settings, progress)
+    except Stopped:  # a relearning loop saw the stop signal first
+        raise jobs.Cancelled(f"cancelled during {running[0]}") from None
     result["adapters"] = {n: str(Path(p).expanduser().resolve()) for n, p in request.adapters.items()}
     return result

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 from ..secrets import api_key as resolve_key
-from ..secrets import contains_key, remember, scrub
+from ..secrets import Deadline, contains_key, remember, scrub, within
 from .base import SuggestProgress, Suggestion, Suggestions, consolidated, evidence, split_chunks
 
 
@@ -134,7 +134,7 @@ def _ask(client, config: LLMConfig, chunk: str, state: dict, key: str) -> str | 
         if state["json_mode"]:
             kwargs["response_format"] = {"type": "json_object"}
         try:
-            reply = client.chat.completions.create(**kwargs)
+            reply = within(config.timeout, lambda: client.chat.completions.create(**kwargs))
             if not reply.choices:
                 return None
             return reply.choices[0].message.content
@@ -151,7 +151,7 @@ def _ask(client, config: LLMConfig, chunk: str, state: dict, key: str) -> str | 
                 state["json_mode"] = False
                 continue
             raise _Fatal(f"the endpoint rejected the request (400): {_scrub(e.message, key)}") from None
-        except openai.APITimeoutError:
+        except (openai.APITimeoutError, Deadline):
             last = f"no reply within {config.timeout:g} s (timeout): raise the timeout or use smaller chunks"
         except openai.APIConnectionError:
             raise _Fatal(f"cannot reach {config.base_url}: is the server running and the URL right?") from None
@@ -162,7 +162,7 @@ def _ask(client, config: LLMConfig, chunk: str, state: dict, key: str) -> str | 
             last = f"the endpoint failed ({e.status_code}) after {config.retries} retries: {_scrub(e.message, key)}"
         except openai.APIStatusError as e:
             raise _Fatal(f"the endpoint answered {e.status_code}: {_scrub(e.message, key)}") from None
-        except (json.JSONDecodeError, openai.APIResponseValidationError):
+        except (json.JSONDecodeError, openai.APIResponseValidationError, AttributeError, TypeError):
             raise _Fatal(f"{config.base_url} did not answer like an OpenAI-compatible chat endpoint (its reply "
                          "is not a chat completion): check the base URL (it usually ends in /v1)") from None
         if attempt < config.retries:
