@@ -122,6 +122,7 @@ class AnchorDictionary:
     def validate(self) -> list[Problem]:
         """Every problem that makes the dictionary unusable, one per (term, reason)."""
         problems: list[Problem] = []
+        terms = {t.strip() for t in self.entries if isinstance(t, str)}
         for term, cands in self.entries.items():
             if not isinstance(term, str) or not term.strip():
                 problems.append(Problem(str(term), "empty term"))
@@ -147,6 +148,9 @@ class AnchorDictionary:
                     problems.append(Problem(term, "empty translation"))
                 elif c.strip() == term.strip():
                     problems.append(Problem(term, "translation equals the term"))
+                elif c.strip() in terms and c.strip() != term.strip():
+                    problems.append(Problem(term, f"translation {c.strip()!r} is itself an anchored term: the "
+                                                  "generic text would put one forgotten term in place of another"))
         for lower, capital in self.case_collisions():
             if _folded(self.entries[lower]) != _folded(self.entries[capital]):
                 problems.append(Problem(capital, f"appears with different case ({capital!r}, {lower!r}) and different "

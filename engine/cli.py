@@ -103,9 +103,10 @@ def cmd_translate(args) -> int:
     except Exception as e:  # noqa: BLE001 - whatever transformers raises for a bad tokenizer
         raise UserError(f"cannot load the tokenizer of {args.model!r}: {first_line(e)}") from None
     tr = Translator(tok, anchors).translate_text(text, args.seed)
-    out = {"translated_text": tok.decode(tr.translated_ids),
-           "original_tokens": [tok.decode([i]) for i in tr.original_ids],
-           "translated_tokens": [tok.decode([i]) for i in tr.translated_ids], "mapping": tr.mapping}
+    out = {"translated_text": tok.decode(tr.translated_ids)}
+    if args.json:  # per-token strings only when asked for: for a whole book they are most of the memory
+        out.update(original_tokens=tok.batch_decode([[i] for i in tr.original_ids]),
+                   translated_tokens=tok.batch_decode([[i] for i in tr.translated_ids]), mapping=tr.mapping)
     if args.coverage:  # the Anchors page's coverage lists
         cov = coverage(anchors, text, tr)
         out["unused_terms"] = cov.unused_terms
@@ -183,22 +184,23 @@ def cmd_suggest(args) -> int:
         config = LLMConfig(args.base_url, args.llm_model, chunk_words=args.chunk_words,
                            concurrency=args.concurrency, timeout=args.timeout)
         result = suggest_llm(corpus, config, progress=_progress_printer(args))
+    # What was paid for is printed first: a full disk at --out must not lose it.
+    if args.json:
+        print(dumps(result.to_json()), flush=True)
+    else:
+        for s in result.items:
+            cands = " | ".join(s.candidates) or "(no suggestion: fill in)"
+            print(f"{s.score:9.2f} {s.count:5d}  {s.term!r} -> {cands}")
+        for line in result.report:
+            print(f"consolidation: {line}")
+        sys.stdout.flush()
+    for line in result.failures:
+        print(f"failed: {line}", file=sys.stderr)
     if args.out:  # only now, after every chunk succeeded or was reported: no partial dictionary
         anchors, skipped = accept_rows(result.rows())
         save_anchors(anchors, args.out)
-    if args.json:
-        print(dumps(result.to_json()))
-        return 0
-    for s in result.items:
-        cands = " | ".join(s.candidates) or "(no suggestion: fill in)"
-        print(f"{s.score:9.2f} {s.count:5d}  {s.term!r} -> {cands}")
-    for line in result.report:
-        print(f"consolidation: {line}")
-    for line in result.failures:
-        print(f"failed: {line}", file=sys.stderr)
-    if args.out:
         print(f"wrote {len(anchors)} terms to {args.out}" + (f" ({len(skipped)} rows without a translation left out)"
-                                                            if skipped else ""))
+                                                            if skipped else ""), file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -207,6 +209,8 @@ def cmd_validate(args) -> int:
 
     anchors = load_anchors(args.file)
     problems = anchors.validate()
+    if not anchors.entries:
+        problems.append("the dictionary has no anchored terms: nothing would be translated")
     _, report = anchors.consolidate()
     for p in problems:
         print(f"problem: {p}")
@@ -534,6 +538,12 @@ def cmd_eval(args) -> int:
     request = eval_request(args)
     if args.out:
         check_out_dir(args.out)
+        held = jobs.read_status(args.out).state  # "queued": the job a page launched into it, this very process
+        if held == "running":
+            raise UserError(f"{args.out} holds an evaluation that is still running")
+        if not args.force and (held not in (None, "queued") or (held is None and (Path(args.out) / "eval.json").exists())):
+            raise UserError(f"{args.out} already holds an evaluation ({held or 'eval.json'}): pass --force to "
+                            "replace it, or choose another --out")
     try:
         result = run_request(request, args.out)
     except jobs.Cancelled:
@@ -562,6 +572,7 @@ def _eval_parser(sub) -> None:
     p.add_argument("--request", help="an evaluation request (JSON, as an evaluation job's request.json); flags override it")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", help="job directory: status.json progress and eval.json")
+    p.add_argument("--force", action="store_true", help="replace the evaluation already in --out")
     p.set_defaults(func=cmd_eval)
 
 
@@ -652,12 +663,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The one exit path: a UserError, an out-of-memory or a file-system refusal (full disk, no
+    permission, read-only) is one `error:` line and exit 2; anything else is a bug's traceback."""
     parser = build_parser()
+    for a in sys.argv[1:] if argv is None else argv:
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError:  # the shell passed bytes that are not UTF-8 (Python keeps them as surrogates)
+            print(f"error: an argument is not UTF-8 text: {a.encode('utf-8', 'replace')[:60]!r}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
     try:
         return args.func(args)
-    except (UserError, MemoryError, RuntimeError) as e:
+    except (UserError, MemoryError, RuntimeError, OSError) as e:
         err = as_user_error(e, "this command")
         if err is None:
             raise

@@ -86,13 +86,16 @@ def good_terms(chunk: str) -> dict:
 
 
 class FakeOpenAI:
-    """POST /v1/chat/completions on 127.0.0.1; `script(n, chunk, body) -> (status, payload)`."""
+    """POST /v1/chat/completions on 127.0.0.1; `script(n, chunk, body) -> (status, payload)`.
+    trickle_s: send the reply one byte every trickle_s seconds (a hostile or broken server);
+    content_type: what the reply says it is (an HTML error page, say)."""
 
-    def __init__(self, script, delay: float = 0.0):
-        self.script, self.delay = script, delay
+    def __init__(self, script, delay: float = 0.0, trickle_s: float = 0.0, content_type: str = "application/json"):
+        self.script, self.delay, self.trickle_s, self.content_type = script, delay, trickle_s, content_type
         self.calls: list[dict] = []
         self.auth: list[str] = []
         self.in_flight = self.max_in_flight = 0
+        self.closing = False
         self.lock = threading.Lock()
         fake = self
 
@@ -117,10 +120,17 @@ class FakeOpenAI:
                         status, payload = fake.script(n, chunk, body)
                     data = (payload if isinstance(payload, str) else json.dumps(payload)).encode()
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", fake.content_type)
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    if not fake.trickle_s:
+                        self.wfile.write(data)
+                    for i in range(len(data) if fake.trickle_s else 0):
+                        if fake.closing:
+                            break
+                        self.wfile.write(data[i: i + 1])
+                        self.wfile.flush()
+                        time.sleep(fake.trickle_s)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up first (the timeout test)
                 finally:
@@ -136,6 +146,7 @@ class FakeOpenAI:
         return self
 
     def __exit__(self, *exc):
+        self.closing = True
         self.server.shutdown()
         self.server.server_close()
 

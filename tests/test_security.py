@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,7 +22,8 @@ import torch
 from conftest import ASSETS, ROOT, cli, open_page, run_cli
 from engine import jobs
 from engine.errors import UserError, is_oom
-from engine.io import browser_path, parse_json, parse_yaml, read_text_file
+from engine.boundary import browser_path
+from engine.io import parse_json, parse_yaml, read_text_file
 from engine.secrets import api_key, scrub
 from helpers import KEY, FakeOpenAI, good_terms, llm_cfg as cfg, reply as _reply
 from helpers import SUGGEST_CORPUS as CORPUS
@@ -150,7 +152,9 @@ def test_the_environment_key_goes_only_to_the_endpoint_it_was_configured_for(mon
         assert srv.auth[-1] == f"Bearer {KEY}"
 
 
-def test_the_suggest_panel_does_not_send_the_servers_key_to_a_typed_url(app_env, monkeypatch):
+def test_the_suggest_panel_calls_only_the_owners_endpoints_and_keeps_the_key_to_its_own(app_env, monkeypatch):
+    """Class 9: the panel offers the owner's endpoints only (no URL can be typed); one the owner added
+    with OBLIVIATE_ENDPOINTS gets no OPENAI_API_KEY, which belongs to OPENAI_BASE_URL."""
     from engine.anchors import AnchorDictionary
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -159,7 +163,11 @@ def test_the_suggest_panel_does_not_send_the_servers_key_to_a_typed_url(app_env,
     (app_env / "anchors.json").write_text(AnchorDictionary({"Harry": ["Jon"]}).to_json())
     with FakeOpenAI(lambda n, chunk, body: (200, _reply(json.dumps(good_terms(chunk))))) as srv:
         at = open_page("anchors")
-        at.text_input(key="suggest_base_url").set_value(srv.url)
+        assert at.selectbox(key="suggest_base_url").options == ["https://api.openai.com/v1"]
+        monkeypatch.setenv("OBLIVIATE_ENDPOINTS", srv.url)
+        at = open_page("anchors")
+        assert len(at.selectbox(key="suggest_base_url").options) == 2
+        at.selectbox(key="suggest_base_url").set_value(srv.url)
         at.text_input(key="suggest_model").set_value("m")
         at.button(key="suggest_llm").click().run()
         assert not at.exception
@@ -475,3 +483,145 @@ def test_alpha_must_be_finite_and_json_is_strict(tiny_dir):
     json.loads(r.stdout, parse_constant=no_constants)
     with pytest.raises(UserError, match="twice"):
         parse_json('{"a": 1, "a": 2}')
+
+
+# -- issue 26: one trust boundary ---------------------------------------------------------------------
+REFUSED = ("is outside the folders this page may read", "is not an adapter this page may load",
+           "is not a model this page may load")
+
+
+def _without_path(message: str, path: str) -> str:
+    """The message with its (possibly shortened) echo of the path left out: what it says about it."""
+    return message.split(" is ", 1)[1]
+
+
+def test_every_refused_browser_path_reads_the_same(tmp_path, monkeypatch, tiny_dir, tiny_expert_dir):
+    """Class 1: outside the roots, a missing path, a folder, a file, `..`, /proc/self/root and a link out
+    of the home all get one message (no map of the file system); a full model is never an adapter; a
+    hub id needs the owner's OBLIVIATE_HUB=on."""
+    from engine.boundary import browser_adapter, browser_model
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("OBLIVIATE_HOME", str(home))
+    monkeypatch.delenv("OBLIVIATE_BROWSER_ROOTS", raising=False)
+    monkeypatch.delenv("OBLIVIATE_MODEL", raising=False)
+    shutil.copytree(tiny_dir, home / "models" / "full")
+    (home / "link").symlink_to(tiny_expert_dir)
+    bad = ["/etc", "/nonexistent", "/etc/passwd", str(home / ".." / ".." / "etc"), "/proc/self/root/etc/passwd",
+           str(home / "link"), str(tiny_expert_dir), str(home / "models" / "full")]
+    for check in (browser_path, browser_adapter):
+        messages = set()
+        for path in bad[:-1] if check is browser_path else bad:
+            with pytest.raises(UserError) as e:
+                check(path, "expert")
+            messages.add(_without_path(str(e.value), path))
+        assert len(messages) == 1, messages
+    shutil.copytree(tiny_expert_dir, home / "runs" / "r" / "adapters" / "expert")
+    assert browser_adapter(str(home / "runs" / "r" / "adapters" / "expert"))
+    assert browser_model("embedded") == "embedded" and browser_model(str(home / "models" / "full"))
+    for name in ("HuggingFaceTB/SmolLM2-135M", "/etc", str(tiny_dir)):
+        with pytest.raises(UserError, match="not a model this page may load"):
+            browser_model(name)
+    monkeypatch.setenv("OBLIVIATE_HUB", "on")
+    assert browser_model("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB/SmolLM2-135M"
+    monkeypatch.setenv("OBLIVIATE_MODEL", str(tiny_dir))  # the owner's choice is always allowed
+    assert browser_model(str(tiny_dir)) == str(tiny_dir)
+
+
+def test_a_link_loads_no_server_directory_and_adapters_are_evicted(app_env, monkeypatch, tiny_dir, tiny_expert_dir,
+                                                                    tiny_unlearned_dir):
+    """Class 1 through the app: URL parameters and the sidebar's path box go through the boundary; an
+    adapter a session no longer shows is unloaded (three links do not pin three)."""
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.delenv("OBLIVIATE_BROWSER_ROOTS")
+    shutil.copytree(tiny_dir, app_env / "models" / "full")
+    for kind, src in (("e1", tiny_expert_dir), ("e2", tiny_unlearned_dir)):
+        shutil.copytree(src, app_env / "runs" / kind / "adapters" / "expert")
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
+    at.query_params["expert"] = str(app_env / "models" / "full")
+    at.query_params["unlearned"] = "/etc"
+    at.run()
+    assert not at.exception
+    assert sum(any(r in e.value for r in REFUSED) for e in at.sidebar.error) == 2
+    assert any("0 adapter(s) loaded" in c.value for c in at.sidebar.caption)
+    at.session_state["model"] = "/etc"
+    at.run()
+    assert any("is not a model this page may load" in e.value for e in at.sidebar.error)
+    at.session_state["model"] = str(tiny_dir)
+    for run in ("e1", "e2"):
+        at.session_state["expert"] = "a path…"
+        at.session_state["expert_path"] = str(app_env / "runs" / run / "adapters" / "expert")
+        at.session_state["unlearned"] = "none"
+        at.run()
+        assert not at.exception and any("1 adapter(s) loaded" in c.value for c in at.sidebar.caption), \
+            [c.value for c in at.sidebar.caption]
+
+
+def test_job_files_are_never_read_or_written_through_links(tmp_path):
+    """Class 2: a copied run whose log.txt links to a secret, whose config.json links outside, whose
+    metrics.jsonl is a FIFO: the readers say unreadable, the writer replaces the link."""
+    secret = tmp_path / "shadow"
+    secret.write_text("root:SECRET-HASH\n")
+    outside = tmp_path / "cfg.json"
+    outside.write_text(json.dumps({"method": "whp", "model": {"name": "leaked"}}))
+    run = tmp_path / "runs" / "copied"
+    run.mkdir(parents=True)
+    (run / "log.txt").symlink_to(secret)
+    (run / "config.json").symlink_to(outside)
+    (run / "status.json").symlink_to(outside)
+    os.mkfifo(run / "metrics.jsonl")
+    t0 = time.perf_counter()
+    assert "SECRET" not in jobs.read_log(run) and "unreadable" in jobs.read_log(run)
+    assert jobs.read_json(run, "config.json") is None and jobs.run_model(run) == ""
+    assert jobs.read_status(run).state == "unreadable" and jobs.read_metrics(run) == []
+    assert time.perf_counter() - t0 < 5, "a FIFO is never opened for reading"
+    (run / "status.json").unlink()
+    job = jobs.JobWriter(run, "run")
+    job.log("a line")
+    assert secret.read_text() == "root:SECRET-HASH\n" and "a line" in (run / "log.txt").read_text()
+    (run / "big.json").write_bytes(b" " * ((64 << 20) + 1))
+    assert jobs.read_json(run, "big.json") is None
+
+
+def test_the_server_never_calls_a_new_host_for_a_browser_user(app_env, monkeypatch, tmp_path):
+    """Class 9: the hub is off in the server unless the owner opts in; the judge endpoint is the owner's
+    list; a YAML loaded into the Runs form is refused the same for an existing and a missing path."""
+    from engine.boundary import browser_endpoint, browser_path
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("OBLIVIATE_HUB", raising=False)
+    open_page("inspect")
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(UserError, match="OBLIVIATE_ENDPOINTS"):
+        browser_endpoint("http://attacker.example/v1")
+    monkeypatch.setenv("OBLIVIATE_ENDPOINTS", "http://127.0.0.1:8000/v1")
+    assert browser_endpoint("http://127.0.0.1:8000/v1/") == "http://127.0.0.1:8000/v1"
+    monkeypatch.delenv("OBLIVIATE_BROWSER_ROOTS")
+    messages = set()
+    for path in ("/etc/passwd", "/nonexistent/x.txt"):
+        with pytest.raises(UserError) as e:
+            jobs.config_from_bytes(f"method: whp\ncorpus: {path}\n".encode(), "c.yaml", gate=browser_path)
+        messages.add(_without_path(str(e.value), path))
+    assert len(messages) == 1 and "outside the folders" in messages.pop()
+
+
+def test_split_encoded_and_url_borne_keys_are_scrubbed(monkeypatch):
+    """Class 10: a key broken by a line break, percent-encoded in an error body, or carried inside
+    OPENAI_BASE_URL never reaches a message or a page."""
+    from urllib.parse import quote
+
+    from engine.boundary import allowed_endpoints, shown_url
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    assert KEY not in scrub(KEY[:9] + "\n" + KEY[9:], None).replace(" ", "")
+    assert "***" in scrub(f"bad key {KEY[:5]}\r\n  {KEY[5:]} given", None)
+    encoded = quote(KEY + "/+=", safe="")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY + "/+=")
+    assert encoded not in scrub(f"GET /v1?key={encoded}", None) and "***" in scrub(f"?key={encoded}", None)
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://user:s3cr3t-pass@proxy.example/v1?api-key=abcd1234")
+    shown = shown_url(allowed_endpoints()[0])
+    assert "s3cr3t" not in shown and "abcd1234" not in shown and "proxy.example" in shown
+    assert "s3cr3t-pass" not in scrub("rejected s3cr3t-pass and abcd1234", None)
+    assert "abcd1234" not in scrub("rejected s3cr3t-pass and abcd1234", None)
