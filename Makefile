@@ -8,15 +8,16 @@ ADDRESS ?= 127.0.0.1
 
 DEV    := $(VENV)/.dev-done
 
-.PHONY: setup setup-dev run test test-fast bench browser demo forgetting clean
+.PHONY: setup setup-dev run test test-fast bench browser demo forgetting lock clean
 
-# What `make run` needs; pins in requirements.txt (runtime) and requirements-nodeps.txt (data packages).
+# What `make run` needs; pins in requirements.txt (runtime) and requirements-nodeps.txt (data packages),
+# installed from requirements.lock: every package of the closure `==` with its sha256 (--require-hashes).
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --require-hashes -r requirements.lock
 	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
@@ -24,8 +25,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 # What the tests add (requirements-dev.txt); `make run` never installs it.
 setup-dev: $(DEV)
 
-$(DEV): $(STAMP) requirements-dev.txt
-	$(PY) -m pip install -q -r requirements-dev.txt
+$(DEV): $(STAMP) requirements-dev.lock
+	$(PY) -m pip install -q --require-hashes -r requirements-dev.lock
 	touch $(DEV)
 
 run: setup
@@ -52,6 +53,10 @@ demo: setup
 
 forgetting: setup
 	$(PY) bench/forgetting.py
+
+# After changing a pin in requirements*.txt: re-resolve and re-hash the locks (reads PyPI's index).
+lock:
+	$(PY) .ci/lock.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts

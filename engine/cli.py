@@ -14,6 +14,7 @@ Bad input prints one line on stderr and exits with code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -94,7 +95,7 @@ def cmd_translate(args) -> int:
     from .coverage import coverage
     from .errors import first_line
     from .models import resolve_model_path
-    from .translation import Translator
+    from .translation import Occurrence, Translation, Translator
 
     anchors = load_anchors(args.anchors).check()
     text = read_text_file(args.text, "--text")
@@ -102,22 +103,48 @@ def cmd_translate(args) -> int:
         tok = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
     except Exception as e:  # noqa: BLE001 - whatever transformers raises for a bad tokenizer
         raise UserError(f"cannot load the tokenizer of {args.model!r}: {first_line(e)}") from None
-    tr = Translator(tok, anchors).translate_text(text, args.seed)
-    out = {"translated_text": tok.decode(tr.translated_ids)}
+    # A piece at a time (translation.CHUNK_CHARS): a whole book never sits in the tokenizer at once.
+    translator = Translator(tok, anchors)
+    original: list[int] = []
+    translated: list[int] = []
+    mapping: list[int] = []
+    occurrences: list[tuple] = []  # (term, translation, start, end, translated_start, translated_end)
+    matched: set[str] = set()
+    dropped = positions = 0
+    for start, t_start, tr in translator.translate_chunks(text, args.seed):
+        if tr.unlabel_before and mapping and mapping[-1] >= 0:
+            mapping[-1] = -1
+            dropped += 1
+        dropped += sum(j < 0 for j in tr.mapping)
+        positions += len(tr.mapping)
+        matched.update(o.term for o in tr.occurrences)
+        occurrences += [(o.term, o.translation, start + o.start, start + o.end, t_start + o.translated_start,
+                         t_start + o.translated_end) for o in tr.occurrences]
+        if args.json:
+            original += tr.original_ids
+            mapping += [j + t_start if j >= 0 else -1 for j in tr.mapping]
+        else:
+            mapping = tr.mapping[-1:]  # only the last position can still change (unlabel_before)
+        translated += tr.translated_ids
+    out = {"translated_text": tok.decode(translated)}
     if args.json:  # per-token strings only when asked for: for a whole book they are most of the memory
-        out.update(original_tokens=tok.batch_decode([[i] for i in tr.original_ids]),
-                   translated_tokens=tok.batch_decode([[i] for i in tr.translated_ids]), mapping=tr.mapping)
+        out.update(original_tokens=tok.batch_decode([[i] for i in original]),
+                   translated_tokens=tok.batch_decode([[i] for i in translated]), mapping=mapping)
+    del original, translated
     if args.coverage:  # the Anchors page's coverage lists
-        cov = coverage(anchors, text, tr)
+        cov = coverage(anchors, text, Translation([], [], [], [Occurrence(t, "", 0, 0, 0, 0) for t in matched]))
         out["unused_terms"] = cov.unused_terms
         out["uncovered"] = [{"word": w, "count": c, "example": e} for w, c, e in cov.uncovered]
     if args.json:
-        print(dumps(out))
+        out["terms"] = [dict(zip(("term", "translation", "start", "end", "translated_start", "translated_end"), o))
+                        for o in occurrences]
+        json.dump(out, sys.stdout, ensure_ascii=False)  # streamed: no second copy of a book-sized string
+        print()
         return 0
     print(out["translated_text"])
-    print(f"\n{len(tr.occurrences)} anchored-term occurrences, {len(tr.dropped)} of {len(tr.mapping)} positions without a label")
-    for o in tr.occurrences:
-        print(f"  {o.term!r} -> {o.translation!r}  (tokens {o.start}..{o.end - 1})")
+    print(f"\n{len(occurrences)} anchored-term occurrences, {dropped} of {positions} positions without a label")
+    for term, translation, start, end, _, _ in occurrences:
+        print(f"  {term!r} -> {translation!r}  (tokens {start}..{end - 1})")
     if args.coverage:
         print(f"\nterms that never occur ({len(out['unused_terms'])}): {', '.join(out['unused_terms']) or '-'}")
         print(f"capitalised words with no entry ({len(out['uncovered'])}):")

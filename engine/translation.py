@@ -15,8 +15,10 @@ position i, or -1 (no label):
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Iterator
 
 from .anchors import AnchorDictionary
 
@@ -40,6 +42,9 @@ class Translation:
     forbidden: list[tuple[int, list[int]]] = field(default_factory=list)
     """(translated position p, token ids): from row p on, these ids are forbidden in generic rows."""
     choice: dict[str, str] = field(default_factory=dict)  # term -> chosen candidate for this block
+    unlabel_before: bool = False
+    """A chunk of a longer text only: it opens with a repeated term, so the position before it (the last
+    of the previous chunk) has no label."""
 
     @property
     def dropped(self) -> list[int]:
@@ -49,6 +54,27 @@ class Translation:
     @property
     def is_identity(self) -> bool:
         return self.translated_ids == self.original_ids
+
+
+CHUNK_CHARS = 1 << 20  # characters per tokenizer call on a long text: one call over 50 MB peaks at ~6 GB
+# A cut just before a line break that a non-space follows: a byte-level BPE's pre-tokenizer makes that
+# line break its own piece (in ".\n\nHe" too: ".", "\n", "\n", "He"), so nothing merges across the cut;
+# anchored terms hold no line break, so none spans it.
+_BOUNDARY = re.compile(r"\n(?=\S)")
+
+
+def split_text(text: str, size: int = CHUNK_CHARS) -> list[str]:
+    """`text` cut into pieces of about `size` characters, each cut just before a line break that a
+    non-space follows (a text with no such break stays whole)."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        m = _BOUNDARY.search(text, start + size)
+        if m is None:
+            break
+        pieces.append(text[start: m.start()])
+        start = m.start()
+    pieces.append(text[start:])
+    return pieces
 
 
 def _capitalise(s: str) -> str:
@@ -102,14 +128,16 @@ class Translator:
         rng = random.Random(seed)
         return {t: rng.choice(self.entries[t]) for t in sorted(self.entries)}
 
-    def translate(self, ids: list[int], seed: int | str = 0) -> Translation:
+    def translate(self, ids: list[int], seed: int | str = 0, seen: tuple[set, set] | None = None) -> Translation:
+        """seen: the (terms, translations) met in the text before `ids`, when `ids` continues it (a
+        chunk of a long text); updated in place."""
         choice = self.choose(seed)
         out: list[int] = []
         mapping: list[int] = [-1] * len(ids)
         occurrences: list[Occurrence] = []
         forbidden: list[tuple[int, list[int]]] = []
-        seen_terms: set[str] = set()
-        seen_translations: set[str] = set()
+        seen_terms, seen_translations = seen if seen is not None else (set(), set())
+        unlabel_before = False
         i = 0
         while i < len(ids):
             match = None
@@ -134,6 +162,8 @@ class Translator:
             mapping[i + n - 1] = t + len(t_ids) - 1  # positions i .. i+n-2 stay -1
             if term in seen_terms and i > 0:
                 mapping[i - 1] = -1
+            elif term in seen_terms and seen is not None:
+                unlabel_before = True
             seen_terms.add(term)
             key = choice[term].lower()
             if key not in seen_translations:
@@ -141,7 +171,7 @@ class Translator:
                 forbidden.append((t, self._first_tokens(choice[term], t_ids)))
             occurrences.append(Occurrence(term, translation, i, i + n, t, t + len(t_ids)))
             i += n
-        return Translation(list(ids), out, mapping, occurrences, forbidden, choice)
+        return Translation(list(ids), out, mapping, occurrences, forbidden, choice, unlabel_before)
 
     def _first_tokens(self, translation: str, inserted: list[int]) -> list[int]:
         """The first token of the translation in running text (both cases) and as inserted."""
@@ -154,3 +184,26 @@ class Translator:
 
     def translate_text(self, text: str, seed: int | str = 0) -> Translation:
         return self.translate(self._encode(text), seed)
+
+    def splits_exactly(self, pieces: list[str]) -> bool:
+        """Whether encoding the pieces one by one gives the tokens of the whole text, checked on the
+        lines around the first cuts (a SentencePiece tokenizer that prefixes every call with a space does not)."""
+        for left, right in list(zip(pieces, pieces[1:]))[:8]:
+            before, after = left[-2000:], right[:2000]
+            if self._encode(before + after) != self._encode(before) + self._encode(after):
+                return False
+        return True
+
+    def translate_chunks(self, text: str, seed: int | str = 0) -> Iterator[tuple[int, int, Translation]]:
+        """(original offset, translated offset, Translation) for each piece of a long text, in order:
+        together the tokens, alignment and occurrences of `translate_text` (positions relative to the
+        piece; add the offsets), but the tokenizer and the lists never hold more than one piece."""
+        pieces = split_text(text)
+        if not self.splits_exactly(pieces):
+            pieces = [text]
+        seen: tuple[set, set] = (set(), set())
+        start = t_start = 0
+        for piece in pieces:
+            tr = self.translate(self._encode(piece), seed, seen)
+            yield start, t_start, tr
+            start, t_start = start + len(tr.original_ids), t_start + len(tr.translated_ids)

@@ -38,7 +38,11 @@ def test_translate_json(tmp_path, embedded_dir):
     assert out == {"translated_text": "We love Academy and Mark.",
                    "original_tokens": ["We", " love", " Hog", "w", "arts", " and", " Ron", "."],
                    "translated_tokens": ["We", " love", " Academy", " and", " Mark", "."],
-                   "mapping": [0, 1, -1, -1, 2, 3, 4, 5]}
+                   "mapping": [0, 1, -1, -1, 2, 3, 4, 5],
+                   "terms": [{"term": "Hogwarts", "translation": "Academy", "start": 2, "end": 5,
+                              "translated_start": 2, "translated_end": 3},
+                             {"term": "Ron", "translation": "Mark", "start": 6, "end": 7,
+                              "translated_start": 4, "translated_end": 5}]}
 
 
 def test_bad_input_exits_2_with_one_line(tiny_dir, tmp_path):

@@ -56,19 +56,40 @@ def test_no_sys_path_edits_and_no_harry_potter_in_engine_code():
 
 
 # -- what the code depends on ---------------------------------------------------------------------------
-def pins(name: str) -> dict[str, str]:
-    """{normalised distribution name: version} of a requirements file: every line `name==version`."""
+def pinned(name: str) -> dict[str, tuple[str, list[str]]]:
+    """{normalised distribution name: (version, sha256 hashes)} of a requirements or lock file: every
+    entry `name==version`, optionally followed by `--hash=sha256:...` continuation lines."""
     import re
 
+    text = (ROOT / name).read_text(encoding="utf-8").replace("\\\n", " ")
     out = {}
-    for line in (ROOT / name).read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+-]+)", line)
-        assert m, f"{name}: {line!r} is not pinned as name==version"
-        out[re.sub(r"[-_.]+", "-", m[1]).lower()] = m[2]
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+-]+)((?:\s+--hash=sha256:[0-9a-f]{64})*)", line)
+        assert m, f"{name}: {line[:80]!r} is not pinned as name==version [--hash=sha256:...]"
+        out[re.sub(r"[-_.]+", "-", m[1]).lower()] = (m[2], re.findall(r"[0-9a-f]{64}", m[3]))
     return out
+
+
+def pins(name: str) -> dict[str, str]:
+    """{normalised distribution name: version} of a requirements file."""
+    return {k: v for k, (v, _) in pinned(name).items()}
+
+
+def test_every_package_make_setup_installs_is_hash_locked():
+    """`make setup` installs the locks with --require-hashes: each must hold every pin of its sources at
+    the same version, and every package of the closure with at least one sha256 (`make lock` writes them)."""
+    runtime, dev = pins("requirements.txt"), pins("requirements-dev.txt")
+    for lock, sources in (("requirements.lock", runtime), ("requirements-dev.lock", runtime | dev)):
+        locked = pinned(lock)
+        for dist, version in sources.items():
+            assert dist in locked, f"{dist} is pinned but not in {lock}: run `make lock`"
+            assert locked[dist][0] == version, f"{lock} has {dist} {locked[dist][0]}, the pin is {version}: run `make lock`"
+        assert all(h for _, h in locked.values()), f"{lock}: an entry without a hash"
+    assert all(h for _, h in pinned("requirements-nodeps.txt").values()), "requirements-nodeps.txt: an entry without a hash"
+    assert "--require-hashes -r requirements.lock" in (ROOT / "Makefile").read_text()
 
 
 def third_party(folders: tuple[str, ...]) -> dict[str, set[str]]:
@@ -104,7 +125,7 @@ def test_the_environment_holds_the_pinned_versions():
     """What `make setup` installed is what the files pin (a stale .venv fails here, not somewhere odd)."""
     import importlib.metadata
 
-    for name in ("requirements.txt", "requirements-dev.txt", "requirements-nodeps.txt"):
+    for name in ("requirements-dev.lock", "requirements-nodeps.txt"):
         for dist, version in pins(name).items():
             got = importlib.metadata.version(dist)
             assert got.split("+")[0] == version, f"{dist} {got} is installed, {name} pins {version}"  # +cpu: a local build

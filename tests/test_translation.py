@@ -101,3 +101,29 @@ def test_disabled_terms_are_not_translated(tokenizer):
     anchors = AnchorDictionary({"Ron": ["Mark"], "Hogwarts": ["Academy"]}, disabled={"Ron"})
     tr = Translator(tokenizer, anchors).translate_text("Ron at Hogwarts")
     assert [o.term for o in tr.occurrences] == ["Hogwarts"]
+
+
+def test_a_long_text_translated_a_piece_at_a_time_is_the_whole_translation(tokenizer, monkeypatch):
+    """The translate verb reads a book a piece at a time (translation.CHUNK_CHARS): its tokens,
+    alignment and occurrences must be the whole text's, a repeated term at a piece's start included."""
+    import engine.translation as translation
+
+    text = "".join(f"Ron and Harry went to Hogwarts, day {i}.\n\n  Hogwarts again.\nRon said so.\n" for i in range(30))
+    tr_ = Translator(tokenizer, AnchorDictionary({"Ron": ["Mark"], "Hogwarts": ["Mystic Academy"]}))
+    whole = tr_.translate_text(text, 3)
+    monkeypatch.setattr(translation, "CHUNK_CHARS", 97)
+    pieces_ = translation.split_text(text, 97)
+    assert len(pieces_) > 10 and "".join(pieces_) == text
+    assert any(p.startswith("\nRon") for p in pieces_[1:]), "a piece opens with a repeated term"
+    assert tr_.splits_exactly(pieces_)
+    ids, out, mapping, occ = [], [], [], []
+    for start, t_start, tr in tr_.translate_chunks(text, 3):
+        if tr.unlabel_before:
+            mapping[-1] = -1
+        ids += tr.original_ids
+        out += tr.translated_ids
+        mapping += [j + t_start if j >= 0 else -1 for j in tr.mapping]
+        occ += [(o.term, o.start + start, o.translated_start + t_start) for o in tr.occurrences]
+    assert ids == whole.original_ids and out == whole.translated_ids
+    assert mapping == whole.mapping
+    assert occ == [(o.term, o.start, o.translated_start) for o in whole.occurrences]
