@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from . import legacy
@@ -52,11 +52,49 @@ class DataConfig(Section):
     """Use only the first N blocks of the corpus (None: all)."""
 
 
+def _layers(value):
+    """lora.layers as written -> an int N (the top N blocks) or a sorted list of 0-based blocks."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip().removeprefix("top").strip()
+        if text.lower() in ("", "all", "none"):
+            return None
+        if text.isdigit() and not value.strip().startswith("["):
+            return int(text)  # "10", "top 10": the top N, as an int field read it
+        out: set[int] = set()
+        for part in text.strip("[]").replace(" ", "").split(","):
+            lo, dash, hi = part.partition("-")
+            if not (lo.isdigit() and (not dash or hi.isdigit())) or (dash and int(hi) < int(lo)):
+                raise ValueError(f"{value!r} is not a block list: write the top N (10), a range (8-20) or "
+                                 f"blocks (8, 12, 20), 0-based")
+            out.update(range(int(lo), int(hi if dash else lo) + 1))
+        return sorted(out)
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+            raise ValueError("a block list holds 0-based block numbers, e.g. [8, 20]")
+        return sorted(set(value))
+    raise ValueError(f"{value!r} is not a block list: write the top N (10), a range (8-20) or blocks (8, 12, 20)")
+
+
+def _top_n(value):
+    if isinstance(value, int) and value < 1:
+        raise ValueError("the top N blocks: N is at least 1")
+    return value
+
+
 class LoraSection(Section):
     rank: int = Field(8, ge=1, le=1024)
     """LoRA rank of every adapter a run trains (alpha = 2 x rank, no dropout)."""
-    layers: int | None = Field(None, ge=1)
-    """Adapt only the top N transformer layers (None: all). Fewer layers = a shorter backward pass."""
+    layers: Annotated[int | list[int] | None, BeforeValidator(_layers), AfterValidator(_top_n)] = Field(
+        None, json_schema_extra={"kind": "text"})
+    """Where the adapter sits: the top N blocks (10), a range (8-20) or a list of 0-based blocks
+    ([8, 12, 20] or "8, 12, 20"); none: every block. The backward pass stops at the lowest one."""
+    modules: Literal["all", "attention", "mlp"] = "all"
+    """Which linear layers of each adapted block get LoRA: all of them, the attention projections only,
+    or the MLP only."""
 
 
 class TrainConfig(Section):

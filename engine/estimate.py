@@ -59,9 +59,12 @@ class ModelShape:
     layers: int
     head_params: float  # the LM head (vocab x hidden): every backward pass crosses it
 
-    def crossed(self, adapted_layers: int | None) -> float:
-        """Share of the parameters a LoRA backward pass crosses: the head and the adapted top layers."""
+    def crossed(self, adapted_layers: int | list[int] | None) -> float:
+        """Share of the parameters a LoRA backward pass crosses: the head and every block from the lowest
+        adapted one up (lora.layers: the top N, or a list of blocks)."""
         body = max(self.params - self.head_params, 0.0)
+        if isinstance(adapted_layers, list):
+            adapted_layers = self.layers - min(adapted_layers) if adapted_layers else None
         n = self.layers if adapted_layers is None else min(adapted_layers, self.layers)
         return (self.head_params + body * n / max(self.layers, 1)) / max(self.params, 1.0)
 

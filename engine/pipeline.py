@@ -153,16 +153,31 @@ def _hooks(run: RunContext, phase: str):
                  checkpoint_every=run.cfg.train.checkpoint_every, log=run.job.log)
 
 
+def _placement(peft_model) -> str:
+    """Where an adapter sits, for the log: "blocks 20-29, all linears" / "blocks 0-29, mlp"."""
+    cfg = next(iter(peft_model.peft_config.values()))
+    n = peft_model.base_model.model.config.num_hidden_layers
+    layers = cfg.layers_to_transform if cfg.layers_to_transform is not None else list(range(n))
+    layers = [layers] if isinstance(layers, int) else sorted(layers)
+    span = f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else ", ".join(map(str, layers))
+    targets = cfg.target_modules
+    kinds = "all linears" if isinstance(targets, str) else ", ".join(sorted(targets))
+    return f"blocks {span}, {kinds}"
+
+
 def fit(run: RunContext, phase: str, method: Method, data: TrainData, steps: int, lr: float, adapter_dir: Path,
         retain: TrainData | None = None) -> None:
     """Train a fresh LoRA adapter with `method` on `data`, save it to adapter_dir, unload it."""
     from .train import Stopped, TrainSpec, lora_model, save_adapter, train
 
     cfg = run.cfg
-    peft_model = lora_model(run.wb.release(), cfg.lora.rank, cfg.train.gradient_checkpointing, cfg.lora.layers,
-                            layers=method.lora_layers(run.wb.num_layers))
+    from .train import blocks
+
+    requested = blocks(cfg.lora.layers, run.wb.num_layers)
+    peft_model = lora_model(run.wb.release(), cfg.lora.rank, cfg.train.gradient_checkpointing,
+                            layers=method.lora_layers(run.wb.num_layers, requested), modules=cfg.lora.modules)
     run.job.log(f"{phase}: {steps} steps, lr {lr}, batch {cfg.train.batch_size} x {cfg.train.grad_accum}, "
-                f"LoRA rank {cfg.lora.rank}")
+                f"LoRA rank {cfg.lora.rank} on {_placement(peft_model)}")
     spec = TrainSpec(phase, method, data, steps, lr, cfg.train.batch_size, cfg.train.grad_accum, seed=cfg.seed,
                      warmup=cfg.train.warmup, retain=retain, retain_weight=cfg.retain.weight,
                      sam_rho=cfg.unlearn.sam_rho if phase == "unlearn" else None)

@@ -117,6 +117,8 @@ def field_specs(section: type[BaseModel], prefix: str = "") -> list[dict]:
             kind = "text"
         else:
             kind = "any"
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        kind = extra.get("kind", kind)  # a field with its own syntax (lora.layers) is typed as text
         bounds = {}
         for m in f.metadata:
             for attr in ("ge", "gt", "le", "lt"):

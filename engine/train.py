@@ -1,7 +1,8 @@
 """One LoRA training loop for every method: it asks the method (engine/methods/) for its forget loss
 on each batch, and for its retain term on a retain batch when the phase has retain data.
 
-LoRA (QLoRA when the base is 4-bit) on every linear layer, or on the top N layers. Checkpoints are
+LoRA (QLoRA when the base is 4-bit) on every linear layer, or on chosen blocks and module kinds
+(lora.layers, lora.modules). Checkpoints are
 safetensors + JSON (no pickle: a copied run directory runs none of its code). Data parallel: under
 `accelerate launch` each rank takes its share of every batch, gradients are averaged by DDP, and
 only rank 0 writes adapters, checkpoints and metrics.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +26,47 @@ from .methods import Method, Models, TrainData
 
 
 # -- LoRA ---------------------------------------------------------------------------------------
-def lora_model(base, rank: int, gradient_checkpointing: bool = False, top_layers: int | None = None,
-               layers: list[int] | None = None):
-    """A fresh trainable LoRA adapter on every linear layer of `base` (QLoRA when base is 4-bit).
+MODULE_KINDS = {"attention": ("attn", "attention"), "mlp": ("mlp", "feed_forward", "ffn")}
 
-    top_layers: adapt only the last N transformer layers; the backward pass then stops there.
-    layers: adapt exactly these layers (a method's choice, e.g. RMU's l-2..l); overrides top_layers.
+
+def blocks(layers: int | list[int] | None, n_layers: int) -> list[int] | None:
+    """lora.layers against a model of n_layers blocks: the top N (an int), the listed blocks (a list),
+    or None (every block); a block the model lacks is a UserError."""
+    if layers is None:
+        return None
+    if isinstance(layers, int):
+        return list(range(max(n_layers - layers, 0), n_layers))
+    past = [b for b in layers if b >= n_layers]
+    if past:
+        raise UserError(f"lora.layers names block {past[0]}, but this model has {n_layers} blocks (0-{n_layers - 1})")
+    return sorted(layers)
+
+
+def linear_targets(base, modules: str = "all") -> list[str]:
+    """The names, below a block, of its linear layers of one kind ("self_attn.q_proj", "mlp.up_proj"):
+    `modules` all, attention (a path through *attn* / *attention*) or mlp (*mlp* / *feed_forward* / *ffn*)."""
+    found = set()
+    for name, m in base.named_modules():
+        if not isinstance(m, torch.nn.Linear) or "lm_head" in name:
+            continue
+        below = re.split(r"\.\d+\.", name, maxsplit=1)  # "model.layers", "self_attn.q_proj"
+        if len(below) < 2:
+            continue
+        path = below[1]
+        if modules == "all" or any(k in part for part in path.split(".")[:-1] for k in MODULE_KINDS[modules]):
+            found.add(path)
+    if not found:
+        raise UserError(f"lora.modules {modules}: this model's blocks have no such linear layers")
+    return sorted(found)
+
+
+def lora_model(base, rank: int, gradient_checkpointing: bool = False, top_layers: int | list[int] | None = None,
+               layers: list[int] | None = None, modules: str = "all"):
+    """A fresh trainable LoRA adapter on the linear layers of `base` (QLoRA when base is 4-bit).
+
+    top_layers: lora.layers (the top N blocks or a list of blocks); the backward pass then stops at the
+    lowest. layers: exactly these blocks (a method's choice, e.g. RMU's l-2..l); overrides top_layers.
+    modules: all, attention or mlp (lora.modules).
     """
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -40,14 +77,10 @@ def lora_model(base, rank: int, gradient_checkpointing: bool = False, top_layers
                                                gradient_checkpointing_kwargs={"use_reentrant": False})
     elif gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    targets = "all-linear"
-    if top_layers and layers is None:
-        L = base.config.num_hidden_layers
-        layers = list(range(max(L - top_layers, 0), L))
-    if layers is not None:
-        # PEFT wants explicit module names with layers_to_transform: every linear but the head.
-        targets = sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules()
-                          if isinstance(m, torch.nn.Linear) and "lm_head" not in n})
+    if layers is None:
+        layers = blocks(top_layers, base.config.num_hidden_layers)
+    # PEFT wants explicit module names with layers_to_transform: the blocks' linears, never the head.
+    targets = "all-linear" if layers is None and modules == "all" else linear_targets(base, modules)
     cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=targets,
                      task_type="CAUSAL_LM", layers_to_transform=layers)
     return get_peft_model(base, cfg)

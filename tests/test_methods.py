@@ -134,7 +134,7 @@ def test_rmu_never_computes_the_layers_above_its_layer(deep_dir, tokenizer):
     from engine.train import TrainSpec, train
 
     rmu = RMU(RmuOptions(layer=1, trained_layers=2))
-    model = _fresh(deep_dir, layers=rmu.lora_layers(4))
+    model = _fresh(deep_dir, layers=rmu.lora_layers(4, None))
     calls = {i: 0 for i in range(4)}
     head = []
     for i, layer in enumerate(decoder_of(model).layers):

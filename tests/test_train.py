@@ -183,3 +183,41 @@ def test_saved_adapter_is_standard_peft_and_loads_in_the_workbench(tiny_dir, tok
     name = wb.add_adapter("expert", path)
     base_l, exp_l = wb.logits([(x[0].tolist(), None), (x[0].tolist(), name)])
     assert not torch.allclose(base_l, exp_l, atol=1e-4)
+
+
+def test_lora_placement_by_blocks_and_module_kind(tmp_path, tokenizer):
+    """lora.layers (top N, a range, a list) and lora.modules (all, attention, mlp) decide which linears
+    get LoRA; a block the model lacks is one line; the run config reads each way of writing it."""
+    import pytest
+
+    from conftest import make_tiny_llama
+    from engine.config import LoraSection
+    from engine.errors import UserError
+    from engine.models import ModelConfig, load_model
+    from engine.train import blocks
+
+    assert [LoraSection(layers=v).layers for v in (3, "3", "1-2", "0, 2", [2, 0], None, "")] == \
+        [3, 3, [1, 2], [0, 2], [0, 2], None, None]
+    for bad in ("2-1", "x", 0, [-1]):
+        with pytest.raises(Exception):
+            LoraSection(layers=bad)
+    assert blocks(2, 4) == [2, 3] and blocks([0, 2], 4) == [0, 2] and blocks(None, 4) is None
+    with pytest.raises(UserError, match="block 4, but this model has 4 blocks"):
+        blocks([1, 4], 4)
+
+    model_dir = make_tiny_llama(tmp_path / "m", tokenizer, layers=4)
+
+    def adapted(**kw) -> set[tuple[int, str]]:
+        peft = lora_model(load_model(ModelConfig(str(model_dir)))[0], rank=2, **kw)
+        out = set()
+        for name, _ in peft.named_parameters():
+            if "lora_A" in name:
+                parts = name.split(".")
+                i = parts.index("layers")
+                out.add((int(parts[i + 1]), parts[i + 2]))
+        return out
+
+    assert {b for b, _ in adapted()} == {0, 1, 2, 3}
+    assert adapted(layers=[1, 3], modules="mlp") == {(1, "mlp"), (3, "mlp")}
+    assert adapted(top_layers=1, modules="attention") == {(3, "self_attn")}
+    assert {b for b, _ in adapted(top_layers=[0, 2])} == {0, 2}

@@ -169,9 +169,10 @@ class Method:
         method knows about, each `field: what`."""
         return []
 
-    def lora_layers(self, n_layers: int) -> list[int] | None:
-        """The layers this method's adapter trains (None: the config's lora.layers, the top N or all)."""
-        return None
+    def lora_layers(self, n_layers: int, requested: list[int] | None) -> list[int] | None:
+        """The blocks this method's adapter trains, given the config's (`requested`, lora.layers against
+        the model; None: every block)."""
+        return requested
 
     def prepare(self, models: "Models", data: "TrainData", device) -> None:
         """Called by the training loop once before the first step (the adapter is still fresh)."""

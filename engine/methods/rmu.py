@@ -88,9 +88,17 @@ class RMU(Method):
             raise UserError(f"rmu.layer {layer} is past the model's last layer ({n_layers - 1})")
         return layer
 
-    def lora_layers(self, n_layers: int) -> list[int]:
+    def lora_layers(self, n_layers: int, requested: list[int] | None) -> list[int]:
+        """l-trained_layers+1 .. l, or, with lora.layers set, the requested blocks at or below l (the
+        forward stops at l: a block above it never sees the loss)."""
         top = self.layer(n_layers)
-        return list(range(max(0, top - self.options.trained_layers + 1), top + 1))
+        if requested is None:
+            return list(range(max(0, top - self.options.trained_layers + 1), top + 1))
+        below = [b for b in requested if b <= top]
+        if not below:
+            raise UserError(f"lora.layers puts no block at or below rmu.layer {top}: RMU's loss is read there, "
+                            f"so an adapter above it is never trained")
+        return below
 
     @torch.no_grad()
     def prepare(self, models: Models, data, device) -> None:
