@@ -47,3 +47,30 @@ def probe_progress(rows: list[dict], names: list[str]) -> list[dict]:
         if pts:
             out.append({"name": n, "first": pts[0][1], "last": pts[-1][1], "phase": pts[-1][0]})
     return out
+
+
+# -- the cost card ----------------------------------------------------------------------------------
+def cost_rows(card: dict | None) -> list[dict]:
+    """A cost card (jobs.cost_card) as table rows: one per phase or stage, then the total with the
+    job's own peak memory and the device."""
+    if not card:
+        return []
+    rows = [{"part": name, "wall s": p["wall_s"], "tokens": p["tokens"], "tokens/s": p["tokens_per_s"]}
+            for name, p in card["parts"].items()]
+    peak = card["peak_memory_mib"] if card["cuda_peak_mib"] is None else card["cuda_peak_mib"]
+    rows.append({"part": "total", "wall s": card["wall_s"], "tokens": None, "tokens/s": None})
+    for r in rows:
+        r["peak MiB"] = round(peak) if r["part"] == "total" and peak is not None else None
+        r["device"] = card["device"] if r["part"] == "total" else ""
+    return rows
+
+
+def cost_line(card: dict | None) -> str:
+    """'412 s · peak 1,204 MiB · cpu: 2 cores': the card in one line (`runs list`, captions)."""
+    if not card:
+        return "no cost card"
+    peak = card["peak_memory_mib"] if card["cuda_peak_mib"] is None else card["cuda_peak_mib"]
+    bits = [f"{card['wall_s']:.0f} s" if card["wall_s"] is not None else "? s",
+            f"peak {peak:,.0f} MiB" + (" (GPU)" if card["cuda_peak_mib"] is not None else "") if peak is not None else "",
+            card["device"]]
+    return " · ".join(b for b in bits if b)

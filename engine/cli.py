@@ -465,6 +465,11 @@ def _cmd_labels(cfg) -> int:
     return 0
 
 
+def peak_of(card: dict) -> float | None:
+    """The job's own peak memory on its card: the GPU's allocator peak on a GPU, else the process's."""
+    return card["cuda_peak_mib"] if card["cuda_peak_mib"] is not None else card["peak_memory_mib"]
+
+
 def cmd_runs(args) -> int:
     from . import jobs
 
@@ -474,7 +479,10 @@ def cmd_runs(args) -> int:
             print(dumps([r.to_dict() for r in runs], indent=2))
             return 0
         for r in runs:
-            print(f"{r.state or '?':<20} {r.phase:<16} {f'{r.step}/{r.total}':>9}  {r.created}  {r.dir}")
+            card = jobs.cost_card(r.summary.get("cost"))
+            cost = f"{card['wall_s']:>7.0f} s {peak_of(card):>7,.0f} MiB" if card and card["wall_s"] is not None \
+                and peak_of(card) is not None else f"{'-':>9} {'-':>11}"
+            print(f"{r.state or '?':<20} {r.phase:<16} {f'{r.step}/{r.total}':>9} {cost}  {r.created}  {r.dir}")
         if not runs:
             print(f"no runs under {args.root or jobs.runs_root()}")
         return 0

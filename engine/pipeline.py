@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import jobs
 from .config import RunConfig
+from .cost import Cost, device_name
 from .errors import UserError
 from .legacy import checkpoint_names, phase_name
 from .io import atomic_write_json, read_text_file
@@ -68,6 +69,7 @@ class RunContext:
     done_phases: list[str]
     summary: dict = field(default_factory=dict)
     targets: Targets | None = None  # the labels phase's result
+    cost: Cost | None = None  # wall time and tokens per phase (summary["cost"], the cost card)
 
     @property
     def main(self) -> bool:
@@ -182,13 +184,15 @@ def fit(run: RunContext, phase: str, method: Method, data: TrainData, steps: int
                      warmup=cfg.train.warmup, retain=retain, retain_weight=cfg.retain.weight,
                      sam_rho=cfg.unlearn.sam_rho if phase == "unlearn" else None)
     try:
-        train(peft_model, spec, _hooks(run, phase), run.acc)
+        result = train(peft_model, spec, _hooks(run, phase), run.acc)
     except Stopped as e:
         if run.main:  # status writes are throttled: say exactly where the checkpoint stands
             run.progress.update(phase, e.step, force=True)
         run.job.log(f"{phase}: stopped at step {e.step}; checkpoint saved")
         peft_model.unload()
         raise jobs.Cancelled() from None
+    if run.cost is not None:
+        run.cost.add_tokens(phase, result["tokens"])
     if run.main:
         save_adapter(peft_model, adapter_dir)
         for name in (f"{phase}.safetensors", f"{phase}.pt", *_hooks(run, phase).legacy_checkpoints):
@@ -269,19 +273,33 @@ def _context(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: l
     summary = {"probe_names": [p["name"] for p in probes]}
     prev = jobs.read_status(out).summary
     summary.update({k: v for k, v in prev.items() if k not in summary})
-    return RunContext(cfg, out, job, acc, get(cfg.method).from_config(cfg), Workbench(model, tok, cfg.model),
+    wb = Workbench(model, tok, cfg.model)
+    cost = Cost.resumed(device_name(wb.device), prev.get("cost"), done_phases)
+    return RunContext(cfg, out, job, acc, get(cfg.method).from_config(cfg), wb,
                       Corpus(blocks, *pad_blocks(blocks, tok.pad_token_id)), probes,
-                      PhaseProgress(job, steps, {p: steps[p] for p in done_phases if p in steps}), done_phases, summary)
+                      PhaseProgress(job, steps, {p: steps[p] for p in done_phases if p in steps}), done_phases, summary,
+                      cost=cost)
+
+
+def _cuda_peak(device) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def _pipeline(cfg: RunConfig, out: Path, job: jobs.JobWriter, acc, done_phases: list[str]) -> dict:
     t_start = time.time()
-    run = _context(cfg, out, job, acc, done_phases)
+    load = Cost("")
+    with load.part("load"):
+        run = _context(cfg, out, job, acc, done_phases)
+    run.cost.parts["load"] = load.parts["load"]  # this process's load (a resumed run loads again)
     for phase in plan(cfg):
         if phase in done_phases:
             continue
-        PHASES[phase](run)
+        with run.cost.part(phase):
+            PHASES[phase](run)
         done_phases.append(phase)
+        run.summary["cost"] = run.cost.card(_cuda_peak(run.wb.device))
         job.status(done_phases=done_phases, summary=run.summary)
     acc.wait_for_everyone()
     prev = jobs.read_status(out).summary

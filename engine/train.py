@@ -167,11 +167,13 @@ def find_checkpoint(path: str | os.PathLike, legacy_names: tuple[str, ...] = ())
 
 
 def memory_mib(device) -> float:
+    """The job's own peak: CUDA's allocator on a GPU, this process image's VmHWM on the CPU (never
+    ru_maxrss, which a job started by the Streamlit server inherits from it)."""
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource
+    from .cost import peak_rss_mib
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return peak_rss_mib()
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -317,6 +319,7 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
                        "probes": hooks.probe(models.peft), "memory_mib": memory_mib(device)})
     ddp_model.train()
     last_loss = math.nan
+    all_tokens = 0  # every rank's rows, forget and retain, over this process's steps (the cost card)
     for step in range(start, spec.steps):
         t0 = time.perf_counter()
         for group in opt.param_groups:
@@ -348,6 +351,7 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
             raise UserError(f"{spec.phase}: the loss became {last_loss} at step {step + 1}: lower the learning rate")
         done = step + 1
         dt = time.perf_counter() - t0
+        all_tokens += tokens * world
         if main and (done % hooks.log_every == 0 or done == spec.steps):
             m = {"step": done, "phase": spec.phase, "loss": last_loss, "lr": lr_at(step),
                  "tokens_per_s": tokens * world / dt, "step_s": dt, "memory_mib": memory_mib(device)}
@@ -363,4 +367,4 @@ def train(model, spec: TrainSpec, hooks: Hooks | None = None, accelerator=None) 
             save_checkpoint(done)
             raise Stopped(done)
     ddp_model.eval()
-    return {"loss": last_loss, "steps": spec.steps}
+    return {"loss": last_loss, "steps": spec.steps, "tokens": all_tokens}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, inspect_views, robustness_panel, state
+from app import charts, inspect_views, robustness_panel, run_views, state
 from engine import jobs
 from engine.config import ModelConfig
 from engine.errors import UserError
@@ -330,6 +330,9 @@ else:
             with st.expander("Verbatim continuations"):
                 who = st.selectbox("Model", [m for m in ex if ex[m].get("verbatim")], key="eval_ex_model")
                 st.dataframe(pd.DataFrame(ex[who]["verbatim"]), key="eval_verbatim_examples")
+        if result["cost"]:
+            with st.expander(f"Cost · {run_views.cost_line(result['cost'])}"):
+                st.dataframe(run_views.cost_rows(result["cost"]), hide_index=True)
         st.download_button("Download the result (JSON)", json.dumps(result, indent=2, ensure_ascii=False),
                            file_name=f"eval-{Path(shown).name}.json", mime="application/json", key="eval_download")
 

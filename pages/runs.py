@@ -249,6 +249,10 @@ def run_panel(d: str) -> None:
         c2.plotly_chart(charts.probe_curves(rows, chosen), key=f"run_probe_{name}")
     else:
         st.info("No metrics yet: the run is loading the model or waiting in the queue.")
+    card = jobs.cost_card(s.summary.get("cost"))
+    if card:
+        with st.expander(f"Cost · {run_views.cost_line(card)}"):
+            st.dataframe(run_views.cost_rows(card), hide_index=True)
     with st.expander("Log"):
         st.code(jobs.read_log(d, 40) or "(empty)")
 

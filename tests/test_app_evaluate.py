@@ -90,6 +90,8 @@ def test_launches_an_evaluation_job_and_shows_its_table(home):
     assert table.index.tolist() == ["baseline", "r1 · WHP"]
     assert table["familiarity (prob.)"].between(0, 1).all()
     assert table.loc["baseline", "familiarity (prob.)"] != table.loc["r1 · WHP", "familiarity (prob.)"]
+    cost = next(e for e in at.expander if e.label.startswith("Cost · "))  # the evaluation's own cost card
+    assert " MiB" in cost.label and "cpu" in cost.label
     job = next((home / "evals").iterdir())
     assert json.loads((job / "status.json").read_text())["state"] == "finished"
 

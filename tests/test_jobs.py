@@ -133,3 +133,20 @@ def test_the_demo_run_is_built_once_for_its_model(monkeypatch, tmp_path, tiny_di
     assert again.state == "finished" and again.pid == done.pid  # finished: returned as is
     cfg = json.loads((Path(first.dir) / "config.json").read_text())
     assert cfg["model"]["name"] == str(tiny_dir) and cfg["unlearn"]["steps"] == 2
+
+
+def test_a_job_reports_its_own_peak_memory_not_its_parents():
+    """A job the Streamlit server starts is a fork + exec of a big process: ru_maxrss survives the exec
+    and would report the server's peak; the cost card's VmHWM is the job's own."""
+    import subprocess
+    import sys
+
+    code = ("import resource, subprocess, sys\n"
+            "big = b'x' * (768 << 20)  # the parent touches 768 MiB\n"
+            "child = 'from engine.cost import peak_rss_mib; import resource; "
+            "print(peak_rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)'\n"
+            "print(subprocess.run([sys.executable, '-c', child], capture_output=True, text=True, check=True).stdout)")
+    own, inherited = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True).stdout.split())
+    assert own < 300, f"the job's own peak is {own:.0f} MiB"
+    assert inherited > 700, "ru_maxrss no longer carries the parent's peak: this test no longer tells them apart"

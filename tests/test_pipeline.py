@@ -84,6 +84,14 @@ def test_whp_pipeline_via_cli_writes_a_complete_run_dir(tiny_dir, tmp_path, home
     labels = json.loads((out / "labels.json").read_text())
     assert labels["cached"] is False and labels["blocks"] == 6
     assert "unlearn step 3/3" in (out / "log.txt").read_text()
+    # The cost card: wall time per phase, tokens per second of the training phases, the job's own peak.
+    cost = status["summary"]["cost"]
+    assert set(cost["parts"]) == {"load", "reinforce", "labels", "unlearn"}
+    assert all(p["wall_s"] > 0 for p in cost["parts"].values())
+    assert cost["parts"]["unlearn"]["tokens"] > 0 and cost["parts"]["unlearn"]["tokens_per_s"] > 0
+    assert cost["peak_memory_mib"] > 0 and cost["device"].startswith("cpu")
+    listed = run_cli("runs", "list", "--root", str(tmp_path), env={"OBLIVIATE_HOME": str(home)}).stdout
+    assert f"{cost['wall_s']:.0f} s" in listed and "MiB" in listed
     # Unlearning again from the same expert reuses the cached labels (no forward pass).
     out2 = tmp_path / "run2"
     r = run_cli("unlearn", "--config", str(cfg_file), "--expert", str(out / "adapters" / "expert"),

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from ..cost import Cost, device_name
 from ..data import grouped
 from ..errors import UserError
 from ..models import Workbench, adapter_name
@@ -368,6 +371,7 @@ def evaluate(wb: Workbench, adapters: dict[str, str], inputs: EvalInputs, settin
     loaded = {display: wb.add_adapter(display, path) for display, path in adapters.items()}
     try:
         ctx = EvalContext(wb, {BASELINE: None, **loaded}, inputs, settings)
+        cost = Cost(device_name(wb.device))
         plan = [s for s in STAGES if s.enabled(ctx)]
         total, done, spent = sum(s.cost(ctx) for s in plan), 0, 0
         for stage in plan:
@@ -378,7 +382,8 @@ def evaluate(wb: Workbench, adapters: dict[str, str], inputs: EvalInputs, settin
                     progress(name, done, total)
             if progress:
                 progress(stage.name, done, total)  # the status names the stage that runs now
-            stage.run(ctx, tick)
+            with cost.part(stage.name):
+                stage.run(ctx, tick)
             spent += stage.cost(ctx)
             if done < spent:  # a stage that skipped work still completes its share of the bar
                 done = spent
@@ -391,7 +396,8 @@ def evaluate(wb: Workbench, adapters: dict[str, str], inputs: EvalInputs, settin
         for name in loaded.values():
             wb.remove_adapter(name)
     return {"model": wb.name, "models": ctx.results, "examples": ctx.examples, "notes": ctx.notes,
-            "settings": settings.model_dump(mode="json"), "seconds": round(time.perf_counter() - t_start, 2)}
+            "settings": settings.model_dump(mode="json"), "seconds": round(time.perf_counter() - t_start, 2),
+            "cost": cost.card(torch.cuda.max_memory_allocated(wb.device) / 2**20 if wb.device.type == "cuda" else None)}
 
 
 def run_request(request: EvalRequest, out: str | Path | None = None) -> dict:

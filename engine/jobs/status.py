@@ -316,6 +316,20 @@ def read_json(out: str | os.PathLike, name: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+def cost_card(raw) -> dict | None:
+    """A cost card (engine/cost.py: a run's summary["cost"], an evaluation's "cost") as a typed record,
+    or None: device a string, numbers finite or None, parts {name: {wall_s, tokens, tokens_per_s}}."""
+    if not isinstance(raw, dict):
+        return None
+    num = lambda v: v if _number(v) else None  # noqa: E731
+    parts = raw.get("parts") if isinstance(raw.get("parts"), dict) else {}
+    return {"device": raw["device"] if isinstance(raw.get("device"), str) else "?",
+            "wall_s": num(raw.get("wall_s")), "peak_memory_mib": num(raw.get("peak_memory_mib")),
+            "cuda_peak_mib": num(raw.get("cuda_peak_mib")),
+            "parts": {str(n)[:64]: {k: num(p.get(k)) for k in ("wall_s", "tokens", "tokens_per_s")}
+                      for n, p in list(parts.items())[:32] if isinstance(p, dict)}}
+
+
 def read_eval(out: str | os.PathLike) -> dict | None:
     """A finished evaluation's result (eval.json) with the shape every page relies on: `models` a
     {name: {metric: value}} mapping, `model` a string, `notes` strings, `examples` and `settings`
@@ -330,7 +344,7 @@ def read_eval(out: str | os.PathLike) -> dict | None:
     return {**raw, "models": models, "model": typed("model", str, "?"),
             "notes": [n for n in typed("notes", list, []) if isinstance(n, str)],
             "examples": typed("examples", dict, {}), "settings": typed("settings", dict, {}),
-            "seconds": raw["seconds"] if _number(raw.get("seconds")) else None}
+            "seconds": raw["seconds"] if _number(raw.get("seconds")) else None, "cost": cost_card(raw.get("cost"))}
 
 
 def run_method(out: str | os.PathLike) -> str:
