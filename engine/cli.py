@@ -53,10 +53,11 @@ def _model_config(args):
 # -- inspect, translate ----------------------------------------------------------------------------
 def cmd_inspect(args) -> int:
     from .anchors import load_anchors
-    from .inspection import check_alpha, inspect
+    from .inspection import check_alpha, check_scale, inspect, lens_split
     from .models import Workbench
 
     check_alpha(args.alpha)  # before loading anything: nan, inf or a negative alpha is refused at once
+    check_scale(args.scale)
     anchors = load_anchors(args.anchors).check() if args.anchors else None
     wb = Workbench.load(_model_config(args))
     expert = wb.add_adapter("expert", args.expert) if args.expert else None
@@ -66,11 +67,30 @@ def cmd_inspect(args) -> int:
         from .methods.elm import ElmOptions
 
         elm = ElmOptions.make(**({"concept": args.concept} if args.concept is not None else {}))
-    view = inspect(wb, args.prompt, anchors, expert, unlearned, top_k=args.top_k, track=args.track or (),
-                   elm=elm).view(args.alpha)
+    result = inspect(wb, args.prompt, anchors, expert, unlearned, top_k=args.top_k, track=args.track or (),
+                     elm=elm, lens=args.lens, scale=args.scale)
+    view = result.view(args.alpha, lens=args.lens and args.json)
     if args.json:
         print(dumps(view))
         return 0
+    if args.lens:  # the last position's lens, per block: each model's top token and the pinned tokens
+        last = result.lens(len(result.ids) - 1, args.alpha)
+        shown = list(last)
+        print(f"logit lens after {view['positions'][-1]['token']!r} (the last position), block by block:")
+        print(f"{'block':>5}  " + "".join(f"{m:<24}" for m in shown))
+        for b in range(result.num_layers):
+            cells = []
+            for m in shown:
+                e = last[m][b]
+                pinned = " ".join(f"{e['tracked'][t]:.2f}" for t in e["tracked"])
+                cells.append(f"{e['top'][0]['token']!r} {e['top'][0]['prob']:.2f} {pinned}"[:23].ljust(24))
+            print(f"{b + 1:>5}  " + "".join(cells))
+        for t in result.tracked_ids:
+            split = lens_split(last, t)
+            if split and split["split"]:
+                print(f"{t!r}: the unlearned model follows the baseline up to block {split['split'] - 1} and "
+                      f"suppresses it from block {split['split']} on")
+        print()
     for note in view["notes"]:
         print(f"note: {note}")
     models = [m for m in ("baseline", "expert", "generic", "unlearned") if any(p[m] for p in view["positions"])]
@@ -628,6 +648,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concept", help="with --target elm: what is erased, as the persona prompts name it (e.g. the books' title)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--track", action="append", help="a token to follow along the prompt, e.g. ' Paris'")
+    p.add_argument("--lens", action="store_true",
+                   help="the logit lens: every model's prediction after each block (with --json: lens[model] "
+                        "per position, one entry per block)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="scale the unlearned adapter's LoRA update (0 = the baseline, 1 = as trained, up to 1.5)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
 

@@ -3,6 +3,12 @@
 One batched forward gives baseline(original), baseline(translated), expert(original) and
 unlearned(original). Full logits stay on the device inside `Inspection`; `view(alpha)` turns them
 into top-k lists and tracked-token probabilities, so a new alpha never runs the model again.
+
+With `lens=True` the same forward keeps every block's residual stream, (L + 1, T, H) per row, and
+`Inspection.lens(i)` reads position i after each block through the final norm and the unembedding
+(the logit lens): only that position, (models x L) rows in one matmul, so a click stays cheap.
+`lens_along(model, token)` reads one token's logit at every block and position from its column of
+the unembedding only. `scale` scales the unlearned adapter's LoRA update (0: the baseline, 1: as trained).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from .translation import Translation, Translator
 MODELS = ("baseline", "expert", "generic", "unlearned")
 LOGITS_BUDGET = 4 << 30  # bytes of float32 logits one inspection may hold: (rows x T x V x 4)
 MAX_ALPHA = 1000.0
+MAX_SCALE = 1.5  # the adapter scale: 0 = the baseline, 1 = as trained, past 1 over-applied
 MAX_PROMPT_CHARS = 200_000  # far beyond any context window; a 50 MB paste would stall the tokenizer
 PAGE_PROMPT_CHARS = 20_000  # what the Inspect page takes (~5k tokens: past every small model's context, and a
                             # page drawing more would crawl); the CLI takes MAX_PROMPT_CHARS
@@ -32,6 +39,13 @@ def check_alpha(alpha) -> float:
             or not 0 <= alpha <= MAX_ALPHA:
         raise UserError(f"alpha must be a number from 0 to {MAX_ALPHA:g}, not {alpha!r}")
     return float(alpha)
+
+
+def check_scale(scale) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
+            or not 0 <= scale <= MAX_SCALE:
+        raise UserError(f"the adapter scale must be a number from 0 to {MAX_SCALE:g}, not {scale!r}")
+    return float(scale)
 
 
 @dataclass
@@ -81,7 +95,12 @@ class Inspection:
     notes: list[str] = field(default_factory=list)
     truncated: int = 0
     target: str = "whp"  # whp: generic = base(translated) - alpha relu(expert - base); elm: the ELM-style target
+    scale: float = 1.0  # the unlearned adapter's LoRA update was scaled by this
+    hidden: dict = field(default_factory=dict, repr=False)
+    """lens=True only: model (baseline, translated, expert, unlearned) -> (L + 1, T, H) residual stream."""
+    lens_logits: object = None  # Workbench.lens_logits (the final norm and unembedding)
     _views: dict = field(default_factory=dict, repr=False)
+    _lens: dict = field(default_factory=dict, repr=False)
 
     def piece(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
@@ -108,9 +127,86 @@ class Inspection:
         self._views[alpha] = (full, kl)
         return full, kl
 
-    def view(self, alpha: float = 5.0) -> dict:
+    @property
+    def has_lens(self) -> bool:
+        return bool(self.hidden)
+
+    @property
+    def num_layers(self) -> int:
+        return next(iter(self.hidden.values())).shape[0] - 1 if self.hidden else 0
+
+    def _need_lens(self) -> None:
+        if not self.hidden:
+            raise UserError("this inspection kept no hidden states: run it with the lens on (--lens)")
+
+    def lens(self, i: int, alpha: float = 5.0, k: int | None = None) -> dict[str, list[dict]]:
+        """The logit lens at original position i: per model, one entry per block 1..L,
+        {"top": [{token, id, prob}] (k), "tracked": {text: prob}, "rank": {text: rank}}. Generic (WHP
+        target, at an aligned position) is the formula on the lens logits of baseline(translated) and
+        expert at that block, forbidden translations at the row mean: its last entry is the view's."""
+        self._need_lens()
+        alpha, k = check_alpha(alpha), k or self.top_k
+        if not 0 <= i < len(self.ids):
+            raise UserError(f"position {i} is outside the prompt (0..{len(self.ids) - 1})")
+        key = (i, alpha, k)
+        if key in self._lens:
+            return self._lens[key]
+        L = self.num_layers
+        models = [m for m in ("baseline", "expert", "unlearned") if m in self.hidden]
+        rows = [(m, self.hidden[m][1:, i]) for m in models]  # (L, H) each: after blocks 1..L
+        j = (self.parts.rows == i).nonzero()
+        generic = self.target == "whp" and len(j) > 0
+        if generic:
+            rows.append(("translated", self.hidden["translated"][1:, self.translation.mapping[i]]))
+        h = torch.cat([r for _, r in rows])  # (M L, H)
+        layer = torch.arange(1, L + 1, device=h.device).repeat(len(rows))
+        logits = dict(zip([m for m, _ in rows], self.lens_logits(h, layer).split(L)))  # model -> (L, V)
+        if generic:
+            base_t = logits.pop("translated")
+            g = base_t if "expert" not in logits else base_t - alpha * torch.relu(logits["expert"] - base_t)
+            cols = self.parts.forbid_cols[self.parts.forbid_rows == int(j[0])]
+            if len(cols):
+                g = g.clone()
+                g[:, cols] = g.mean(-1, keepdim=True)
+            logits["generic"] = g
+        tracked = list(self.tracked_ids.items())
+        out = {}
+        for m in MODELS:
+            if m not in logits:
+                continue
+            probs = logits[m].softmax(-1)  # (L, V)
+            top = probs.topk(k, dim=-1)
+            t_ids = torch.tensor([t for _, t in tracked], dtype=torch.long, device=probs.device)
+            t_p = probs[:, t_ids] if tracked else probs[:, :0]  # (L, P)
+            t_rank = (probs[:, None, :] > t_p[:, :, None]).sum(-1) + 1 if tracked else t_p.long()  # (L, P)
+            ids, ps, tp, tr = top.indices.tolist(), top.values.tolist(), t_p.tolist(), t_rank.tolist()
+            out[m] = [{"top": [{"token": self.piece(t), "id": t, "prob": p} for t, p in zip(ids[l], ps[l])],
+                       "tracked": {text: tp[l][n] for n, (text, _) in enumerate(tracked)},
+                       "rank": {text: tr[l][n] for n, (text, _) in enumerate(tracked)}} for l in range(L)]
+        self._lens[key] = out
+        return out
+
+    def lens_along(self, model: str, text: str) -> list[list[float]]:
+        """(L, T) logit-lens logit of tracked `text` after every block (1..L) at every position, for
+        baseline / expert / unlearned: only that token's column of the unembedding."""
+        self._need_lens()
+        if model not in self.hidden or model == "translated":
+            raise UserError(f"no {model} model in this inspection")
+        if text not in self.tracked_ids:
+            raise UserError(f"{text!r} is not a pinned token of this inspection")
+        key = ("along", model, text)
+        if key not in self._lens:
+            hs = self.hidden[model][1:]  # (L, T, H)
+            L, T, H = hs.shape
+            layer = torch.arange(1, L + 1, device=hs.device).repeat_interleave(T)
+            col = self.lens_logits(hs.reshape(L * T, H), layer, [self.tracked_ids[text]])  # (L T, 1)
+            self._lens[key] = col.reshape(L, T).tolist()
+        return self._lens[key]
+
+    def view(self, alpha: float = 5.0, lens: bool = False) -> dict:
         """A JSON-ready view: per position the input token, each model's top-k with probabilities,
-        the probability and rank of the token that follows, KL(baseline || generic)."""
+        the probability and rank of the token that follows, KL(baseline || generic); with `lens`,
+        each position's logit lens (`lens[model]`: one entry per block, see lens())."""
         alpha = check_alpha(alpha)
         gstats, kl = self.generic_stats(alpha)
         all_stats = dict(self.stats, generic=gstats)
@@ -130,13 +226,15 @@ class Inspection:
                 pos[m] = [{"token": self.piece(t), "id": t, "prob": p} for t, p in zip(s.top_ids[i], s.top_probs[i])]
                 pos[f"{m}_next"] = {"prob": s.next_prob[i], "rank": s.next_rank[i]}
             pos["kl_baseline_generic"] = kl[i]
+            if lens:
+                pos["lens"] = self.lens(i, alpha)
             positions.append(pos)
         tracked = {
             text: {m: all_stats[m].tracked[tid] for m in MODELS if m in all_stats}
             for text, tid in self.tracked_ids.items()
         }
         return {
-            "model": self.model, "alpha": alpha, "target": self.target, "notes": self.notes,
+            "model": self.model, "alpha": alpha, "target": self.target, "notes": self.notes, "scale": self.scale,
             "truncated_tokens": self.truncated,
             "translated_text": self.tokenizer.decode(self.translation.translated_ids),
             "translated_tokens": self.translated_tokens, "mapping": self.translation.mapping,
@@ -155,13 +253,18 @@ def inspect(
     track: list[str] | tuple[str, ...] = (),
     seed: int = 0,
     elm=None,
+    lens: bool = False,
+    scale: float = 1.0,
 ) -> Inspection:
     """Run the prompt once through every model and keep what any alpha's view needs.
 
     elm: an ElmOptions (engine/methods/elm.py) to show the ELM-style target as the generic row instead
     of WHP's: the baseline after the novice and the expert persona prefixes join the batch, and
     view(x) reads x as eta. The prompt is then not translated (ELM uses no dictionary).
+    lens: keep every block's residual stream for Inspection.lens (the same forward).
+    scale: the unlearned adapter's LoRA update times this (0..1.5).
     """
+    scale = check_scale(scale)
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError("the prompt is empty: type some text to inspect")
     if len(prompt) > MAX_PROMPT_CHARS:
@@ -179,10 +282,12 @@ def inspect(
         novice, expert_prefix = persona_prefixes(tok, elm)
         anchors = None
     rows = 1 + (anchors is not None) + bool(expert) + bool(unlearned) + 2 * (elm is not None)
-    most = LOGITS_BUDGET // (rows * wb.vocab_size * 4)
+    per_token = wb.vocab_size + (wb.num_layers + 1) * int(getattr(wb._base.config, "hidden_size", 0) or 0) * lens
+    most = LOGITS_BUDGET // (rows * per_token * 4)
     if len(ids) > most and most < limit:
+        kept = "logits and hidden states" if lens else "logits"
         raise UserError(f"the prompt is {len(ids):,} tokens; inspecting {rows} models keeps every position's "
-                        f"logits, so this model takes at most {most:,} tokens here: paste a shorter passage")
+                        f"{kept}, so this model takes at most {most:,} tokens here: paste a shorter passage")
     if len(ids) > limit:
         truncated = len(ids) - limit
         ids = ids[-limit:]
@@ -205,7 +310,8 @@ def inspect(
     n_models = len(batch)
     if elm is not None:
         batch += [(novice + ids, None), (expert_prefix + ids, None)]
-    logits = wb.logits(batch)
+    with wb.adapter_scale(unlearned, scale):
+        logits, hidden = wb.logits_and_hidden(batch) if lens else (wb.logits(batch), None)
     base_o = logits[0]
     base_t = logits[1] if not translation.is_identity else base_o
     expert_o = logits[n_models - 1 - bool(unlearned)] if expert else None
@@ -238,9 +344,36 @@ def inspect(
         parts = elm_parts(base_o, logits[-2][len(novice):], logits[-1][len(expert_prefix):], elm)
     else:
         parts = generic_parts(translation, base_t, expert_o)
+    kept: dict = {}
+    if hidden is not None:
+        kept = {"baseline": hidden[0], "translated": hidden[1] if not translation.is_identity else hidden[0]}
+        if expert:
+            kept["expert"] = hidden[n_models - 1 - bool(unlearned)]
+        if unlearned:
+            kept["unlearned"] = hidden[n_models - 1]
     return Inspection(
         model=wb.name, ids=ids, tokens=[tok.decode([i]) for i in ids], translation=translation,
         translated_tokens=[tok.decode([i]) for i in translation.translated_ids], parts=parts, stats=stats,
         baseline_logp=base_o[parts.rows].log_softmax(-1), tokenizer=tok, top_k=top_k,
         tracked_ids=tracked_ids, notes=notes, truncated=truncated, target="elm" if elm is not None else "whp",
+        scale=scale, hidden=kept, lens_logits=wb.lens_logits if kept else None,
     )
+
+
+def lens_split(lens: dict[str, list[dict]], text: str, model: str = "unlearned", reference: str = "baseline",
+               ratio: float = 0.5) -> dict | None:
+    """Where `model`'s lens curve for tracked `text` leaves `reference`'s: the first block of the final
+    run of blocks where model gives it under `ratio` x reference's probability. {"split": block (1..L)
+    or None when the output is not suppressed, "model": [p per block], "reference": [...]}; None when
+    either model or the token is missing."""
+    if model not in lens or reference not in lens or text not in lens[reference][0]["tracked"]:
+        return None
+    pm = [e["tracked"][text] for e in lens[model]]
+    pr = [e["tracked"][text] for e in lens[reference]]
+    below = [a < ratio * b for a, b in zip(pm, pr)]
+    split = None
+    if below[-1]:
+        split = len(below)
+        while split > 1 and below[split - 2]:
+            split -= 1
+    return {"split": split, "model": pm, "reference": pr}

@@ -388,6 +388,70 @@ class Workbench:
             return out
 
     @torch.no_grad()
+    def logits_and_hidden(self, batch: list[Row]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """logits() and, from the same forward, each row's residual stream after every block:
+        ((T_i, V) float32, (L + 1, T_i, H) in the model's dtype: 0 the embeddings, L after the final norm)."""
+        with self.lock:
+            logits: list = [None] * len(batch)
+            hidden: list = [None] * len(batch)
+            for idx, o in self._forwards(batch, output_hidden_states=True):
+                hs = torch.stack(o.hidden_states, dim=1)  # (B, L + 1, T, H)
+                for j, i in enumerate(idx):
+                    n = len(batch[i][0])
+                    logits[i] = o.logits[j, :n].float()
+                    hidden[i] = hs[j, :, :n]
+            return logits, hidden
+
+    def _final_norm(self):
+        inner = getattr(self._base, getattr(self._base, "base_model_prefix", "model"), None)
+        for name in ("norm", "ln_f", "final_layer_norm", "final_layernorm"):
+            norm = getattr(inner, name, None)
+            if isinstance(norm, torch.nn.Module):
+                return norm
+        raise UserError(f"{self.name}: no final norm found (model.norm, ln_f ...): the logit lens needs one")
+
+    @torch.no_grad()
+    def lens_logits(self, h: torch.Tensor, layer: torch.Tensor | int, columns: list[int] | None = None) -> torch.Tensor:
+        """The logit lens: residual-stream rows h (N, H) read out after block `layer` (N,) or one int
+        (1..L) through the final norm and the unembedding -> (N, V) float32, or (N, len(columns)) for
+        those token ids only. Transformers' last hidden state is already normed: layer L is not normed again."""
+        L = self.num_layers
+        layer = torch.as_tensor(layer, device=h.device).expand(h.shape[0])
+        with self.lock:
+            normed = torch.where((layer < L)[:, None], self._final_norm()(h), h)
+            head = self._base.get_output_embeddings()
+            if columns is None:
+                out = head(normed).float()
+            else:
+                out = (normed @ head.weight[columns].T).float()
+                if getattr(head, "bias", None) is not None:
+                    out = out + head.bias[columns].float()
+        cap = getattr(self._base.config, "final_logit_softcapping", None)
+        return torch.tanh(out / cap) * cap if cap else out
+
+    @contextlib.contextmanager
+    def adapter_scale(self, name: str | None, scale: float):
+        """Adapter `name`'s LoRA update scaled by `scale` meanwhile (0: the baseline, 1: as trained),
+        under the lock; every other adapter unchanged."""
+        if name is None or scale == 1.0:
+            yield
+            return
+        if name in self._full:
+            raise UserError(f"{name} is a full checkpoint, not a LoRA adapter: it has no update to scale")
+        from peft.tuners.lora import LoraLayer
+
+        with self.lock:
+            layers = [m for m in self._model.modules() if isinstance(m, LoraLayer) and name in m.scaling]
+            kept = [m.scaling[name] for m in layers]
+            try:
+                for m, k in zip(layers, kept):
+                    m.scaling[name] = k * scale
+                yield
+            finally:
+                for m, k in zip(layers, kept):
+                    m.scaling[name] = k
+
+    @torch.no_grad()
     def logits_after(self, context: list[int], batch: list[Row], reduce: Callable[[int, torch.Tensor], object],
                      budget: int = 2048) -> list:
         """reduce(i, (T_i, V) logits) of each row read after the same `context` tokens, for one adapter.

@@ -19,6 +19,20 @@ def test_inspect_json_on_tiny_model(tiny_dir, tiny_expert_dir, tmp_path):
     assert {"token", "baseline", "expert", "generic"} <= set(last)
     assert len(last["baseline"]) == 3 and all({"token", "prob"} <= set(t) for t in last["baseline"])
     assert out["translated_text"] == "Harry met Mark and"
+    # --lens: per position, lens[model] with one entry per block; the last block is the model's output
+    r = run_cli("inspect", "Harry met Ron and", "--model", str(tiny_dir), "--expert", str(tiny_expert_dir),
+                "--anchors", str(anchors), "--top-k", "3", "--track", " Ron", "--lens", "--json")
+    assert r.returncode == 0, r.stderr
+    for p in json.loads(r.stdout)["positions"]:
+        for m in ("baseline", "expert"):
+            blocks = p["lens"][m]
+            assert len(blocks) == 2 and set(blocks[0]) == {"top", "tracked", "rank"}
+            assert [t["token"] for t in blocks[-1]["top"]] == [t["token"] for t in p[m]]
+            assert blocks[-1]["tracked"][" Ron"] > 0
+    r = run_cli("inspect", "Harry met Ron and", "--model", str(tiny_dir), "--lens", "--track", " Ron")
+    assert r.returncode == 0 and "logit lens after" in r.stdout, r.stderr
+    r = run_cli("inspect", "Harry", "--model", str(tiny_dir), "--scale", "2")
+    assert r.returncode == 2 and "adapter scale" in r.stderr
 
 
 def test_inspect_table_without_json(tiny_dir):

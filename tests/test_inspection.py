@@ -104,3 +104,68 @@ def test_generic_completion_first_token_is_generic_argmax(wb):
     text = complete_generic(wb, PROMPT, "expert", alpha=5.0, max_new_tokens=1)
     view = inspect(wb, PROMPT, None, expert="expert").view(5.0)
     assert text == view["positions"][-1]["generic"][0]["token"]
+
+
+# -- the logit lens and the adapter scale --------------------------------------------------------------
+def test_the_lens_comes_from_the_same_forward_and_its_last_block_is_each_models_output(wb, monkeypatch):
+    forwards = []
+    original = Workbench._forwards
+    monkeypatch.setattr(Workbench, "_forwards", lambda self, batch, **kw: forwards.append(len(batch)) or original(self, batch, **kw))
+    result = inspect(wb, PROMPT, ANCHORS, expert="expert", unlearned="unlearned", track=[" Hermione", " Paris"],
+                     lens=True)
+    view = result.view(3.0)
+    for i in range(len(result.ids)):
+        lens = result.lens(i, 3.0)
+        assert forwards == [4], "the lens never runs the model again"
+        for m, entries in lens.items():
+            assert len(entries) == wb.num_layers
+            want, got = view["positions"][i][m], entries[-1]
+            assert [t["id"] for t in got["top"]] == [t["id"] for t in want]
+            assert [t["prob"] for t in got["top"]] == pytest.approx([t["prob"] for t in want], rel=1e-4, abs=1e-7)
+            for text, probs in view["tracked"].items():
+                assert got["tracked"][text] == pytest.approx(probs[m][i], rel=1e-4, abs=1e-7)
+        assert ("generic" in lens) == (result.translation.mapping[i] >= 0)
+    # an intermediate block: the residual stream after block 1 through the final norm and the head
+    ids = torch.tensor([result.ids])
+    with torch.no_grad(), wb._model.disable_adapter():
+        h1 = wb._base(input_ids=ids, output_hidden_states=True).hidden_states[1][0, -1]
+        direct = wb._base.get_output_embeddings()(wb._base.model.norm(h1)).softmax(-1)
+    first = result.lens(len(result.ids) - 1, 3.0)["baseline"][0]
+    assert first["top"][0]["id"] == int(direct.argmax())
+    assert first["top"][0]["prob"] == pytest.approx(float(direct.max()), rel=1e-4)
+    assert first["rank"][" Hermione"] == int((direct > direct[result.tracked_ids[" Hermione"]]).sum()) + 1
+    # one token along the prompt: its column of the unembedding only, the last block = the output logit
+    along = result.lens_along("unlearned", " Hermione")
+    out = wb.logits([(result.ids, "unlearned")])[0][:, result.tracked_ids[" Hermione"]]
+    assert len(along) == wb.num_layers and along[-1] == pytest.approx(out.tolist(), rel=1e-4, abs=1e-5)
+    with pytest.raises(UserError, match="lens"):
+        inspect(wb, PROMPT, ANCHORS, expert="expert").lens(0)
+
+
+def test_the_adapter_scale_runs_from_the_baseline_to_past_the_adapter(wb):
+    def last(scale):
+        r = inspect(wb, PROMPT, None, unlearned="unlearned", top_k=3, scale=scale)
+        return r.view()["positions"][-1]
+    plain = last(1.0)
+    zero, half, over = last(0.0), last(0.5), last(1.5)
+    assert [t["id"] for t in zero["unlearned"]] == [t["id"] for t in zero["baseline"]]
+    assert [t["prob"] for t in zero["unlearned"]] == pytest.approx([t["prob"] for t in zero["baseline"]], rel=1e-5)
+    assert half["unlearned"] != plain["unlearned"] != over["unlearned"]
+    assert last(1.0)["unlearned"] == plain["unlearned"], "the adapter is as trained again after a scaled view"
+    for bad in (-0.1, 1.6, float("nan")):
+        with pytest.raises(UserError, match="adapter scale"):
+            inspect(wb, PROMPT, None, unlearned="unlearned", scale=bad)
+
+
+def test_lens_split_finds_the_block_where_the_unlearned_curve_leaves_the_baselines():
+    from engine.inspection import lens_split
+
+    def lens(ps):
+        return [{"tracked": {" Hermione": p}} for p in ps]
+    both = {"baseline": lens([0.1, 0.3, 0.6, 0.8, 0.9]), "unlearned": lens([0.1, 0.3, 0.5, 0.2, 0.01])}
+    assert lens_split(both, " Hermione")["split"] == 4
+    kept = {"baseline": lens([0.1, 0.9]), "unlearned": lens([0.1, 0.8])}
+    assert lens_split(kept, " Hermione")["split"] is None
+    early = {"baseline": lens([0.5, 0.9]), "unlearned": lens([0.1, 0.01])}
+    assert lens_split(early, " Hermione")["split"] == 1
+    assert lens_split({"baseline": lens([0.1])}, " Hermione") is None
