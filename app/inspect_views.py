@@ -293,3 +293,21 @@ def completions_html(examples: dict[str, dict]) -> str:
            ".obl-comp td.pr{color:#555;width:24%}.obl-comp td.fam{background:#fff7ed}"
            ".obl-comp mark{background:#fde68a;padding:0 1px;border-radius:2px}</style>")
     return f'{css}<table class="obl-comp"><thead><tr><th>prompt</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def lens_headline(split: dict | None, label: str) -> str:
+    """The lens's one line for a pinned token: where the unlearned curve leaves the baseline's
+    (engine.inspection.lens_split)."""
+    if split is None:
+        return ""
+    pm, pr, b = split["model"], split["reference"], split["split"]
+    if b is None:
+        return (f"**{label}** is not suppressed at the output: the unlearned model gives it {pm[-1]:.3f} "
+                f"(baseline {pr[-1]:.3f}).")
+    if b == 1:
+        return (f"**{label}** is suppressed from the first block on: {pm[-1]:.3f} at the output, "
+                f"baseline {pr[-1]:.3f}.")
+    peak = max(range(b - 1), key=lambda k: pr[k])
+    return (f"**{label}** is computed up to block {b - 1} (unlearned {pm[b - 2]:.3f}, baseline {pr[b - 2]:.3f}; the "
+            f"baseline's highest before it, {pr[peak]:.3f} at block {peak + 1}) and suppressed from block {b} on: "
+            f"{pm[-1]:.3f} at the output, baseline {pr[-1]:.3f}.")

@@ -14,7 +14,7 @@ from app import anchor_views, charts, inspect_views, state
 from app.strip import token_strip
 from engine.errors import UserError, as_user_error
 from engine.generation import complete_all
-from engine.inspection import inspect
+from engine.inspection import inspect, lens_split
 from engine.methods.elm import ElmOptions
 from engine.probes import load_probes
 
@@ -107,11 +107,13 @@ if use_anchors:
 
 @st.cache_resource(max_entries=8, show_spinner="Running the prompt through every model…")
 def _inspection(model_key: str, adapters_key: str, prompt: str, anchors_version: str, top_k: int,
-                track: tuple[str, ...], concept: str | None, _wb, _anchors, expert, unlearned):
+                track: tuple[str, ...], concept: str | None, lens: bool, scale: float, _wb, _anchors, expert, unlearned):
     """Keyed by what changes the forward; `_wb` and `_anchors` are what those keys name. A concept
-    makes the generic row the ELM-style target (the baseline after novice and expert personas)."""
+    makes the generic row the ELM-style target (the baseline after novice and expert personas). The
+    lens keeps the same forward's hidden states; each adapter scale is its own cached forward."""
     elm = ElmOptions.make(concept=concept) if concept is not None else None
-    return inspect(_wb, prompt, _anchors, expert=expert, unlearned=unlearned, top_k=top_k, track=track, elm=elm)
+    return inspect(_wb, prompt, _anchors, expert=expert, unlearned=unlearned, top_k=top_k, track=track, elm=elm,
+                   lens=lens, scale=scale)
 
 
 alpha = float(st.session_state.get(state.ALPHA, state.DEFAULT_ALPHA))
@@ -123,9 +125,11 @@ concept = (st.session_state[CONCEPT] or "").strip() or None if elm_target else N
 if elm_target and concept is None:
     st.error("Type the concept the ELM-style target erases (e.g. 'the Harry Potter books').")
     st.stop()
+lens_on = bool(st.session_state.get("inspect_lens", False))
+scale = float(st.session_state.get("inspect_scale", 1.0)) if ctx.unlearned else 1.0
 try:
     inspection = _inspection(ctx.model_key, ctx.adapters_key, prompt, anchors.version() if anchors else "",
-                             top_k, track, concept, wb, anchors, ctx.expert, ctx.unlearned)
+                             top_k, track, concept, lens_on, scale, wb, anchors, ctx.expert, ctx.unlearned)
     view = inspection.view(alpha)
 except UserError as e:
     st.error(f"{e}")
@@ -162,7 +166,7 @@ def _clicked() -> None:
 if metric == "expert_gain" and ctx.expert is None:
     st.caption("Pick an expert in the sidebar to colour by expert − baseline.")
 token_strip(inspect_views.token_strip_html(view, metric, pos, alpha), key="inspect_strip", on_click=_clicked)
-s1, s2, s3 = st.columns([7, 1.1, 1.6], vertical_alignment="bottom")
+s1, s2, s3, s4 = st.columns([7, 1.1, 1.6, 1.6], vertical_alignment="bottom")
 s1.select_slider("Position", options=list(range(T)), key=POS, label_visibility="collapsed",
                  format_func=lambda i: f"position {i} · {positions[i]['token']!r}",
                  help="Or click a token above. The predictions below are the ones each model makes after it.")
@@ -170,6 +174,9 @@ s2.number_input("Top-k", 1, 50, key="inspect_top_k")
 s3.toggle("Anchors", key="inspect_use_anchors",
           help="Translate the anchored terms of the saved dictionary (Anchors page) before the baseline "
                "reads the prompt for generic.")
+s4.toggle("Lens", key="inspect_lens",
+          help="The logit lens: every model's prediction after each block at the selected position (the "
+               "residual stream through the final norm and the unembedding), from the same forward.")
 state.keep("inspect_top_k", top_k)
 state.keep("inspect_use_anchors", use_anchors)
 
@@ -212,6 +219,11 @@ with right:
     elif ctx.expert is None:
         st.caption("alpha has no effect without an expert: generic is the baseline reading the translated "
                    "prompt. Pick an expert in the sidebar.")
+    if ctx.unlearned:
+        st.slider("Adapter scale", 0.0, 1.5, 1.0, step=0.05, key="inspect_scale",
+                  help="The unlearned adapter's LoRA update times this: 0 is the baseline, 1 the model as "
+                       "trained, above 1 over-applied. How much of the adapter does forgetting need, and does "
+                       "more break the rest? Each scale runs the prompt once (then cached).")
     labels = {text: repr(inspection.piece(tid)) for text, tid in inspection.tracked_ids.items()}
     bars = inspect_views.pinned_bars(view, pos, shown)
     if bars:
@@ -232,6 +244,39 @@ if view["tracked"]:
                "marks the selected position; generic has gaps where a position has no label.")
     fig = charts.tracked_along_prompt(view["tracked"], labels, tokens, pos, log_y)
     st.plotly_chart(fig, key="inspect_tracked", config={"displayModeBar": False})
+
+# -- layer by layer: the logit lens ----------------------------------------------------------------------
+if lens_on:
+    st.subheader("Layer by layer (logit lens)")
+    lens = inspection.lens(pos, alpha)
+    choices = list(inspection.tracked_ids)
+    l1, l2 = st.columns([3, 2], gap="medium")
+    with l1:
+        token = st.selectbox("Token", choices or [None], key="inspect_lens_token",
+                             format_func=lambda t: labels.get(t, repr(t)) if t else "each model's top-1",
+                             help="Pin words above to follow them block by block.")
+        if token and ctx.unlearned:
+            st.markdown(inspect_views.lens_headline(lens_split(lens, token), labels.get(token, token)))
+        st.caption(f"After {p['token']!r} (position {pos}): the probability after each block, each cell's "
+                   "top-1 token written in it. Where the unlearned column goes dark while the baseline's stays "
+                   "bright, the knowledge is computed below and suppressed above.")
+        st.plotly_chart(charts.lens_heatmap(lens, token, labels.get(token, "") if token else ""),
+                        key="inspect_lens_map", config={"displayModeBar": False})
+    with l2:
+        if token:
+            opts = [m for m in ("baseline", "expert", "unlearned") if m in inspection.hidden]
+            if ctx.unlearned:
+                opts.insert(0, "unlearned − baseline")
+            who = st.selectbox("Along the prompt", opts, key="inspect_lens_along")
+            if who == "unlearned − baseline":
+                u, b = inspection.lens_along("unlearned", token), inspection.lens_along("baseline", token)
+                z = [[x - y for x, y in zip(ru, rb)] for ru, rb in zip(u, b)]
+            else:
+                z = inspection.lens_along(who, token)
+            st.caption(f"The logit of {labels.get(token, token)} after each block at every position ({who}); "
+                       "blue below zero. The outline is the selected position.")
+            st.plotly_chart(charts.lens_along(z, tokens, pos, "logit"), key="inspect_lens_along_map",
+                            config={"displayModeBar": False})
 
 # -- the translated prompt -------------------------------------------------------------------------
 st.subheader("Translation and alignment")

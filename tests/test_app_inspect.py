@@ -381,3 +381,39 @@ def test_a_link_with_a_bad_alpha_opens_on_the_default(app_env, alpha):
     at = _app(PROMPT, {"alpha": alpha}).run()
     assert not at.exception, at.exception
     assert at.slider(key="alpha").value == 5.0
+
+
+def test_the_lens_and_the_adapter_scale(app_env, tiny_dir, tiny_expert_dir, tiny_unlearned_dir):
+    """Lens on: a blocks x models heatmap at the selected position and a blocks x positions view of a
+    pinned token, from the one cached forward; the adapter scale at 0 makes the unlearned column the
+    baseline's, at 1 it is the adapter as trained."""
+    home = app_env
+    demo = home / "runs" / "demo"
+    shutil.copytree(tiny_expert_dir, demo / "adapters" / "expert")
+    shutil.copytree(tiny_unlearned_dir, demo / "adapters" / "unlearned")
+    (demo / "config.json").write_text(json.dumps({"method": "whp", "model": {"name": str(tiny_dir)}}))
+    (demo / "status.json").write_text(json.dumps({"state": "finished", "kind": "run", "created": "2026-01-01"}))
+    at = _app(PROMPT)
+    at.session_state["inspect_pinned"] = "Hermione"
+    at.run()
+    trained = _tables(at)["unlearned"]
+    assert trained != _tables(at)["baseline"]
+    at.toggle(key="inspect_lens").set_value(True).run()
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert any("Layer by layer" in h.value for h in at.subheader)
+    charts = [c for c in at.get("plotly_chart")]
+    maps = [json.loads(c.proto.spec) for c in charts]
+    heat = [m for m in maps if m["data"] and m["data"][0]["type"] == "heatmap"]
+    assert len(heat) == 2, "the lens heatmap and the along-the-prompt view"
+    blocks_x_models = heat[0]["data"][0]
+    assert blocks_x_models["x"] == ["baseline", "expert", "generic", "unlearned"] and len(blocks_x_models["y"]) == 2
+    assert len(heat[1]["data"][0]["z"][0]) == len(heat[1]["data"][0]["x"]), "one column per prompt position"
+    assert any("suppressed" in m.value and "' Herm" in m.value for m in at.markdown), "the lens's headline"
+    at.slider(key="inspect_scale").set_value(0.0).run()
+    assert not at.exception, at.exception
+    zero = _tables(at)
+    assert [t for t, _ in zero["unlearned"]] == [t for t, _ in zero["baseline"]]
+    assert [p for _, p in zero["unlearned"]] == pytest.approx([p for _, p in zero["baseline"]], rel=1e-4)
+    at.slider(key="inspect_scale").set_value(1.0).run()
+    assert _tables(at)["unlearned"] == trained
