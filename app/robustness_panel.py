@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from app.charts import PALETTE
 from engine.evaluation.settings import PAPER_TASKS
 from engine.evaluation.table import PAPER_WHP, QUANT, SOURCES, metric
 
@@ -39,10 +40,14 @@ def settings_inputs() -> dict:
     tasks = q2.multiselect("Benchmarks (the paper's seven)", list(PAPER_TASKS), default=[], key="eval_benchmarks",
                            help="lm-evaluation-harness, offline on the local validation splits; zero-shot accuracy.")
     limit = q3.number_input("items per benchmark", 1, 10_000, 50, key="eval_benchmark_limit")
-    probe = st.checkbox("Linear probe on a middle layer (HP prompts vs other prompts)", True, key="eval_linear_probe")
+    p1, p2 = st.columns(2)
+    probe = p1.checkbox("Linear probe on a middle layer (HP prompts vs other prompts)", True, key="eval_linear_probe")
+    every = p2.checkbox("… and at every block (a curve)", False, key="eval_probe_all", disabled=not probe,
+                        help="The probe fit and scored at the output of every block from one forward: where is the "
+                             "concept still linearly readable, per model?")
     return {"relearn_curve": sorted(int(s) for s in curve), "relearn_sources": list(sources) or list(SOURCES),
             "quantize": list(quantize), "benchmarks": list(tasks), "benchmark_limit": int(limit),
-            "linear_probe": bool(probe)}
+            "linear_probe": bool(probe), "probe_layer": "all" if probe and every else None}
 
 
 def show(result: dict) -> None:
@@ -136,6 +141,21 @@ def _representation(models: dict) -> None:
     fig.update_layout(title="Linear probe and extraction strength", barmode="group", yaxis_range=[0, 1.05],
                       height=380, margin=dict(t=40, b=40))
     st.plotly_chart(fig, key="eval_probe_chart")
+    curves = {m: v["probe_curve"] for m, v in models.items() if isinstance(v.get("probe_curve"), dict)}
+    if curves:
+        fig = go.Figure()
+        for k, (m, c) in enumerate(curves.items()):
+            colour = PALETTE[k % len(PALETTE)]
+            lo = [a - s for a, s in zip(c["accuracy"], c["fold_std"])]
+            hi = [a + s for a, s in zip(c["accuracy"], c["fold_std"])]
+            fig.add_scatter(x=c["layers"] + c["layers"][::-1], y=hi + lo[::-1], fill="toself", line=dict(width=0),
+                            fillcolor=colour, opacity=0.15, hoverinfo="skip", showlegend=False)
+            fig.add_scatter(x=c["layers"], y=c["accuracy"], mode="lines+markers", name=m, line=dict(color=colour))
+        fig.add_hline(y=0.5, line_dash="dash", annotation_text="chance")
+        fig.update_layout(title="Linear probe at every block (the baseline's probe; band: ± fold spread)",
+                          xaxis_title="output of block (0: embeddings)", yaxis_title="balanced accuracy",
+                          yaxis_range=[0.3, 1.05], height=380, margin=dict(t=40, b=40))
+        st.plotly_chart(fig, key="eval_probe_curve")
 
 
 def benchmark_table(models: dict) -> pd.DataFrame | None:

@@ -485,17 +485,18 @@ class Workbench:
         return out
 
     @torch.no_grad()
-    def hidden_states(self, batch: list[Row], layer: int) -> torch.Tensor:
+    def hidden_states(self, batch: list[Row], layer: int | None) -> torch.Tensor:
         """(B, H) float32 on the CPU: the residual stream after block `layer` (0: the embeddings) at
-        each row's last token, for (token ids, adapter) rows mixed in one forward as in logits()."""
-        if not 0 <= layer <= self.num_layers:
+        each row's last token, for (token ids, adapter) rows mixed in one forward as in logits();
+        layer None: after every block, (B, L + 1, H)."""
+        if layer is not None and not 0 <= layer <= self.num_layers:
             raise UserError(f"layer {layer} is out of range: the model has blocks 0..{self.num_layers}")
         with self.lock:
             out: list = [None] * len(batch)
             for idx, o in self._forwards(batch, output_hidden_states=True):
-                hs = o.hidden_states[layer]  # (B, T, H)
+                hs = o.hidden_states[layer] if layer is not None else torch.stack(o.hidden_states, 2)  # (B, T[, L+1], H)
                 last = torch.tensor([len(batch[i][0]) - 1 for i in idx], device=hs.device)  # right padding
-                rows = hs[torch.arange(len(idx), device=hs.device), last].float().cpu()  # (B, H)
+                rows = hs[torch.arange(len(idx), device=hs.device), last].float().cpu()  # (B[, L+1], H)
                 for j, i in enumerate(idx):
                     out[i] = rows[j]
             return torch.stack(out)

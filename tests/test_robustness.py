@@ -211,7 +211,7 @@ def test_linear_probe_on_separable_synthetic_features_is_perfect():
     rotated = x @ torch.linalg.qr(torch.randn(h, h, generator=g))[0]  # the same information, other axes
     noise = torch.randn(n, h, generator=g)  # no information at all
     found = linear_probe.cross_validated({"baseline": x, "rotated": rotated, "noise": noise}, y, "baseline")
-    assert found["baseline"] == {"probe_accuracy": 1.0, "probe_accuracy_own": 1.0}
+    assert found["baseline"] == {"probe_accuracy": 1.0, "probe_accuracy_own": 1.0, "probe_fold_std": 0.0}
     assert found["rotated"]["probe_accuracy_own"] == 1.0  # the concept is there, on other axes
     assert found["rotated"]["probe_accuracy"] < 0.95  # which the baseline's probe does not read
     assert found["noise"]["probe_accuracy_own"] < 0.8
@@ -235,6 +235,18 @@ def test_linear_probe_stage_on_the_tiny_model(tiny_wb, tiny_unlearned_dir):
     assert h.shape == (2, 32)
     with pytest.raises(UserError, match="out of range"):
         tiny_wb.hidden_states([([1, 2], None)], 3)
+    # --probe-layer all: a curve over every block from the same forward; its point at the default block
+    # is the headline accuracy; each point carries its spread over folds.
+    every = evaluate(tiny_wb, {"unlearned": str(tiny_unlearned_dir)}, _inputs(probes),
+                     EvalSettings(**{**QUIET, "linear_probe": True, "probe_layer": "all"}))
+    for m in ("baseline", "unlearned"):
+        curve, row = every["models"][m]["probe_curve"], every["models"][m]
+        assert curve["layers"] == [0, 1, 2] and len(curve["accuracy"]) == len(curve["fold_std"]) == 3
+        assert curve["accuracy"][row["probe_layer"]] == row["probe_accuracy"] == result["models"][m]["probe_accuracy"]
+        assert all(0 <= s <= 0.5 for s in curve["fold_std"])
+    assert EvalSettings(probe_layer="all").probe_layer == "all" and EvalSettings(probe_layer="7").probe_layer == 7
+    with pytest.raises(Exception):
+        EvalSettings(probe_layer="middle")
 
 
 def test_the_probe_reads_a_block_the_adapters_change(tiny_wb, tiny_unlearned_dir, tmp_path):

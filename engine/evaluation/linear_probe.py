@@ -93,4 +93,8 @@ def cross_validated(states: dict[str, torch.Tensor], y: torch.Tensor, reference:
             own = ref if m == reference else fit(x[train], y[train])
             pred[m]["probe_accuracy"][test] = ref.logits(x[test]) > 0
             pred[m]["probe_accuracy_own"][test] = own.logits(x[test]) > 0
-    return {m: {key: balanced_accuracy(p, y) for key, p in preds.items()} for m, preds in pred.items()}
+    out = {m: {key: balanced_accuracy(p, y) for key, p in preds.items()} for m, preds in pred.items()}
+    for m, preds in pred.items():  # the spread over folds: how much one split of a few dozen prompts moves it
+        per_fold = torch.tensor([balanced_accuracy(preds["probe_accuracy"][t], y[t]) for t in test_sets])
+        out[m]["probe_fold_std"] = float(per_fold.std(unbiased=False))
+    return out

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator
 
 from ..sections import ModelConfig, Section, field_specs
 from ..errors import UserError
@@ -15,6 +15,22 @@ from ..io import ASSETS, read_text_file
 BenchmarkTask = Literal["arc_easy", "arc_challenge", "boolq", "hellaswag", "piqa", "winogrande", "openbookqa"]
 PAPER_TASKS: tuple[str, ...] = get_args(BenchmarkTask)  # the seven the WHP paper reports
 RelearnSource = Literal["forget", "related", "unrelated"]
+
+
+def _layer_or_all(value):
+    """probe_layer as a flag or a form writes it: "all", a block number, or nothing."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "none", "default"):
+            return None
+        if text == "all":
+            return "all"
+        if text.isdigit():
+            return int(text)
+        raise ValueError(f"{value[:20]!r}: write a block number, all, or nothing (the default block)")
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        raise ValueError("a block number is 0 (the embeddings) or more")
+    return value
 
 
 class EvalSettings(Section):
@@ -37,9 +53,11 @@ class EvalSettings(Section):
     each scored on the probes whose answers the context states and on those it does not."""
     linear_probe: bool = True
     """A logistic-regression probe on a middle layer (HP prompts vs other prompts), fit on the baseline."""
-    probe_layer: int | None = Field(None, ge=0)
+    probe_layer: Annotated[int | Literal["all"] | None, BeforeValidator(_layer_or_all)] = Field(
+        None, json_schema_extra={"kind": "text"})
     """Hidden state the probe reads: the output of this block (0: the embeddings; None: halfway through
-    the blocks the adapters change, stages.probe_layer)."""
+    the blocks the adapters change, stages.probe_layer); "all": a curve over every block (one forward),
+    the headline accuracy still at the default block."""
     relearn_curve: list[int] = []
     """Relearning curve: LoRA steps at which familiarity is measured, in one run per model and source
     (e.g. [0, 5, 10, 25, 50]; empty: skip)."""

@@ -294,18 +294,37 @@ def probing(ctx: EvalContext, tick) -> None:
     from . import linear_probe
 
     wb, s = ctx.wb, ctx.settings
-    layer = s.probe_layer if s.probe_layer is not None else probe_layer(wb, list(ctx.models.values()))
+    every = s.probe_layer == "all"
+    layer = s.probe_layer if isinstance(s.probe_layer, int) else probe_layer(wb, list(ctx.models.values()))
     if layer > wb.num_layers:
         ctx.notes.append(f"linear probe skipped: layer {layer}, but the model has blocks 0..{wb.num_layers}")
         return
     prompts = [p for p, _ in ctx.prob_items] + [p for p, _ in ctx.retain_items]
     y = torch.tensor([1] * len(ctx.prob_items) + [0] * len(ctx.retain_items))
     rows = [(p, name) for name in ctx.models.values() for p in prompts]
-    parts = grouped(rows, s.token_budget, lambda batch: wb.hidden_states(batch, layer), lambda i, h: h)
-    states = torch.stack(parts).view(len(ctx.models), len(prompts), -1)  # (models, N, H)
-    found = linear_probe.cross_validated({m: states[k] for k, m in enumerate(ctx.models)}, y, BASELINE, seed=s.seed)
+    # One forward for every block when the curve is asked for: (models, N, L + 1, H); else (models, N, H).
+    parts = grouped(rows, s.token_budget, lambda batch: wb.hidden_states(batch, None if every else layer),
+                    lambda i, h: h)
+    states = torch.stack(parts).view(len(ctx.models), len(prompts), *parts[0].shape)
+    at = states[:, :, layer] if every else states
+    found = linear_probe.cross_validated({m: at[k] for k, m in enumerate(ctx.models)}, y, BASELINE, seed=s.seed)
     for m, vals in found.items():
         ctx.results[m].update(vals)
+        ctx.results[m]["probe_layer"] = layer
+    if every:  # the probe at every block: accuracy and its spread over folds, per model
+        curves = {m: {"layers": [], "accuracy": [], "accuracy_own": [], "fold_std": []} for m in ctx.models}
+        for b in range(states.shape[2]):
+            ctx.wb.interrupt()
+            res = linear_probe.cross_validated({m: states[k, :, b] for k, m in enumerate(ctx.models)}, y, BASELINE,
+                                               seed=s.seed)
+            for m, vals in res.items():
+                c = curves[m]
+                c["layers"].append(b)
+                c["accuracy"].append(vals["probe_accuracy"])
+                c["accuracy_own"].append(vals["probe_accuracy_own"])
+                c["fold_std"].append(vals["probe_fold_std"])
+        for m, c in curves.items():
+            ctx.results[m]["probe_curve"] = c
     k = min(5, len(ctx.prob_items), len(ctx.retain_items))
     untouched = [m for m, n in ctx.models.items() if n is not None and min(wb.adapted_layers(n)) >= layer]
     ctx.notes.append(f"linear probe: the output of block {layer} of {wb.num_layers}, last token, "

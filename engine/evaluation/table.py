@@ -91,6 +91,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("probe_accuracy_own", "probe accuracy (own)",
            "the same with a probe fit on this model's own hidden states: is the concept still linearly there?",
            "lower", "representation"),
+    Metric("probe_fold_std", "probe spread",
+           "standard deviation of the probe accuracy over the cross-validation folds (how much one split moves it)",
+           None, "representation"),
+    Metric("probe_layer", "probe block", "the block whose output the headline probe accuracy reads", None,
+           "representation"),
 )
 BY_NAME = {m.name: m for m in METRICS}
 # The WHP paper's benchmarks on Llama-2-7b-chat, before -> after unlearning (Eldan & Russinovich 2023,
