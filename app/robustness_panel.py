@@ -32,6 +32,10 @@ def settings_inputs() -> dict:
     sources = c2.multiselect(
         "Relearning sources", list(SOURCES), default=list(SOURCES), key="eval_relearn_sources",
         help="forget: a slice of the corpus; related: other fantasy; unrelated: everyday prose.")
+    sweep = st.checkbox("Worst case over a learning-rate sweep (3 rates by model size; 3x the time)", False,
+                        key="eval_relearn_sweep", disabled=not curve,
+                        help="As the field now attacks: one relearning run per rate (1e-4, 3e-4, 1e-3 for models up "
+                             "to 300M parameters), and at each step the most familiarity any rate gave back.")
     q1, q2, q3 = st.columns(3)
     quantize = q1.multiselect(
         "Quantisation", list(QUANT), default=[], format_func=QUANT.get, key="eval_quantize",
@@ -47,7 +51,8 @@ def settings_inputs() -> dict:
                              "concept still linearly readable, per model?")
     return {"relearn_curve": sorted(int(s) for s in curve), "relearn_sources": list(sources) or list(SOURCES),
             "quantize": list(quantize), "benchmarks": list(tasks), "benchmark_limit": int(limit),
-            "linear_probe": bool(probe), "probe_layer": "all" if probe and every else None}
+            "linear_probe": bool(probe), "probe_layer": "all" if probe and every else None,
+            "relearn_sweep": bool(sweep and curve)}
 
 
 def show(result: dict) -> None:

@@ -464,3 +464,31 @@ def test_evaluate_page_passes_the_robustness_settings(home, monkeypatch):
     s = launched[0].settings
     assert (s.relearn_curve, s.relearn_sources, s.quantize, s.benchmarks, s.benchmark_limit) == \
         ([0, 5], ["unrelated"], ["nf4"], ["piqa"], 9)
+
+
+def test_the_worst_case_relearning_sweep_keeps_every_rate_and_reports_the_worst(tiny_wb, tiny_unlearned_dir,
+                                                                                monkeypatch):
+    """relearn_sweep: one run per rate of the model size's sweep (at least 3), and at every step the
+    share given back is the largest over the rates, with the rate that gave it; every rate's points kept."""
+    import engine.train as train_mod
+    from engine.evaluation import relearn
+
+    lrs = []
+    real = train_mod.train
+    monkeypatch.setattr(train_mod, "train", lambda model, spec, hooks=None: lrs.append(spec.lr) or real(model, spec, hooks))
+    rates = relearn.sweep_rates(1e6)
+    assert len(rates) >= 3 and relearn.sweep_rates(7e9) != rates
+    settings = EvalSettings(**QUIET, relearn_curve=[0, 2, 4], relearn_sources=["forget"], relearn_tokens=128,
+                            relearn_sweep=True)
+    result = evaluate(tiny_wb, {"unlearned": str(tiny_unlearned_dir)}, _inputs(CURVE_PROBES), settings)
+    assert sorted(lrs) == sorted(list(rates) * 2)  # 2 models x the sweep
+    for m in ("baseline", "unlearned"):
+        src = result["models"][m]["relearn_curve"]["sources"]["forget"]
+        assert set(src["by_lr"]) == {f"{r:g}" for r in rates}
+        for k in range(3):
+            shares = [v["recovered"][k] for v in src["by_lr"].values() if v["recovered"][k] is not None]
+            assert src["recovered"][k] == (max(shares) if shares else None)
+            if src["worst_lr"][k] is not None:
+                assert src["by_lr"][f"{src['worst_lr'][k]:g}"]["recovered"][k] == src["recovered"][k]
+    assert relearn.worst_case({1e-4: [None, 0.2, 0.1], 1e-3: [None, 0.1, 0.5]}) == ([None, 0.2, 0.5], [None, 1e-4, 1e-3])
+    assert any("worst case over lr" in n for n in result["notes"])

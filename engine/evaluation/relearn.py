@@ -102,6 +102,31 @@ def recovered(after: float | None, model: float | None, baseline: float | None,
     return (after - model) / (baseline - model)
 
 
+# The sweep of the worst-case relearning attack, by model size: the rates a LoRA fine-tune of that size
+# trains stably at (the low end) up to the highest that still does not diverge in the project's checks
+# on SmolLM2-135M (1e-3); larger models tolerate less. At least three rates, so a method tuned against
+# one rate's attack is still met by another.
+SWEEP_RATES = ((3e8, (1e-4, 3e-4, 1e-3)), (3e9, (3e-5, 1e-4, 3e-4)), (float("inf"), (1e-5, 3e-5, 1e-4)))
+
+
+def sweep_rates(params: float) -> tuple[float, ...]:
+    """The learning rates of the worst-case relearning sweep for a model of `params` parameters."""
+    return next(rates for ceiling, rates in SWEEP_RATES if params <= ceiling)
+
+
+def worst_case(by_lr: dict[float, list[float | None]]) -> tuple[list[float | None], list[float | None]]:
+    """Per step, the largest share given back over the rates and the rate that gave it (None where no
+    rate has a share: nothing was forgotten)."""
+    steps = len(next(iter(by_lr.values())))
+    worst, at = [], []
+    for k in range(steps):
+        found = [(v[k], lr) for lr, v in by_lr.items() if v[k] is not None]
+        best = max(found, default=(None, None))
+        worst.append(best[0])
+        at.append(best[1])
+    return worst, at
+
+
 def curve(wb: Workbench, name: str | None, blocks: list[list[int]], items: list[tuple[list[int], list[int]]],
           steps: list[int], lr: float, rank: int, seed: int, batch_size: int = 4) -> list[list[float]]:
     """P(first target token | prompt) of each item at each of `steps` (sorted, from one run of

@@ -71,6 +71,10 @@ class EvalSettings(Section):
     """Tokens of each relearning text, in blocks of 128."""
     relearn_lr: float = Field(3e-4, gt=0, lt=1)
     """Learning rate of the relearning attack."""
+    relearn_sweep: bool = False
+    """The relearning curve as the field now attacks: one run per learning rate of a sweep chosen by the
+    model's size (relearn.sweep_rates: 1e-4, 3e-4, 1e-3 up to 300M parameters), reporting at each step
+    the worst case (the most familiarity given back); every rate's points are kept. Three times the cost."""
     relearn_rank: int = Field(8, ge=1)
     """LoRA rank of the fresh adapter relearning starts from on the baseline."""
     judge_model: str | None = None

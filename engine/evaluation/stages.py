@@ -217,6 +217,15 @@ def relearning(ctx: EvalContext, tick) -> None:
                      f"on the first {len(slice_ids)} corpus tokens")
 
 
+def _relearn_rates(ctx: EvalContext) -> tuple[float, ...]:
+    """relearn_lr alone, or with relearn_sweep the sweep for this model's size."""
+    if not ctx.settings.relearn_sweep:
+        return (ctx.settings.relearn_lr,)
+    from ..models import approx_params
+
+    return relearn.sweep_rates(approx_params(ctx.wb._base.config))
+
+
 def relearning_curve(ctx: EvalContext, tick) -> None:
     """relearn_curve: familiarity of a held-out probe group at each step of one relearning run per model
     and source, on text that never states their answers; relearn_<source> / relearn_recovered_<source>:
@@ -234,6 +243,7 @@ def relearning_curve(ctx: EvalContext, tick) -> None:
                          "probe can be held out of the relearning text")
         return
     items = [ctx.prob_items[i] for i in sp.held_out]
+    rates = _relearn_rates(ctx)
     before = {m: _mean(ctx.first_probs[m][i] for i in sp.held_out) for m in ctx.models}
     curves = {m: {"steps": list(s.relearn_curve), "held_out": len(items), "sources": {}} for m in ctx.models}
     for src in texts:
@@ -245,22 +255,39 @@ def relearning_curve(ctx: EvalContext, tick) -> None:
         for m, name in ctx.models.items():
             if ctx.wb.is_full_model(name):
                 ctx.notes.append(f"relearning curve skipped for {m} ({src}): a full checkpoint, not a LoRA adapter")
-                tick()
+                for _ in rates:
+                    tick()
                 continue
-            fam = [_mean(p) for p in relearn.curve(ctx.wb, name, blocks, items, s.relearn_curve, s.relearn_lr,
-                                                   s.relearn_rank, s.seed)]
-            rec = [relearn.recovered(f, before[m], before[BASELINE]) for f in fam]
-            curves[m]["sources"][src] = {"familiarity": fam, "recovered": rec, "tokens": len(ids)}
+            by_lr: dict[float, dict] = {}
+            for lr in rates:
+                fam = [_mean(p) for p in relearn.curve(ctx.wb, name, blocks, items, s.relearn_curve, lr,
+                                                       s.relearn_rank, s.seed)]
+                by_lr[lr] = {"familiarity": fam,
+                             "recovered": [relearn.recovered(f, before[m], before[BASELINE]) for f in fam]}
+                tick()
+            if len(rates) == 1:
+                fam, rec = by_lr[rates[0]]["familiarity"], by_lr[rates[0]]["recovered"]
+                entry = {"familiarity": fam, "recovered": rec, "tokens": len(ids)}
+            else:  # the worst case at each step: the rate that gave back most (familiarity at that rate)
+                rec, at = relearn.worst_case({lr: v["recovered"] for lr, v in by_lr.items()})
+                fam = [max(v["familiarity"][k] for v in by_lr.values()) if a is None else by_lr[a]["familiarity"][k]
+                       for k, a in enumerate(at)]
+                entry = {"familiarity": fam, "recovered": rec, "worst_lr": at, "tokens": len(ids),
+                         "by_lr": {f"{lr:g}": v for lr, v in by_lr.items()}}
+            curves[m]["sources"][src] = entry
             ctx.results[m][f"relearn_{src}"] = fam[-1]
             if rec[-1] is not None:
                 ctx.results[m][f"relearn_recovered_{src}"] = rec[-1]
-            tick()
     for m in ctx.models:
         ctx.results[m]["relearn_curve"] = curves[m]
+        shares = [v["recovered"][-1] for v in curves[m]["sources"].values() if v["recovered"][-1] is not None]
+        if s.relearn_sweep and shares:
+            ctx.results[m]["relearn_worst_recovered"] = max(shares)
     ctx.notes.append(f"relearning curve: {len(items)} held-out probes whose answers no relearning text states "
                      f"({', '.join(probes[i]['target'].strip() for i in sp.held_out[:8])}"
-                     f"{', ...' if len(items) > 8 else ''}); steps {s.relearn_curve}, lr {s.relearn_lr}, "
-                     f"up to {s.relearn_tokens} tokens per source")
+                     f"{', ...' if len(items) > 8 else ''}); steps {s.relearn_curve}, "
+                     + (f"the worst case over lr {', '.join(f'{r:g}' for r in rates)}" if len(rates) > 1 else f"lr {rates[0]:g}")
+                     + f", up to {s.relearn_tokens} tokens per source")
 
 
 def quantisation(ctx: EvalContext, tick) -> None:
@@ -365,7 +392,7 @@ STAGES = (
     Stage("relearning", relearning, lambda c: c.settings.relearn_steps > 0 and bool(c.prob_items),
           cost=lambda c: len(c.models)),
     Stage("relearning curve", relearning_curve, lambda c: bool(c.settings.relearn_curve) and bool(c.prob_items),
-          cost=lambda c: len(c.models) * len(c.settings.relearn_sources)),
+          cost=lambda c: len(c.models) * len(c.settings.relearn_sources) * len(_relearn_rates(c))),
     Stage("quantisation", quantisation, lambda c: bool(c.settings.quantize) and bool(c.prob_items),
           cost=lambda c: len(c.models) + len(c.settings.quantize)),
     Stage("benchmarks", paper_benchmarks, lambda c: bool(c.settings.benchmarks), cost=lambda c: len(c.models)),

@@ -91,6 +91,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("probe_accuracy_own", "probe accuracy (own)",
            "the same with a probe fit on this model's own hidden states: is the concept still linearly there?",
            "lower", "representation"),
+    Metric("relearn_worst_recovered", "worst-case given back",
+           "relearning curve with relearn_sweep: the largest share of the drop given back at the last step, over "
+           "the sweep's learning rates and the sources", "lower", "relearning"),
     Metric("probe_fold_std", "probe spread",
            "standard deviation of the probe accuracy over the cross-validation folds (how much one split moves it)",
            None, "representation"),
