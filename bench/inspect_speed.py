@@ -4,6 +4,9 @@
     reference  the naive way: baseline and expert as separate forward passes, generic and top-k per
                position in Python on the CPU
     plain      one plain batched forward of the same sequences with no adapter (the floor)
+    lens       inspect(lens=True): the same forward keeping every block's hidden states, and the cost of
+               one click with the lens open (Inspection.lens at a new position: models x blocks rows
+               through the final norm and the unembedding), beside the plain forward
 
 CPU (default): the embedded SmolLM2-135M with a random r=16 expert adapter.
 GPU (`--llama7b`, CUDA only): a random-initialised Llama-2-7B shape in NF4 with an r=16 expert.
@@ -126,10 +129,19 @@ def main() -> None:
         def ours():
             inspect(wb, prompt, anchors, expert="expert").view(5.0)
 
+        lensed = inspect(wb, prompt, anchors, expert="expert", lens=True)
+        positions = iter(range(10**9))
+
+        def lens_click():  # a position not seen before (the lens caches per position)
+            lensed._lens.clear()
+            lensed.lens(next(positions) % len(lensed.ids), 5.0)
+
         with torch.no_grad():
             ours_ms = timed(ours, args.repeat)
             ref_ms = timed(lambda: naive(wb, tr, 5.0, 5), args.repeat)
             alpha_ms = timed(lambda: result.generic_stats(time.perf_counter() % 500), args.repeat)
+            lens_ms = timed(lambda: inspect(wb, prompt, anchors, expert="expert", lens=True).view(5.0), args.repeat)
+            click_ms = timed(lens_click, args.repeat)
 
     device = torch.cuda.get_device_name(wb.device) if wb.device.type == "cuda" else "cpu"
     print(f"device                 {device}  ({wb.name}, {wb.precision})")
@@ -140,10 +152,15 @@ def main() -> None:
     print(f"ours (inspect + view)  {ours_ms:8.1f} ms  = {ours_ms / plain_ms:.2f} x plain forward")
     print(f"naive reference        {ref_ms:8.1f} ms  = {ref_ms / ours_ms:.2f} x ours")
     print(f"new alpha (no model)   {alpha_ms:8.1f} ms")
+    print(f"ours with the lens     {lens_ms:8.1f} ms  = {lens_ms / ours_ms:.2f} x ours, {lens_ms / plain_ms:.2f} x plain")
+    print(f"a lens click           {click_ms:8.1f} ms  = {click_ms / plain_ms:.2f} x plain forward "
+          f"({len(lensed.lens(0, 5.0))} models x {wb.num_layers} blocks, one position)")
     result = {"device": device, "model": wb.name, "precision": wb.precision, "tokens": len(tr.original_ids),
               "ours_ms": round(ours_ms, 1), "reference_ms": round(ref_ms, 1), "ratio": round(ours_ms / ref_ms, 3),
               "plain_forward_ms": round(plain_ms, 1), "ours_vs_plain": round(ours_ms / plain_ms, 3),
-              "alpha_view_ms": round(alpha_ms, 1), "load_s": round(load_s, 2)}
+              "alpha_view_ms": round(alpha_ms, 1), "load_s": round(load_s, 2),
+              "lens_ms": round(lens_ms, 1), "lens_vs_ours": round(lens_ms / ours_ms, 3),
+              "lens_click_ms": round(click_ms, 1), "lens_click_vs_plain": round(click_ms / plain_ms, 3)}
     if wb.device.type == "cuda":
         result["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     print(json.dumps(result))
