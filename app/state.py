@@ -43,9 +43,10 @@ DEFAULT_ALPHA = 5.0
 # What a link to the Inspect page carries: URL parameter -> session key (the widget's key).
 URL_KEYS = {"prompt": "inspect_prompt", "pos": "inspect_pos", "pin": "inspect_pinned", "colour": "inspect_metric",
             "alpha": ALPHA, "tokens": "inspect_top_k", "anchors": "inspect_use_anchors", "target": "inspect_target",
-            "concept": "inspect_concept"}
+            "concept": "inspect_concept", "lens": "inspect_lens", "scale": "inspect_scale"}
 URL_DEFAULTS = {"inspect_prompt": "", "inspect_pinned": "Hermione, Emily", "inspect_metric": "logp",
-                "alpha": DEFAULT_ALPHA, "inspect_top_k": 5, "inspect_use_anchors": True, "inspect_target": "whp"}
+                "alpha": DEFAULT_ALPHA, "inspect_top_k": 5, "inspect_use_anchors": True, "inspect_target": "whp",
+                "inspect_lens": False, "inspect_scale": 1.0}
 # The generic row's definition on the Inspect page: WHP's (expert + dictionary) or the ELM-style target.
 TARGETS = {"whp": "WHP", "elm": "ELM-style"}  # the help next to the picker says what each is
 
@@ -223,7 +224,12 @@ def _parse(key: str, raw: str):
         if not math.isfinite(alpha):  # ?alpha=inf: round() would raise OverflowError on every open
             raise ValueError(raw)
         return min(max(round(alpha * 2) / 2, 0.0), 20.0)  # the slider's range and step
-    if key == "inspect_use_anchors":
+    if key == "inspect_scale":
+        scale = float(raw)
+        if not math.isfinite(scale):
+            raise ValueError(raw)
+        return min(max(round(scale * 20) / 20, 0.0), 1.5)  # the slider's range and step
+    if key in ("inspect_use_anchors", "inspect_lens"):
         return raw not in ("0", "false", "off")
     if key == "inspect_prompt":
         return raw[:MAX_PROMPT_CHARS]

@@ -80,9 +80,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-depth"))
     ap.add_argument("--steps", default="0,5,10", help="relearning curve steps")
+    ap.add_argument("--from-eval", action="store_true", help="redo the tables from OUT's JSON only")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_eval:
+        saved = json.loads((out / "lens.json").read_text())
+        runs = {d.name: d for d in sorted(out.iterdir()) if (d / "adapters" / "unlearned").is_dir()}
+        order = ["whp", "npo", "rmu", "whp-all", "whp-mlp", "whp-lens", "rmu-all", "rmu-mlp", "rmu-lens"]
+        runs = {n: runs[n] for n in order if n in runs}
+        examples = [(p["prompt"], p["target"]) for p in load_probes(ASSETS / "probes.json").probability[:4]]
+        report(out, runs, json.loads((out / "eval.json").read_text()), json.loads((out / "heldout.json").read_text()),
+               saved["prompts"], examples, {"rise": saved["rise"], "window": saved["window"]})
+        return
     steps = [int(s) for s in args.steps.split(",")]
     t0 = time.time()
 
@@ -127,6 +137,13 @@ def main() -> None:
     (out / "eval.json").write_text(json.dumps(shipped, indent=2, ensure_ascii=False))
     (out / "heldout.json").write_text(json.dumps(heldout, indent=2, ensure_ascii=False))
 
+    report(out, runs, shipped, heldout, lens, examples, {"train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
+                                                         "rise": rise, "window": window})
+
+
+def report(out: Path, runs: dict[str, Path], shipped: dict, heldout: dict, lens: dict, examples: list,
+           extra: dict) -> None:
+    """OUT/table.md and the last line's JSON from the evaluations (--from-eval redoes only this)."""
     base, hbase = shipped["models"]["baseline"], heldout["models"]["baseline"]
 
     def rel(v, b):
@@ -136,7 +153,7 @@ def main() -> None:
         return "—" if x is None else f"{x:+.0%}"
 
     lines = ["| run | placement | familiarity | retain probes | retain ppl | held-out P(answer) | held-out completions "
-             "| other fiction (nats) | worst-case given back | train s | peak MiB |", "|---" * 11 + "|"]
+             "| other fiction (nats) | worst-case given back | unlearn s | peak MiB |", "|---" * 11 + "|"]
     rows = {}
     for name, d in runs.items():
         m, h = shipped["models"][name], heldout["models"][name]
@@ -172,10 +189,19 @@ def main() -> None:
                                                  if b % 5 == 0 or b == c["layers"][-1])
                             for n, c in curves.items() if c)
     md = "\n".join(lens_lines) + "\n\nprobe accuracy by block: " + probe_line + "\n\n" + "\n".join(lines)
-    (out / "table.md").write_text(md + "\n")
     print(md)
-    print(json.dumps({"train_s": round(train_s, 1), "eval_s": round(eval_s, 1), "rise": rise, "window": window,
-                      "rows": rows, "probe_curves": curves}))
+    ref = {"whp": rows.get("whp", {}).get("retain"), "rmu": rows.get("rmu", {}).get("retain")}
+    notes = []
+    for name, row in rows.items():
+        r = ref.get(name.split("-")[0])
+        if name in ref or r is None or row["retain"] is None:
+            continue
+        same = abs(row["retain"] - r) <= 0.03
+        notes.append(f"{name} vs {name.split('-')[0]}: retain {row['retain']:+.0%} vs {r:+.0%}: "
+                     + ("an equal cost to what must be kept" if same else "the costs to what must be kept differ"))
+    print("\n".join(notes))
+    (out / "table.md").write_text(md + "\n\n" + "\n".join(notes) + "\n")
+    print(json.dumps({**extra, "rows": rows, "probe_curves": curves, "equal_cost": notes}))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ def example_buttons(columns: int) -> None:
                                  width="stretch")
 
 
-for key in (PROMPT, PINNED, "inspect_metric", "inspect_top_k", "inspect_use_anchors", state.ALPHA):
+for key in (PROMPT, PINNED, "inspect_metric", "inspect_top_k", "inspect_use_anchors", state.ALPHA, "inspect_lens",
+            "inspect_scale"):
     state.restore(key)
 
 first_open = not st.session_state.get(PROMPT, "").strip()
@@ -179,6 +180,8 @@ s4.toggle("Lens", key="inspect_lens",
                "residual stream through the final norm and the unembedding), from the same forward.")
 state.keep("inspect_top_k", top_k)
 state.keep("inspect_use_anchors", use_anchors)
+state.keep("inspect_lens", lens_on)
+state.keep("inspect_scale", scale if ctx.unlearned else state.kept("inspect_scale", 1.0))
 
 # -- at the selected position: every model's top-k, the pinned tokens, alpha --------------------------
 p = positions[pos]
@@ -220,7 +223,7 @@ with right:
         st.caption("alpha has no effect without an expert: generic is the baseline reading the translated "
                    "prompt. Pick an expert in the sidebar.")
     if ctx.unlearned:
-        st.slider("Adapter scale", 0.0, 1.5, 1.0, step=0.05, key="inspect_scale",
+        st.slider("Adapter scale", 0.0, 1.5, step=0.05, key="inspect_scale",
                   help="The unlearned adapter's LoRA update times this: 0 is the baseline, 1 the model as "
                        "trained, above 1 over-applied. How much of the adapter does forgetting need, and does "
                        "more break the rest? Each scale runs the prompt once (then cached).")

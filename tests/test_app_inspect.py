@@ -415,5 +415,12 @@ def test_the_lens_and_the_adapter_scale(app_env, tiny_dir, tiny_expert_dir, tiny
     zero = _tables(at)
     assert [t for t, _ in zero["unlearned"]] == [t for t, _ in zero["baseline"]]
     assert [p for _, p in zero["unlearned"]] == pytest.approx([p for _, p in zero["baseline"]], rel=1e-4)
+    assert at.query_params["lens"] == "1" and at.query_params["scale"] == "0"
     at.slider(key="inspect_scale").set_value(1.0).run()
     assert _tables(at)["unlearned"] == trained
+    # a link carries both: it opens with the lens on and the adapter scaled
+    linked = _app(query={"prompt": PROMPT, "lens": "1", "scale": "0"}).run()
+    assert not linked.exception, linked.exception
+    assert any("Layer by layer" in h.value for h in linked.subheader)
+    assert linked.slider(key="inspect_scale").value == 0.0
+    assert [t for t, _ in _tables(linked)["unlearned"]] == [t for t, _ in _tables(linked)["baseline"]]
