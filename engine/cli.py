@@ -2,6 +2,7 @@
 the UI calls; no engine module imports this one.
 
     inspect, translate                    a prompt or a text through the models / the dictionary
+    corpus generate                       a forget corpus sampled from what the model knows
     anchors suggest | validate            draft and check dictionaries
     run, reinforce, labels, unlearn, gradient-ascent    unlearning runs (engine/pipeline.py)
     runs list | cancel | delete           run directories (engine/jobs.py)
@@ -490,6 +491,21 @@ def peak_of(card: dict) -> float | None:
     return card["cuda_peak_mib"] if card["cuda_peak_mib"] is not None else card["peak_memory_mib"]
 
 
+def cmd_corpus(args) -> int:
+    from .corpus import run_generate
+
+    out = check_out_dir(args.out, "--out")
+    if (out / "corpus.txt").exists():
+        raise UserError(f"{out} already holds a corpus: pick another --out")
+    info = run_generate(args.anchors, _model_config(args), args.expert, out,
+                        {"n_prompts": args.prompts, "samples": args.samples, "max_new_tokens": args.tokens,
+                         "temperature": args.temperature, "min_rise": args.min_rise, "max_chars": args.max_chars,
+                         "seed": args.seed})
+    print(f"kept {info['kept']} of {info['samples']} samples ({info['chars']:,} characters; {info['duplicates']} "
+          f"duplicates, {info['generic']} not specific) -> {out / 'corpus.txt'}")
+    return 0
+
+
 def cmd_runs(args) -> int:
     from . import jobs
 
@@ -717,6 +733,24 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("run_dir")
     q.add_argument("--yes", action="store_true", help="confirm deleting a job directory outside the job roots")
     p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("corpus", help="make a forget corpus from what the model knows")
+    cverbs = p.add_subparsers(dest="corpus_verb", required=True)
+    q = cverbs.add_parser("generate", help="sample the baseline (and the expert) on prompts about every anchored "
+                                           "term; keep what is specific to the target (engine/corpus.py)")
+    q.add_argument("--anchors", required=True, help="the dictionary whose terms the prompts are about")
+    _model_flags(q)
+    q.add_argument("--expert", help="an expert LoRA adapter: it samples too, and its rise over the baseline keeps a sample")
+    q.add_argument("--prompts", type=int, default=240, help="prompts (every term in every template, seeded order)")
+    q.add_argument("--samples", type=int, default=2, help="samples per prompt and model")
+    q.add_argument("--tokens", type=int, default=64, help="new tokens per sample")
+    q.add_argument("--temperature", type=float, default=0.8)
+    q.add_argument("--min-rise", type=float, default=0.3,
+                   help="nats per token the expert must favour a sample that names no other term")
+    q.add_argument("--max-chars", type=int, default=200_000, help="the corpus's size limit")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="job directory: OUT/corpus.txt, OUT/corpus.json")
+    q.set_defaults(func=cmd_corpus)
 
     _eval_parser(sub)
     return parser

@@ -15,7 +15,7 @@ import streamlit as st
 
 from app import charts, run_views, state
 from engine import jobs
-from engine.config import flatten, form_fields, load_config, nest, path_fields, run_config
+from engine.config import ModelConfig, flatten, form_fields, load_config, nest, path_fields, run_config
 from engine.errors import UserError
 from engine.estimate import estimate_run
 from engine.boundary import browser_model, browser_path
@@ -179,6 +179,61 @@ with st.expander("New run", expanded=not jobs.list_runs() or "run_flash" in st.s
             st.rerun()
         except UserError as e:
             st.error(str(e))
+
+# -- a forget corpus from what the model knows ------------------------------------------------------
+def _use_corpus(path: str) -> None:
+    st.session_state["run_corpus"] = path  # a callback: runs before the form is drawn again
+    st.session_state["run_flash"] = f"The next run's corpus is {path}."
+
+
+def corpus_panel() -> None:
+    """The latest corpus job: progress while it samples, then its counts and "use it"."""
+    found = jobs.list_corpora()
+    if not found:
+        return
+    s = found[0]
+    if s.active:
+        st.progress(min(s.step / s.total, 1.0) if s.total else 0.0, text=f"{s.state} · {s.phase} {s.step}/{s.total}")
+    elif s.state == "finished":
+        info = s.summary
+        c1, c2 = st.columns([4, 1], vertical_alignment="center")
+        c1.success(f"{s.name}: kept {info.get('kept', '?')} of {info.get('samples', '?')} samples, "
+                   f"{info.get('chars', 0):,} characters")
+        c2.button("Use as the corpus", key="run_use_corpus", on_click=_use_corpus,
+                  args=(str(Path(s.dir) / "corpus.txt"),))
+    else:
+        st.error(f"{s.name}: {s.state}: {s.error or 'stopped'}")
+
+
+with st.expander("Generate a forget corpus from the model"):
+    st.caption("Samples the sidebar's model (and its expert, if one is chosen) on prompts about every anchored "
+               "term of the saved dictionary, and keeps what is specific to the target: a sample that names "
+               "another anchored term, or that the expert finds likelier than the baseline. The corpus then "
+               "covers what the model knows, not only what a summary states (engine/corpus.py).")
+    g1, g2, g3, g4, g5 = st.columns(5)
+    n_prompts = g1.number_input("prompts", 1, 100_000, 240, key="corpus_prompts")
+    n_samples = g2.number_input("samples per prompt", 1, 100, 2, key="corpus_samples")
+    n_tokens = g3.number_input("tokens per sample", 1, 1000, 64, key="corpus_tokens")
+    min_rise = g4.number_input("expert's rise (nats/token)", -100.0, 100.0, 0.3, step=0.1, key="corpus_min_rise",
+                               help="A sample that names no other anchored term is kept when the expert favours it "
+                                    "by this much per token over the baseline; without an expert its rise is 0.")
+    max_chars = g5.number_input("size limit (characters)", 1000, 50_000_000, 200_000, step=10_000,
+                                key="corpus_max_chars")
+    ctx = state.context()
+    expert_dir = ctx.wb.adapters.get(ctx.expert) if ctx.wb is not None and ctx.expert else None
+    if st.button("Generate", key="corpus_start",
+                 help=f"expert: {Path(expert_dir).parent.parent.name if expert_dir else 'none (baseline only)'}"):
+        try:
+            model = ModelConfig(browser_model(st.session_state.get(state.MODEL) or state.default_model()),
+                                st.session_state.get(state.PRECISION) or "auto", st.session_state.get(state.DEVICE) or "auto")
+            jobs.launch_corpus(state.anchors_path(), model, expert_dir,
+                               {"prompts": int(n_prompts), "samples": int(n_samples), "tokens": int(n_tokens),
+                                "min_rise": float(min_rise), "max_chars": int(max_chars)})
+            st.rerun()
+        except UserError as e:
+            st.error(str(e))
+    active = any(c.active for c in jobs.list_corpora())
+    st.fragment(run_every=2.0 if active else None)(corpus_panel)()
 
 if msg := st.session_state.pop("run_flash", None):
     st.success(msg)

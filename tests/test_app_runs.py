@@ -149,3 +149,27 @@ def test_launches_a_real_run_in_the_background_and_cancels_it(home, tiny_dir):
     while jobs.read_status(out).active and time.time() - t0 < 60:
         time.sleep(0.5)
     assert jobs.read_status(out).state == "cancelled"
+
+
+@pytest.mark.slow  # a real job process
+def test_generate_a_forget_corpus_from_the_page_and_use_it(app_env):
+    """The Runs page's corpus action: a detached `corpus generate` job with the sidebar's model and the
+    saved dictionary, its progress, then "Use as the corpus" fills the next run's corpus field."""
+    at = _app()
+    at.number_input(key="corpus_prompts").set_value(3)
+    at.number_input(key="corpus_samples").set_value(1)
+    at.number_input(key="corpus_tokens").set_value(6)
+    at.number_input(key="corpus_min_rise").set_value(0.0)  # a random model names nothing: keep every sample
+    at.button(key="corpus_start").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    job = next((app_env / "corpora").iterdir())
+    deadline = time.time() + 120
+    while time.time() < deadline and jobs.read_status(job).state in (None, *jobs.ACTIVE):
+        time.sleep(0.5)
+    status = jobs.read_status(job)
+    assert status.state == "finished", (status.state, status.error, (job / "stderr.txt").read_text()[-2000:])
+    at.run()
+    assert any("kept" in s.value for s in at.success)
+    at.button(key="run_use_corpus").click().run()
+    assert at.session_state["run_corpus"] == str(job / "corpus.txt")
+    assert (job / "corpus.txt").read_text().strip() or status.summary["kept"] == 0

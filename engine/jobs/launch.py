@@ -16,8 +16,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..io import ASSETS, ROOT, atomic_write_json, check_out_dir
 from .control import delete
-from .status import (ACTIVE, DEMO, RUN_NAME, Status, _read, _write, append_file, evals_root, mark, now, read_status,
-                     run_model, run_roots, runs_root)
+from .status import (ACTIVE, DEMO, RUN_NAME, Status, _read, _write, append_file, corpora_root, evals_root, mark, now,
+                     read_status, run_model, run_roots, runs_root)
 
 def launch(args: list[str], out: str | os.PathLike, kind: str, env: dict | None = None) -> Status:
     """Start `python -m engine *args --out OUT` detached (own session: survives the UI's reruns).
@@ -183,3 +183,29 @@ def launch_eval(request, out: str | os.PathLike | None = None, env: dict | None 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "request.json", request.model_dump(mode="json"))
     return launch(["eval", "--request", str(out / "request.json")], out, kind="eval", env=env)
+
+
+def launch_corpus(anchors: str | os.PathLike, model, expert: str | None = None, settings: dict | None = None,
+                  out: str | os.PathLike | None = None) -> Status:
+    """Start `python -m engine corpus generate` detached (engine/corpus.py): a forget corpus sampled from
+    `model` (a ModelConfig) and the expert, about the dictionary's terms, into OUT/corpus.txt (default
+    OBLIVIATE_HOME/corpora/<time>). settings: the verb's flags by their names (prompts, samples, tokens,
+    temperature, min_rise, max_chars, seed)."""
+    out = Path(out) if out else corpora_root() / datetime.now().strftime("%Y%m%d-%H%M%S")
+    check_out_dir(out, "corpus directory")
+    if (out / "corpus.txt").exists() or read_status(out).state is not None:
+        raise UserError(f"{out} already holds a corpus job: choose another directory")
+    args = ["corpus", "generate", "--anchors", str(anchors), "--model", model.name, "--precision", model.precision,
+            "--device", model.device]
+    if expert:
+        args += ["--expert", str(expert)]
+    for key, value in (settings or {}).items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return launch(args, out, kind="corpus")
+
+
+def list_corpora() -> list[Status]:
+    """Every corpus job under OBLIVIATE_HOME/corpora, newest first."""
+    from .status import list_jobs
+
+    return list_jobs(corpora_root(), kind="corpus")

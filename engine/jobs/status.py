@@ -224,14 +224,18 @@ def evals_root() -> Path:
     return obliviate_home() / "evals"
 
 
+def corpora_root() -> Path:
+    return obliviate_home() / "corpora"
+
+
 def run_roots() -> list[Path]:
     """Where run directories live: OBLIVIATE_HOME/runs and ./runs of the checkout (`make demo`)."""
     return list(dict.fromkeys(r.resolve() for r in (runs_root(), ROOT / "runs") if r.is_dir()))
 
 
 def job_roots() -> list[Path]:
-    """Where jobs live: OBLIVIATE_HOME/runs, OBLIVIATE_HOME/evals and ./runs of the checkout."""
-    return [runs_root().resolve(), evals_root().resolve(), (ROOT / "runs").resolve()]
+    """Where jobs live: OBLIVIATE_HOME/runs, OBLIVIATE_HOME/evals, OBLIVIATE_HOME/corpora and ./runs."""
+    return [runs_root().resolve(), evals_root().resolve(), corpora_root().resolve(), (ROOT / "runs").resolve()]
 
 
 def list_jobs(root: str | os.PathLike | None = None, kind: str | None = None) -> list[Status]:
@@ -407,4 +411,4 @@ def is_job_dir(out: str | os.PathLike) -> bool:
     if (out / MARK).is_file():
         return True
     under_root = any(out.resolve().is_relative_to(r) for r in job_roots())
-    return under_root and _read(out).kind in ("run", "eval")
+    return under_root and _read(out).kind in ("run", "eval", "corpus")
