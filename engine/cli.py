@@ -327,7 +327,29 @@ def _check_run(args) -> int:
     out = {"method": cfg.method, "phases": plan(cfg), "steps": steps, "total_steps": sum(steps.values()),
            "blocks": len(blocks), "tokens": sum(map(len, blocks)), "options": cfg.options.model_dump()
            if cfg.options is not None else None}
+    anchors_file = getattr(cfg.options, "anchors", None)
+    cov = None
+    if anchors_file:  # the dictionary against the corpus it will translate: the gate below
+        from .anchors import load_anchors
+        from .coverage import coverage
+        from .translation import Occurrence, Translation, Translator
+
+        anchors = load_anchors(anchors_file)
+        text = read_text_file(cfg.corpus, "corpus")
+        found = [o for _, _, tr in Translator(tok, anchors).translate_chunks(text, cfg.seed) for o in tr.occurrences]
+        cov = coverage(anchors, text, Translation([], [], [], found))
+        out["coverage"] = {"share": cov.share, "occurrences": cov.matched, "uncovered_occurrences": cov.missed,
+                           "unused_terms": cov.unused_terms[:20],
+                           "uncovered": [{"word": w, "count": c} for w, c, _ in cov.uncovered[:20]]}
     print(dumps(out, indent=2))
+    if args.min_coverage is not None:
+        if cov is None:
+            raise UserError("--min-coverage needs a method with a dictionary (whp.anchors)")
+        if cov.share is None or cov.share < args.min_coverage:
+            top = ", ".join(f"{w} ({c})" for w, c, _ in cov.uncovered[:5])
+            raise UserError(f"the dictionary covers {0 if cov.share is None else cov.share:.0%} of the corpus's name "
+                            f"occurrences, under --min-coverage {args.min_coverage:.0%}; most frequent without an "
+                            f"entry: {top or 'none'}")
     return 0
 
 
@@ -718,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a cancelled / interrupted run from its checkpoint")
     p.add_argument("--no-queue", action="store_true", help="do not wait for other jobs (one job at a time)")
     p.add_argument("--check", action="store_true", help="validate the config and print its phases and steps; run nothing")
+    p.add_argument("--min-coverage", type=float, help="with --check: fail (exit 2) when the dictionary covers less "
+                   "than this share (0-1) of the corpus's name occurrences (anchored terms + capitalised names without "
+                   "an entry, engine/coverage.py)")
     p.set_defaults(func=cmd_run)
     for verb, (method, help_) in run_verbs().items():
         _run_verb_parser(sub, verb, method, help_)

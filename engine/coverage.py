@@ -28,11 +28,23 @@ class Coverage:
     """Enabled terms that never occur in the text (as the translator matches them)."""
     uncovered: list[tuple[str, int, str]] = field(default_factory=list)
     """(word, count, example) capitalised mid-sentence words with no entry, most frequent first."""
+    matched: int = 0
+    """Anchored-term occurrences in the text."""
+    missed: int = 0
+    """Occurrences of every uncovered name (each seen at least min_count times, before the limit)."""
+
+    @property
+    def share(self) -> float | None:
+        """Of the name occurrences in the text (anchored terms and uncovered names), the share the
+        dictionary covers; None when the text has none."""
+        total = self.matched + self.missed
+        return self.matched / total if total else None
 
 
 def coverage(anchors: AnchorDictionary, text: str, translation: Translation, min_count: int = 2,
              limit: int = 50) -> Coverage:
     """`translation` is the text translated through `anchors` (its occurrences say what matched)."""
+    occurrences = len(translation.occurrences)
     matched = {o.term for o in translation.occurrences}
     unused = [t for t in anchors.enabled if t not in matched]
     known = {w.lower() for term in anchors.entries for w in re.findall(r"[\w'\u2019-]+", term)}
@@ -49,5 +61,6 @@ def coverage(anchors: AnchorDictionary, text: str, translation: Translation, min
         if word not in examples:
             lo, hi = text.rfind(".", 0, m.start()) + 1, text.find(".", m.end())
             examples[word] = " ".join(text[lo: hi + 1 if hi >= 0 else None].split())[:160]
-    uncovered = [(w, c, examples[w]) for w, c in counts.most_common() if c >= min_count][:limit]
-    return Coverage(unused, uncovered)
+    frequent = [(w, c) for w, c in counts.most_common() if c >= min_count]
+    uncovered = [(w, c, examples[w]) for w, c in frequent][:limit]
+    return Coverage(unused, uncovered, occurrences, sum(c for _, c in frequent))

@@ -97,3 +97,23 @@ def test_the_step_verbs_flags_come_from_the_config_fields():
     for old in ("--anchors", "--expert", "--retain", "--retain-loss", "--retain-weight", "--lora-rank", "--batch-size",
                 "--block-size", "--max-blocks", "--sam-rho", "--model", "--precision", "--device", "--probes", "--seed"):
         assert flag("unlearn", old), old  # every flag the step verbs had before still works
+
+
+@pytest.mark.slow  # subprocesses
+def test_run_check_reports_the_dictionarys_coverage_and_gates_on_it(tiny_dir, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("Harry went to Hogwarts with Dobby. Later Harry saw Dobby again, and Dobby smiled at Harry.\n" * 3)
+    anchors = tmp_path / "a.json"
+    anchors.write_text(json.dumps({"Harry": ["Jon"], "Hogwarts": ["the Academy"], "Snape": ["Mr Reed"]}))
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"model": str(tiny_dir), "corpus": str(corpus), "anchors": str(anchors), "steps": 1,
+                               "reinforce_steps": 1, "block_size": 16}))
+    r = run_cli("run", str(cfg), "--check")
+    assert r.returncode == 0, r.stderr
+    cov = json.loads(r.stdout)["coverage"]
+    # 3 x (Harry x3 + Hogwarts) covered; Dobby x3 per line (the first follows "with", mid-sentence) is not
+    assert cov["occurrences"] == 12 and cov["uncovered_occurrences"] == 9
+    assert cov["share"] == pytest.approx(12 / 21) and cov["unused_terms"] == ["Snape"]
+    assert cov["uncovered"][0] == {"word": "Dobby", "count": 9}
+    gated = run_cli("run", str(cfg), "--check", "--min-coverage", "0.8")
+    assert gated.returncode == 2 and "covers 57%" in gated.stderr and "Dobby (9)" in gated.stderr
