@@ -300,14 +300,15 @@ def lens_headline(split: dict | None, label: str) -> str:
     (engine.inspection.lens_split)."""
     if split is None:
         return ""
-    pm, pr, b = split["model"], split["reference"], split["split"]
+    pm, pr, b, first = split["model"], split["reference"], split["split"], split["first"]
+    if first is None:
+        return f"The baseline never computes **{label}** here (its lens probability stays under 0.001)."
     if b is None:
         return (f"**{label}** is not suppressed at the output: the unlearned model gives it {pm[-1]:.3f} "
                 f"(baseline {pr[-1]:.3f}).")
-    if b == 1:
-        return (f"**{label}** is suppressed from the first block on: {pm[-1]:.3f} at the output, "
+    if b == first:
+        return (f"**{label}** is suppressed wherever the baseline computes it (from block {first} on, the "
+                f"baseline's {pr[first - 1]:.3f} against {pm[first - 1]:.3f}): {pm[-1]:.3f} at the output, "
                 f"baseline {pr[-1]:.3f}.")
-    peak = max(range(b - 1), key=lambda k: pr[k])
-    return (f"**{label}** is computed up to block {b - 1} (unlearned {pm[b - 2]:.3f}, baseline {pr[b - 2]:.3f}; the "
-            f"baseline's highest before it, {pr[peak]:.3f} at block {peak + 1}) and suppressed from block {b} on: "
-            f"{pm[-1]:.3f} at the output, baseline {pr[-1]:.3f}.")
+    return (f"**{label}** is computed up to block {b - 1} (unlearned {pm[b - 2]:.3f}, baseline {pr[b - 2]:.3f}) "
+            f"and suppressed from block {b} on: {pm[-1]:.3f} at the output, baseline {pr[-1]:.3f}.")

@@ -37,7 +37,7 @@ _booting.info("Starting the workbench: loading torch and the model (the first ti
 
 from app import state  # noqa: E402
 from engine import jobs  # noqa: E402
-from engine.sections import PRECISIONS  # noqa: E402
+from engine.sections import EMBEDDED_KEYS, PRECISIONS  # noqa: E402
 from engine.errors import UserError  # noqa: E402
 
 PAGES = [  # (file, title, icon)
@@ -131,8 +131,13 @@ def sidebar() -> state.Context:
             st.session_state[state.MODEL] = state.default_model()
         model = st.text_input(
             "Base model", key=state.MODEL,
-            help="`embedded` = SmolLM2-135M-Instruct, shipped with Obliviate. Or a local directory "
-                 "or a Hugging Face hub id of a causal LM (safetensors).").strip()
+            help="`embedded` = SmolLM2-135M-Instruct, shipped with Obliviate; `embedded:gemma3-270m` = Gemma 3 "
+                 "270M (`make setup-gemma`). Or a local directory or a Hugging Face hub id of a causal LM "
+                 "(safetensors).").strip()
+        st.pills("Embedded", EMBEDDED_KEYS, key="model_pick", label_visibility="collapsed",
+                 format_func=lambda k: {"embedded": "SmolLM2-135M", "embedded:gemma3-270m": "Gemma 3 270M"}.get(k, k),
+                 on_change=lambda: st.session_state.update({state.MODEL: st.session_state["model_pick"]})
+                 if st.session_state.get("model_pick") else None)
         c1, c2 = st.columns(2)
         precision = c1.selectbox("Precision", PRECISIONS, key=state.PRECISION,
                                  help="auto: NF4 on a GPU for models over 1B parameters, bf16 on a "

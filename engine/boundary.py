@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from .errors import UserError
 from .io import ASSETS, ROOT, obliviate_home, short
 from .secrets import configured_base_url, remember
+from .sections import EMBEDDED_KEYS
 
 ROOTS_HELP = "assets/, OBLIVIATE_HOME, runs/ or OBLIVIATE_BROWSER_ROOTS"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
@@ -86,7 +87,7 @@ def browser_model(name: str) -> str:
     a hub id. Returns the name to load; anything else is one message."""
     name = (name or "").strip()
     owner = os.environ.get("OBLIVIATE_MODEL", "").strip()
-    if name == "embedded" or (owner and name == owner):
+    if name in EMBEDDED_KEYS or (owner and name == owner):
         return name
     real = _inside(name)
     if real is not None and (real / "config.json").is_file():
@@ -95,7 +96,8 @@ def browser_model(name: str) -> str:
     if hub_allowed() and not local and HUB_ID.match(name):
         return name
     hub = " or a Hugging Face hub id" if hub_allowed() else ""
-    raise UserError(f"base model: {short(name)} is not a model this page may load: `embedded`, a model "
+    raise UserError(f"base model: {short(name)} is not a model this page may load: `embedded` (or "
+                    f"`embedded:gemma3-270m`), a model "
                     f"directory under {ROOTS_HELP}{hub} (the machine's owner can allow hub ids with "
                     "OBLIVIATE_HUB=on)")
 

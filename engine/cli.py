@@ -89,8 +89,10 @@ def cmd_inspect(args) -> int:
         for t in result.tracked_ids:
             split = lens_split(last, t)
             if split and split["split"]:
-                print(f"{t!r}: the unlearned model follows the baseline up to block {split['split'] - 1} and "
-                      f"suppresses it from block {split['split']} on")
+                follows = "" if split["split"] == split["first"] else \
+                    f"follows the baseline up to block {split['split'] - 1} and "
+                print(f"{t!r}: the unlearned model {follows}suppresses it from block {split['split']} on "
+                      f"(the baseline holds it from block {split['first']})")
         print()
     for note in view["notes"]:
         print(f"note: {note}")

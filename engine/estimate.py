@@ -49,6 +49,8 @@ DECODE_STEP_S = 0.05  # and this much per step, whatever the batch
 CHARS_PER_TOKEN = 4.2  # English text through a BPE tokenizer, when no tokenizer is at hand
 EMBEDDED_PARAMS = 134_515_008  # SmolLM2-135M-Instruct
 EMBEDDED_SHAPE = {"hidden_size": 576, "num_hidden_layers": 30, "vocab_size": 49_152}
+GEMMA_SHAPE = {"embedded:gemma3-270m": {"params": 268_098_176, "hidden_size": 640, "num_hidden_layers": 18,
+                                        "vocab_size": 262_144}}  # tied embeddings: the head is the embedding
 
 
 @dataclass
@@ -101,6 +103,9 @@ def model_shape(name: str) -> ModelShape | None:
     if name == "embedded":
         cfg = EMBEDDED_SHAPE
         return ModelShape(EMBEDDED_PARAMS, cfg["num_hidden_layers"], cfg["vocab_size"] * cfg["hidden_size"])
+    if name in GEMMA_SHAPE:
+        cfg = GEMMA_SHAPE[name]
+        return ModelShape(cfg["params"], cfg["num_hidden_layers"], cfg["vocab_size"] * cfg["hidden_size"])
     path = Path(os.path.expanduser(name)) / "config.json"
     try:
         cfg = json.loads(path.read_text()) if path.is_file() else _hub_config(name)

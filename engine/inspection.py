@@ -362,18 +362,22 @@ def inspect(
 
 def lens_split(lens: dict[str, list[dict]], text: str, model: str = "unlearned", reference: str = "baseline",
                ratio: float = 0.5) -> dict | None:
-    """Where `model`'s lens curve for tracked `text` leaves `reference`'s: the first block of the final
-    run of blocks where model gives it under `ratio` x reference's probability. {"split": block (1..L)
-    or None when the output is not suppressed, "model": [p per block], "reference": [...]}; None when
-    either model or the token is missing."""
+    """Where `model`'s lens curve for tracked `text` leaves `reference`'s. A block counts where the
+    reference holds the token (at least a tenth of its highest lens probability, and 1e-3); there the
+    model follows the reference when it gives at least `ratio` x its probability. {"split": the block
+    after the last one it follows (1..L; the first counted block when it follows none), or None when
+    its output is not suppressed or the reference never holds the token; "first": the first counted
+    block; "model", "reference": P per block}; None when either model or the token is missing."""
     if model not in lens or reference not in lens or text not in lens[reference][0]["tracked"]:
         return None
     pm = [e["tracked"][text] for e in lens[model]]
     pr = [e["tracked"][text] for e in lens[reference]]
-    below = [a < ratio * b for a, b in zip(pm, pr)]
+    floor = max(1e-3, 0.1 * max(pr))
+    counted = [b for b, p in enumerate(pr) if p >= floor]
+    first = counted[0] + 1 if counted else None
+    follows = [b for b in counted if pm[b] >= ratio * pr[b]]
     split = None
-    if below[-1]:
-        split = len(below)
-        while split > 1 and below[split - 2]:
-            split -= 1
-    return {"split": split, "model": pm, "reference": pr}
+    if counted and pm[-1] < ratio * pr[-1]:
+        later = [b for b in counted if not follows or b > follows[-1]]
+        split = later[0] + 1 if later else None
+    return {"split": split, "first": first, "model": pm, "reference": pr}

