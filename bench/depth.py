@@ -180,9 +180,14 @@ def report(out: Path, runs: dict[str, Path], shipped: dict, heldout: dict, lens:
                      f"{row['unlearn_s'] or 0:.0f} | {row['peak_mib'] or 0:,.0f} |")
     lens_lines = ["| prompt | target | baseline P | rise block | " + " | ".join(f"{n} from block" for n in
                   ("expert", "whp", "npo", "rmu")) + " |", "|---" * 8 + "|"]
+    def split(v: dict, n: str, target: str):  # from the saved curves, with today's lens_split
+        curves = {m: [{"tracked": {target: p}} for p in v[k]["curve"]] for m, k in (("baseline", "baseline"), ("unlearned", n))}
+        found = lens_split(curves, target)
+        return found["split"] if found else None
+
     for (prompt, target), v in zip(examples, lens.values()):
         lens_lines.append(f"| {prompt[-40:]} | {target!r} | {v['baseline']['final']:.3f} | {v['rise']} | "
-                          + " | ".join(f"{v[n]['split'] or 'kept'} ({v[n]['final']:.3f})" for n in
+                          + " | ".join(f"{split(v, n, target) or 'kept'} ({v[n]['final']:.3f})" for n in
                                        ("expert", "whp", "npo", "rmu")) + " |")
     curves = {n: shipped["models"][n].get("probe_curve") for n in ("baseline", "whp", "npo", "rmu")}
     probe_line = " · ".join(f"{n}: " + ", ".join(f"{b}:{a:.2f}" for b, a in zip(c["layers"], c["accuracy"])
