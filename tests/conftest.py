@@ -74,6 +74,44 @@ def make_lora(path: Path, model_dir: Path, seed: int = 1, r: int = 4) -> Path:
     return path
 
 
+def make_tiny_gemma(path: Path, tokenizer, seed: int = 0, layers: int = 2, hidden: int = 64) -> Path:
+    """A random Gemma-3-shaped model (Gemma3ForCausalLM: sliding and global attention layers, q/k norms,
+    tied embeddings, the 262k vocabulary) with the real Gemma tokenizer: width 64 fits NF4's blocks."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"][:layers] + ["full_attention"] * max(0, layers - 2),
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    Gemma3ForCausalLM(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer():
+    """Gemma 3's real tokenizer (262k pieces), from the embedded Gemma package (`make setup-gemma`, which
+    `make test` runs); converted from its GGUF once per machine."""
+    import importlib.util
+
+    from transformers import AutoTokenizer
+
+    from engine.models import EMBEDDED_MODELS, embedded_tokenizer
+
+    if importlib.util.find_spec(EMBEDDED_MODELS["embedded:gemma3-270m"].package) is None:
+        pytest.skip("the Gemma package is missing: `make setup-gemma` (make test installs it)")
+    return AutoTokenizer.from_pretrained(embedded_tokenizer("embedded:gemma3-270m"))
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma_dir(tmp_path_factory, gemma_tokenizer) -> Path:
+    return make_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma") / "model", gemma_tokenizer)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory, tokenizer) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", tokenizer)

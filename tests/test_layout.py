@@ -88,7 +88,8 @@ def test_every_package_make_setup_installs_is_hash_locked():
             assert dist in locked, f"{dist} is pinned but not in {lock}: run `make lock`"
             assert locked[dist][0] == version, f"{lock} has {dist} {locked[dist][0]}, the pin is {version}: run `make lock`"
         assert all(h for _, h in locked.values()), f"{lock}: an entry without a hash"
-    assert all(h for _, h in pinned("requirements-nodeps.txt").values()), "requirements-nodeps.txt: an entry without a hash"
+    for name in ("requirements-nodeps.txt", "requirements-gemma.txt"):
+        assert all(h for _, h in pinned(name).values()), f"{name}: an entry without a hash"
     assert "--require-hashes -r requirements.lock" in (ROOT / "Makefile").read_text()
 
 
@@ -125,7 +126,7 @@ def test_the_environment_holds_the_pinned_versions():
     """What `make setup` installed is what the files pin (a stale .venv fails here, not somewhere odd)."""
     import importlib.metadata
 
-    for name in ("requirements-dev.lock", "requirements-nodeps.txt"):
+    for name in ("requirements-dev.lock", "requirements-nodeps.txt", "requirements-gemma.txt"):
         for dist, version in pins(name).items():
             got = importlib.metadata.version(dist)
             assert got.split("+")[0] == version, f"{dist} {got} is installed, {name} pins {version}"  # +cpu: a local build
