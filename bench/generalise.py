@@ -13,6 +13,8 @@ and on the shipped retain probes. The issue's goal for the shipped demo: complet
 answer) -90%, neighbouring fiction within 0.3 nats, retain probes within 10%, about 6 minutes.
 
     .venv/bin/python bench/generalise.py [--out runs/bench-generalise] [--reference runs/bench-depth/whp]
+    .venv/bin/python bench/generalise.py --model embedded:gemma3-270m --variants shipped --out runs/bench-gemma
+        (issue 23: the SmolLM2 demo config unchanged on Gemma 3 270M: does the recipe transfer?)
 
 Writes OUT/generated/corpus.txt, OUT/eval.json, OUT/heldout.json and OUT/table.md; the last line is JSON.
 """
@@ -30,9 +32,12 @@ from engine.corpus import generate_corpus
 from engine.evaluation import EvalInputs, EvalSettings, evaluate
 from engine.io import ASSETS, ROOT, atomic_write_text
 from engine.jobs import cost_card, read_status
-from engine.models import Workbench
+from engine.models import ModelConfig, Workbench
 from engine.pipeline import execute
 from engine.probes import load_probes
+
+
+MODEL = {"model.name": "embedded"}  # --model sets it for every run
 
 
 def run(name: str, out: Path, **over) -> Path:
@@ -41,7 +46,7 @@ def run(name: str, out: Path, **over) -> Path:
         print(f"{name}: reusing {run_dir}", flush=True)
         return run_dir
     shutil.rmtree(run_dir, ignore_errors=True)
-    status = execute(with_overrides(load_config(ASSETS / "demo.yaml"), over), run_dir, queue=False)
+    status = execute(with_overrides(load_config(ASSETS / "demo.yaml"), {**MODEL, **over}), run_dir, queue=False)
     if status.state != "finished":
         raise SystemExit(f"{name}: {status.state}: {status.error}")
     print(f"{name}: {status.summary.get('cost', {}).get('wall_s', 0):.0f} s", flush=True)
@@ -54,18 +59,23 @@ def main() -> None:
     ap.add_argument("--reference", default=str(ROOT / "runs" / "bench-depth" / "whp"),
                     help="a finished run of assets/demo.yaml to reuse as the shipped row (else run it)")
     ap.add_argument("--prompts", type=int, default=240)
+    ap.add_argument("--model", default="embedded", help="the base model of every run (the configs otherwise as shipped)")
+    ap.add_argument("--variants", default="shipped,generated,mixed,all-layers,steps-60")
     args = ap.parse_args()
+    MODEL["model.name"] = args.model
+    variants = args.variants.split(",")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ref = Path(args.reference)
-    shipped = ref if (ref / "adapters" / "unlearned" / "adapter_config.json").exists() else run("shipped", out)
+    reusable = (ref / "adapters" / "unlearned" / "adapter_config.json").exists() and args.model == "embedded"
+    shipped = ref if reusable else run("shipped", out)
     expert = str(shipped / "adapters" / "expert")
     anchors = load_anchors(ASSETS / "demo_anchors.json")
 
     gen = out / "generated" / "corpus.txt"
     t0 = time.time()
-    if not gen.exists():
-        wb = Workbench.load()
+    if not gen.exists() and {"generated", "mixed"} & set(variants):
+        wb = Workbench.load(ModelConfig(args.model))
         wb.add_adapter("expert", expert)
         g = generate_corpus(wb, anchors, "expert", n_prompts=args.prompts, samples=2, max_new_tokens=64)
         gen.parent.mkdir(parents=True, exist_ok=True)
@@ -74,15 +84,15 @@ def main() -> None:
         print(f"generated: {g.stats()} in {time.time() - t0:.0f} s", flush=True)
         del wb
     mixed = out / "generated" / "mixed.txt"
-    if not mixed.exists():
+    if gen.exists() and not mixed.exists():
         atomic_write_text(mixed, gen.read_text() + "\n\n" + (ASSETS / "demo_corpus.txt").read_text())
-    runs = {"shipped": shipped,
-            "generated": run("generated", out, corpus=str(gen)),
-            "mixed": run("mixed", out, **{"corpus": str(mixed), "data.max_blocks": 240, "unlearn.steps": 60}),
-            "all-layers": run("all-layers", out, **{"whp.expert": expert, "lora.layers": None}),
-            "steps-60": run("steps-60", out, **{"whp.expert": expert, "unlearn.steps": 60})}
+    levers = {"generated": lambda: run("generated", out, corpus=str(gen)),
+              "mixed": lambda: run("mixed", out, **{"corpus": str(mixed), "data.max_blocks": 240, "unlearn.steps": 60}),
+              "all-layers": lambda: run("all-layers", out, **{"whp.expert": expert, "lora.layers": None}),
+              "steps-60": lambda: run("steps-60", out, **{"whp.expert": expert, "unlearn.steps": 60})}
+    runs = {"shipped": shipped, **{n: levers[n]() for n in variants if n in levers}}
 
-    wb = Workbench.load()
+    wb = Workbench.load(ModelConfig(args.model))
     adapters = {n: str(d / "adapters" / "unlearned") for n, d in runs.items()}
     corpus = (ASSETS / "demo_corpus.txt").read_text(encoding="utf-8")
     t1 = time.time()
