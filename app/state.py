@@ -223,12 +223,12 @@ def _parse(key: str, raw: str):
         alpha = float(raw)
         if not math.isfinite(alpha):  # ?alpha=inf: round() would raise OverflowError on every open
             raise ValueError(raw)
-        return min(max(round(alpha * 2) / 2, 0.0), 20.0)  # the slider's range and step
+        return round(alpha * 2) / 2  # the slider's step; read_url clamps it to its range
     if key == "inspect_scale":
         scale = float(raw)
         if not math.isfinite(scale):
             raise ValueError(raw)
-        return min(max(round(scale * 20) / 20, 0.0), 1.5)  # the slider's range and step
+        return round(scale * 20) / 20
     if key in ("inspect_use_anchors", "inspect_lens"):
         return raw not in ("0", "false", "off")
     if key == "inspect_prompt":
@@ -236,6 +236,48 @@ def _parse(key: str, raw: str):
     if key == "inspect_target" and raw not in TARGETS:
         raise ValueError(raw)
     return raw[:500]
+
+
+LIMITS = {"inspect_top_k": (1, 50), ALPHA: (0.0, 20.0), "inspect_scale": (0.0, 1.5)}  # the widgets' ranges
+
+
+def _clamped(key: str, value):
+    """A link's number inside its widget's range, and a note when it was not."""
+    lo, hi = LIMITS.get(key, (None, None))
+    if lo is None or lo <= value <= hi:
+        return value
+    fixed = min(max(value, lo), hi)
+    param = next(p for p, k in URL_KEYS.items() if k == key)
+    url_notes().append(f"the link's {param}={value:g} is outside {lo:g}–{hi:g}: shown with {fixed:g}")
+    return fixed
+
+
+def url_notes() -> list[str]:
+    """What read_url changed in a link (clamped or unreadable values), for the page to say once."""
+    return st.session_state.setdefault("_url_notes", [])
+
+
+def adapter_symbol(kind: str, path: str | None, model: str) -> str | None:
+    """An adapter as a link writes it: `demo` (this model's demo adapter), `run:<name>` (a run under
+    OBLIVIATE_HOME/runs), else its path; None for none. Symbols work on another machine."""
+    if not path:
+        return None
+    if path == demo_adapter(kind, model):
+        return "demo"
+    p = Path(path)
+    if p.name == kind and p.parent.name == "adapters" and p.parents[1].parent == jobs.runs_root():
+        return f"run:{p.parents[1].name}"
+    return path
+
+
+def adapter_from_symbol(kind: str, value: str, model: str) -> str | None:
+    """A link's adapter back to a directory; None when the link asks for `demo` before it is built
+    (the sidebar then picks the demo by itself once it is ready)."""
+    if value == "demo":
+        return demo_adapter(kind, model)
+    if value.startswith("run:"):
+        return str(jobs.runs_root() / value[4:] / "adapters" / kind)
+    return value
 
 
 def read_url() -> None:
@@ -248,19 +290,30 @@ def read_url() -> None:
     for param, key in URL_KEYS.items():
         if param in q:
             try:
-                keep(key, _parse(key, q[param]))
+                value = _parse(key, q[param])
+                keep(key, _clamped(key, value) if isinstance(value, (int, float)) and not isinstance(value, bool)
+                     else value)
             except ValueError:
-                pass  # a hand-edited link: that one value falls back to its default
+                url_notes().append(f"the link's {param}={q[param][:20]!r} is not readable: shown with the default")
     if "pos" in q and "prompt" in q:
         keep("inspect_pos_prompt", kept("inspect_prompt"))
+    model = st.session_state.get(MODEL) or default_model()
     for kind in (EXPERT, UNLEARNED):
         if kind in q:
-            use_adapter(kind, q[kind])
+            path = adapter_from_symbol(kind, q[kind], model)
+            if path is not None:
+                use_adapter(kind, path)
 
 
-def write_url(expert_dir: str | None, unlearned_dir: str | None) -> None:
+def write_url(expert_dir: str | None = None, unlearned_dir: str | None = None) -> None:
     """The current Inspect state as the URL's query (defaults left out), so a reload or a copied
-    link opens the same view. Written only when it changed."""
+    link opens the same view. Adapters as symbols (`demo`, `run:<name>`), and only a choice the user
+    made: an adapter not chosen (the demo still building) stays out of the link. Written only when it
+    changed. Without arguments: the adapters the sidebar last wrote (a page that settles a value late,
+    Inspect's position after a new prompt, writes again)."""
+    if expert_dir is None and unlearned_dir is None and "_url_adapters" in st.session_state:
+        expert_dir, unlearned_dir = st.session_state["_url_adapters"]
+    st.session_state["_url_adapters"] = (expert_dir, unlearned_dir)
     want: dict[str, str] = {}
     for param, key in URL_KEYS.items():
         value = st.session_state.get(key, kept(key, URL_DEFAULTS.get(key)))
@@ -268,8 +321,13 @@ def write_url(expert_dir: str | None, unlearned_dir: str | None) -> None:
             continue
         want[param] = ("1" if value else "0") if isinstance(value, bool) else (
             f"{value:g}" if isinstance(value, float) else str(value))
-    want[EXPERT] = expert_dir or NONE
-    want[UNLEARNED] = unlearned_dir or NONE
+    model = st.session_state.get(MODEL) or default_model()
+    for kind, path in ((EXPERT, expert_dir), (UNLEARNED, unlearned_dir)):
+        symbol = adapter_symbol(kind, path, model)
+        if symbol is not None:
+            want[kind] = symbol
+        elif st.session_state.get(f"_picked_{kind}"):
+            want[kind] = NONE  # none, chosen
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)
 

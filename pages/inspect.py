@@ -156,6 +156,10 @@ elif POS not in st.session_state:
 st.session_state[POS] = min(max(int(st.session_state[POS]), 0), T - 1)
 pos = st.session_state[POS]
 state.keep(POS, pos)
+state.write_url()  # the position is settled only now (a new prompt starts at its last token)
+for note in state.url_notes():
+    st.caption(f"ℹ️ {note}")
+state.url_notes().clear()
 
 
 def _clicked() -> None:

@@ -194,7 +194,8 @@ def test_state_stays_across_pages_and_comes_back_from_the_url(app_env, tiny_expe
     at.selectbox(key="inspect_metric").set_value("kl").run()
     query = dict(at.query_params)
     assert query["prompt"] == PROMPT and query["pos"] == "3" and query["pin"] == "Hermione"
-    assert query["colour"] == "kl" and query["expert"] == str(tiny_expert_dir) and query["unlearned"] == "none"
+    assert query["colour"] == "kl" and query["expert"] == str(tiny_expert_dir)
+    assert "unlearned" not in query, "a choice the user did not make stays out of the link"
     # Another page and back: nothing is lost.
     at.switch_page("../pages/anchors.py").run()
     assert not at.exception, at.exception
@@ -425,3 +426,35 @@ def test_the_lens_and_the_adapter_scale(app_env, tiny_dir, tiny_expert_dir, tiny
     assert any("Layer by layer" in h.value for h in linked.subheader)
     assert linked.slider(key="inspect_scale").value == 0.0
     assert [t for t, _ in _tables(linked)["unlearned"]] == [t for t, _ in _tables(linked)["baseline"]]
+
+
+def test_links_name_adapters_by_symbol_and_never_pin_an_unmade_choice(app_env, tiny_dir, tiny_expert_dir,
+                                                                       tiny_unlearned_dir):
+    """While the demo builds, a reload's URL carries no adapter (before: expert=none&unlearned=none,
+    and that tab never selected the demo); once built, links say `demo` and `run:<name>`, which work
+    on another machine; the position in the URL is the new prompt's, in the same rerun; a number
+    outside its widget's range is clamped with a note."""
+    home = app_env
+    at = _app(PROMPT).run()
+    assert "expert" not in at.query_params and "unlearned" not in at.query_params
+    demo = home / "runs" / "demo"
+    shutil.copytree(tiny_expert_dir, demo / "adapters" / "expert")
+    shutil.copytree(tiny_unlearned_dir, demo / "adapters" / "unlearned")
+    (demo / "config.json").write_text(json.dumps({"method": "whp", "model": {"name": str(tiny_dir)}}))
+    (demo / "status.json").write_text(json.dumps({"state": "finished", "kind": "run", "created": "2026-01-01"}))
+    reloaded = _app(None, dict(at.query_params)).run()  # the link written while the demo was building
+    assert reloaded.sidebar.selectbox(key="expert").value == str(demo / "adapters" / "expert")
+    assert reloaded.query_params["expert"] == "demo" and reloaded.query_params["unlearned"] == "demo"
+    run = home / "runs" / "r1"
+    shutil.copytree(tiny_unlearned_dir, run / "adapters" / "unlearned")
+    (run / "config.json").write_text(json.dumps({"method": "whp", "model": {"name": str(tiny_dir)}}))
+    (run / "status.json").write_text(json.dumps({"state": "finished", "kind": "run", "created": "2026-01-02"}))
+    linked = _app(None, {"prompt": PROMPT, "unlearned": "run:r1", "tokens": "500"}).run()
+    assert not linked.exception, linked.exception
+    assert linked.sidebar.selectbox(key="unlearned").value == str(run / "adapters" / "unlearned")
+    assert linked.query_params["unlearned"] == "run:r1"
+    assert linked.number_input(key="inspect_top_k").value == 50
+    assert any("tokens=500 is outside 1–50: shown with 50" in c.value for c in linked.caption)
+    linked.text_input(key="inspect_prompt").set_value("Hello there my friend").run()
+    T = len(strip(linked).split('class="tok')) - 1
+    assert linked.query_params["pos"] == str(T - 1), "the new prompt's position, not the old one's"
