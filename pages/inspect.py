@@ -7,6 +7,7 @@ reload, another page or a shared link comes back to the same view.
 """
 from __future__ import annotations
 
+from urllib.parse import urlencode
 
 import streamlit as st
 
@@ -293,6 +294,14 @@ if not view["terms"]:
 else:
     st.caption(" · ".join(f"{t['term']} → {t['translation']}" for t in view["terms"]))
     st.html(anchor_views.alignment_html(tokens, view["translated_tokens"], view["mapping"], view["terms"]))
+
+# -- the link to this view ---------------------------------------------------------------------------
+with st.expander("Share this view", icon=":material/link:"):
+    base = (st.context.url or "").split("?")[0]
+    link = f"{base}?{urlencode(st.query_params.to_dict())}"
+    st.code(link, language=None)  # the copy button sits at its right
+    st.caption("Prompt, position, pinned tokens, colouring, alpha, lens, adapter scale and adapters (as `demo` or "
+               "`run:<name>`, so the link works on another machine with the same runs).")
 
 # -- side-by-side completions ----------------------------------------------------------------------
 st.subheader("Completions")

@@ -453,6 +453,7 @@ def test_links_name_adapters_by_symbol_and_never_pin_an_unmade_choice(app_env, t
     assert not linked.exception, linked.exception
     assert linked.sidebar.selectbox(key="unlearned").value == str(run / "adapters" / "unlearned")
     assert linked.query_params["unlearned"] == "run:r1"
+    assert any("unlearned=run%3Ar1" in c.value for c in linked.code), "Share this view: the link to copy"
     assert linked.number_input(key="inspect_top_k").value == 50
     assert any("tokens=500 is outside 1–50: shown with 50" in c.value for c in linked.caption)
     linked.text_input(key="inspect_prompt").set_value("Hello there my friend").run()
