@@ -49,6 +49,24 @@ def probe_progress(rows: list[dict], names: list[str]) -> list[dict]:
     return out
 
 
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    m, sec = divmod(int(round(seconds)), 60)
+    return f"{m} min {sec:02d} s" if m else f"{sec} s"
+
+
+def run_row(status: dict, card: dict | None, change: dict) -> dict:
+    """One row of the Runs table: name, method, state, progress, duration, the familiarity and retain the
+    unlearning phase ended with (jobs.unlearn_change), created."""
+    after = change.get("after", {}) if change else {}
+    return {"run": status.get("dir", "").rstrip("/").rsplit("/", 1)[-1], "method": status.get("method") or "",
+            "state": status.get("state"), "phase": status.get("phase"),
+            "progress": f"{status.get('step', 0)}/{status.get('total', 0)}",
+            "duration": duration(card["wall_s"]) if card else "–",
+            "familiarity": after.get("familiarity"), "retain": after.get("retain"), "created": status.get("created")}
+
+
 # -- the cost card ----------------------------------------------------------------------------------
 def cost_rows(card: dict | None) -> list[dict]:
     """A cost card (jobs.cost_card) as table rows: one per phase or stage, then the total with the

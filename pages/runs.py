@@ -116,7 +116,9 @@ def form_config(method: str, values: dict):
 
 
 # -- new run --------------------------------------------------------------------------------------
-with st.expander("New run", expanded=not jobs.list_runs() or "run_flash" in st.session_state):
+if "run_flash" in st.session_state:
+    st.session_state["run_form_open"] = True  # a loaded YAML or a launch: the form stays open on later edits
+with st.expander("New run", expanded=not jobs.list_runs() or bool(st.session_state.get("run_form_open"))):
     d = demo_defaults()
     y1, y2 = st.columns([3, 2], vertical_alignment="bottom")
     y1.file_uploader("Load a config (YAML or JSON)", type=["yaml", "yml", "json"], key="run_yaml",
@@ -275,6 +277,8 @@ def run_panel(d: str) -> None:
                 st.error(str(e))
     elif s.state == "finished":
         st.success(f"finished · {', '.join(s.done_phases)}")
+    elif s.state == "cancelled":  # asked for: not an error
+        st.info(f"cancelled at {s.phase} step {s.phase_step}; Resume continues from its checkpoint")
     else:
         st.error(f"{s.state}: {s.error or 'stopped'} (phase {s.phase}, step {s.phase_step})")
     rows = jobs.read_metrics(d)
@@ -344,10 +348,11 @@ def run_actions(d: str) -> None:
 
 def runs_table() -> None:
     runs = jobs.list_runs()
-    st.dataframe(
-        [{"run": r.name, "method": r.method or "", "state": r.state, "phase": r.phase,
-          "progress": f"{r.step}/{r.total}", "created": r.created} for r in runs],
-        hide_index=True, width="stretch", key="run_table")
+    st.dataframe([run_views.run_row(r.to_dict(), jobs.cost_card(r.summary.get("cost")), jobs.unlearn_change(r))
+                  for r in runs], hide_index=True, width="stretch", key="run_table",
+                 column_config={"familiarity": st.column_config.NumberColumn(format="%.4f"),
+                                "retain": st.column_config.NumberColumn(format="%.4f"),
+                                "duration": st.column_config.TextColumn(help="wall time (the run's cost card)")})
 
 
 st.subheader("Runs", divider="gray")
@@ -360,8 +365,8 @@ st.fragment(run_every=2.0 if any_active else None)(runs_table)()  # refreshes wh
 dirs = [r.dir for r in runs]
 if st.session_state.get("run_which") not in dirs:
     st.session_state.pop("run_which", None)  # deleted since, or first visit: the newest run
-shown = st.selectbox("Run", dirs, key="run_which",
-                     format_func=lambda x: f"{Path(x).name} ({next(r for r in runs if r.dir == x).state})")
+shown = st.selectbox("Run", dirs, key="run_which",  # the state read when drawn: never a stale "(queued)"
+                     format_func=lambda x: f"{Path(x).name} ({jobs.read_status(x).state})")
 is_active = jobs.read_status(shown).active
 st.fragment(run_every=2.0 if is_active else None)(run_panel)(shown)
 run_actions(shown)

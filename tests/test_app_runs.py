@@ -173,3 +173,40 @@ def test_generate_a_forget_corpus_from_the_page_and_use_it(app_env):
     at.button(key="run_use_corpus").click().run()
     assert at.session_state["run_corpus"] == str(job / "corpus.txt")
     assert (job / "corpus.txt").read_text().strip() or status.summary["kept"] == 0
+
+
+def test_the_runs_table_and_a_cancelled_run(home, tiny_unlearned_dir):
+    """Duration and the familiarity / retain the unlearning ended with are columns; a cancelled run is a
+    note, not a red error; the selector reads each run's state when drawn (never a stale "queued")."""
+    run = _fake_run(home, "r4444", tiny_unlearned_dir)
+    status = json.loads((run / "status.json").read_text())
+    status["summary"]["cost"] = {"device": "cpu", "wall_s": 125.0, "peak_memory_mib": 900.0, "cuda_peak_mib": None,
+                                 "parts": {}}
+    status["summary"]["unlearn_after"]["retain"] = 0.31
+    (run / "status.json").write_text(json.dumps(status))
+    cancelled = _fake_run(home, "c55555", tiny_unlearned_dir)
+    status = json.loads((cancelled / "status.json").read_text())
+    (cancelled / "status.json").write_text(json.dumps({**status, "state": "cancelled", "created": "2026-02-01T00:00:00"}))
+    at = _app()
+    table = at.dataframe[0].value.set_index("run")
+    assert table.loc["r4444", "duration"] == "2 min 05 s" and table.loc["r4444", "retain"] == pytest.approx(0.31)
+    assert table.loc["r4444", "familiarity"] == pytest.approx(0.4 / 21)
+    assert at.selectbox(key="run_which").value.endswith("c55555")
+    assert not at.error, [e.value for e in at.error]
+    assert any("cancelled at unlearn" in i.value for i in at.info)
+    status["state"] = "finished"
+    (cancelled / "status.json").write_text(json.dumps({**status, "created": "2026-02-01T00:00:00"}))
+    label = at.selectbox(key="run_which")
+    assert label.format_func(label.value).endswith("(finished)"), "read when drawn"
+
+
+def test_the_new_run_form_stays_open_after_a_loaded_yaml_is_edited(home):
+    """Loading a YAML opens the form with a note; the first edit after it used to collapse it."""
+    at = _app()
+    form = next(e for e in at.expander if e.label == "New run")
+    assert not form.proto.expanded, "runs exist: the form starts closed"
+    at.session_state["run_flash"] = "Loaded demo.yaml into the form (model: the sidebar's)."  # what Load does
+    at.run()
+    assert next(e for e in at.expander if e.label == "New run").proto.expanded
+    at.number_input(key="run_unlearn.steps").set_value(7).run()  # the first edit
+    assert next(e for e in at.expander if e.label == "New run").proto.expanded
