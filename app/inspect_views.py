@@ -178,7 +178,7 @@ TOPK_CSS = """
 """
 
 
-def topk_table_html(position: dict, models: list[str], alpha: float | None = None) -> str:
+def topk_table_html(position: dict, models: list[str], alpha: float | None = None, knob: str = "α") -> str:
     """One compact table: a column per model, a row per rank; each cell the token, its probability
     as a bar behind it, and its rank change against the baseline. The token that actually follows is
     bold. Above each column: that model's p and rank of the actual next token.
@@ -191,7 +191,7 @@ def topk_table_html(position: dict, models: list[str], alpha: float | None = Non
     for m in cols:
         nx = position.get(f"{m}_next")
         sub = f"next: p {nx['prob']:.3f}, #{nx['rank']}" if nx and nx["prob"] is not None else ""
-        name = f"{m} (α {alpha:g})" if m == "generic" and alpha is not None else m
+        name = f"{m} ({knob} {alpha:g})" if m == "generic" and alpha is not None else m
         head.append(f'<th data-model="{m}">{html.escape(name)}<br><span class="sub">{sub}</span></th>')
     missing = [m for m in models if m not in cols]
     body = []
@@ -222,6 +222,9 @@ def topk_table_html(position: dict, models: list[str], alpha: float | None = Non
             f'<tbody>{"".join(body)}</tbody></table>{note}')
 
 
+NEAR_ZERO = 5e-4  # a probability shown as "~0"
+
+
 def pinned_bars(view: dict, pos: int, models: list[str]) -> list[dict]:
     """Per pinned token at one position: each model's probability and its change from the baseline.
 
@@ -236,8 +239,9 @@ def pinned_bars(view: dict, pos: int, models: list[str]) -> list[dict]:
             if series is None:
                 continue
             p = series[pos]
-            change = None if m == "baseline" or p is None or not base else p / base - 1
-            out.append({"token": text, "model": m, "p": p, "change": change})
+            # A ratio to a near-zero baseline (+71436%) says nothing: the summary shows "~0 -> 0.129".
+            change = None if m == "baseline" or p is None or not base or base < NEAR_ZERO else p / base - 1
+            out.append({"token": text, "model": m, "p": p, "change": change, "base": base})
     return out
 
 
@@ -249,10 +253,13 @@ def pinned_summary(bars: list[dict]) -> str:
         row = [b for b in bars if b["token"] == text and b["p"] is not None]
         if not row:
             continue
-        probs = " / ".join("~0" if b["p"] < 5e-4 else f"{b['p']:.3f}" for b in row)
+        probs = " / ".join("~0" if b["p"] < NEAR_ZERO else f"{b['p']:.3f}" for b in row)
         names = " / ".join(b["model"] for b in row)
         last = row[-1]
         change = f", {last['change']:+.0%} for {last['model']}" if last["change"] is not None else ""
+        if last["change"] is None and last["model"] != "baseline" and last.get("base") is not None \
+                and last["base"] < NEAR_ZERO <= last["p"]:
+            change = f", ~0 → {last['p']:.3f} for {last['model']}"
         lines.append(f"**P({text})**: {probs} ({names}){change}")
     return "  \n".join(lines)
 

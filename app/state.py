@@ -35,6 +35,7 @@ MODEL, PRECISION, DEVICE = "model", "precision", "device"
 EXPERT, EXPERT_PATH = "expert", "expert_path"
 UNLEARNED, UNLEARNED_PATH = "unlearned", "unlearned_path"
 ALPHA = "alpha"
+ETA = "inspect_eta"  # the ELM-style target's strength: its own slider value, not alpha's
 _PENDING = "_pending_sidebar"  # values another page asks the sidebar to take on the next run
 _CTX = "_context"
 _KEEP = "_keep"  # widget values that outlive their page (Streamlit forgets a widget not drawn in a run)
@@ -43,10 +44,10 @@ DEFAULT_ALPHA = 5.0
 # What a link to the Inspect page carries: URL parameter -> session key (the widget's key).
 URL_KEYS = {"prompt": "inspect_prompt", "pos": "inspect_pos", "pin": "inspect_pinned", "colour": "inspect_metric",
             "alpha": ALPHA, "tokens": "inspect_top_k", "anchors": "inspect_use_anchors", "target": "inspect_target",
-            "concept": "inspect_concept", "lens": "inspect_lens", "scale": "inspect_scale"}
+            "concept": "inspect_concept", "lens": "inspect_lens", "scale": "inspect_scale", "eta": ETA}
 URL_DEFAULTS = {"inspect_prompt": "", "inspect_pinned": "Hermione, Emily", "inspect_metric": "logp",
                 "alpha": DEFAULT_ALPHA, "inspect_top_k": 5, "inspect_use_anchors": True, "inspect_target": "whp",
-                "inspect_lens": False, "inspect_scale": 1.0}
+                "inspect_lens": False, "inspect_scale": 1.0, ETA: 2.0}
 # The generic row's definition on the Inspect page: WHP's (expert + dictionary) or the ELM-style target.
 TARGETS = {"whp": "WHP", "elm": "ELM-style"}  # the help next to the picker says what each is
 
@@ -219,7 +220,7 @@ def restore(key: str, default=None) -> None:
 def _parse(key: str, raw: str):
     if key in ("inspect_pos", "inspect_top_k"):
         return int(raw)
-    if key == ALPHA:
+    if key in (ALPHA, ETA):
         alpha = float(raw)
         if not math.isfinite(alpha):  # ?alpha=inf: round() would raise OverflowError on every open
             raise ValueError(raw)
@@ -238,7 +239,7 @@ def _parse(key: str, raw: str):
     return raw[:500]
 
 
-LIMITS = {"inspect_top_k": (1, 50), ALPHA: (0.0, 20.0), "inspect_scale": (0.0, 1.5)}  # the widgets' ranges
+LIMITS = {"inspect_top_k": (1, 50), ALPHA: (0.0, 20.0), ETA: (0.0, 20.0), "inspect_scale": (0.0, 1.5)}  # the widgets' ranges
 
 
 def _clamped(key: str, value):

@@ -118,9 +118,11 @@ def _inspection(model_key: str, adapters_key: str, prompt: str, anchors_version:
                    lens=lens, scale=scale)
 
 
-alpha = float(st.session_state.get(state.ALPHA, state.DEFAULT_ALPHA))
 state.restore(TARGET)
 elm_target = st.session_state[TARGET] == "elm"
+KNOB = state.ETA if elm_target else state.ALPHA  # eta and alpha are two settings, never one value read twice
+state.restore(KNOB)
+alpha = float(st.session_state.get(KNOB, state.URL_DEFAULTS[KNOB]))
 if elm_target:
     state.restore(CONCEPT, load_probes(state.ASSETS / "probes.json").concept)
 concept = (st.session_state[CONCEPT] or "").strip() or None if elm_target else None
@@ -204,7 +206,7 @@ with left:
                                "the editor (you type its generic translation, then Save)"):
         st.session_state.setdefault("anchors_pending_terms", []).append(word)
         st.switch_page(str(state.ROOT / "pages" / "anchors.py"))
-    st.html(inspect_views.topk_table_html(p, shown, alpha))
+    st.html(inspect_views.topk_table_html(p, shown, alpha, knob="η" if elm_target else "α"))
 with right:
     a1, a2 = st.columns([3, 2])
     with a2:
@@ -214,7 +216,7 @@ with right:
                           "expert persona on a concept (no expert, no dictionary); alpha is then its eta.")
         state.keep(TARGET, st.session_state[TARGET])
     with a1:
-        st.slider("eta" if elm_target else "alpha", 0.0, 20.0, step=0.5, key=state.ALPHA,
+        st.slider("eta" if elm_target else "alpha", 0.0, 20.0, step=0.5, key=KNOB,
                   disabled=ctx.expert is None and not elm_target,
                   help="ELM-style: log p* = log p(x) + eta · (log p(novice, x) − log p(expert, x)), ramped in over "
                        "the first tokens (engine/methods/elm.py). Never runs the model again." if elm_target else
@@ -240,7 +242,7 @@ with right:
         st.plotly_chart(fig, key="inspect_bars", config={"displayModeBar": False})
     else:
         st.caption("Pin a word (above) to follow its probability here.")
-state.keep(state.ALPHA, alpha)
+state.keep(KNOB, alpha)
 
 # -- pinned tokens along the prompt -------------------------------------------------------------------
 if view["tracked"]:

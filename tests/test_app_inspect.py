@@ -136,8 +136,10 @@ def test_the_elm_style_target_is_the_generic_row_without_an_expert(app_env, monk
     at.selectbox(key="inspect_target").set_value("elm").run()
     at.text_input(key="inspect_concept").set_value("the wizard school").run()
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
-    eta = at.slider(key="alpha")
+    eta = at.slider(key="inspect_eta")
     assert eta.label == "eta" and not eta.disabled, "no expert needed: eta drives the ELM-style target"
+    assert eta.value == 2.0, "eta starts at its own default (the ELM config's), not alpha's 5"
+    assert any('generic (η 2)' in h.value for h in at.html), "the column says eta, not alpha"
     eta.set_value(2.0).run()
     assert [t for t, _ in _tables(at)["generic"]] == \
         [repr(t["token"]) for t in ref.view(2.0)["positions"][-1]["generic"]]
@@ -146,8 +148,13 @@ def test_the_elm_style_target_is_the_generic_row_without_an_expert(app_env, monk
     eta.set_value(6.0).run()
     assert len(calls) == n, "eta re-views the kept forward, like alpha"
     assert at.query_params["target"] == "elm" and at.query_params["concept"] == "the wizard school"
+    assert at.query_params["eta"] == "6" and "alpha" not in at.query_params
     at.text_input(key="inspect_concept").set_value("  ").run()
     assert not at.exception and any("concept" in e.value for e in at.error)
+    at.session_state["inspect_concept"] = "the wizard school"  # the error stopped the page before its widgets
+    at.session_state["inspect_target"] = "whp"
+    at.run()
+    assert at.slider(key="alpha").value == 5.0, "back to WHP: alpha as it was, eta kept apart"
 
 
 def test_selecting_a_position_pinned_bars_and_metrics(app_env, tiny_expert_dir):
@@ -162,7 +169,9 @@ def test_selecting_a_position_pinned_bars_and_metrics(app_env, tiny_expert_dir):
     assert any("position 2" in m.value for m in at.markdown)
     assert 'class="tok sel" data-pos="2"' in strip(at) or 'class="tok term sel" data-pos="2"' in strip(at)
     headline = next(m.value for m in at.markdown if m.value.startswith("**P("))
-    assert "baseline / expert / generic" in headline and "%" in headline, "the change from baseline is on screen"
+    assert "baseline / expert / generic" in headline, "every model's probability is on screen"
+    # the tiny random model gives every token ~2e-5: a ratio between near-zero values is not shown
+    assert "%" not in headline and "~0 / ~0" in headline
     bars = json.loads(next(c for c in at.get("plotly_chart") if c.proto.id.endswith("inspect_bars")).proto.spec)
     assert [tr["x"] for tr in bars["data"]] == [["baseline", "expert", "generic"]] * 2  # two pinned tokens
     log = at.toggle(key="inspect_log").set_value(True).run()
@@ -344,6 +353,15 @@ def test_two_tabs_with_different_adapters_at_once(tiny_wb, tiny_expert_dir, tiny
     assert together == [alone[a], alone[b]] * 4
 
 
+def test_a_change_from_a_near_zero_baseline_reads_as_two_values_not_a_percentage():
+    from app.inspect_views import pinned_bars, pinned_summary
+
+    view = {"tracked": {" Herm": {"baseline": [1.8e-4], "unlearned": [0.129]}, " Ron": {"baseline": [0.4], "unlearned": [0.1]}}}
+    text = pinned_summary(pinned_bars(view, 0, ["baseline", "unlearned"]))
+    assert "~0 → 0.129 for unlearned" in text and "+71" not in text  # was "+71567%"
+    assert "-75% for unlearned" in text
+
+
 def test_pure_helpers_on_a_hand_made_view():
     from app.inspect_views import (metric_values, pinned_bars, pinned_summary, rank_change, token_strip_html,
                                    topk_table_html, word_at)
@@ -369,8 +387,8 @@ def test_pure_helpers_on_a_hand_made_view():
     assert 'data-model="generic" data-rank="1" data-token="&#x27; b&#x27;"' in table
     assert '<td class="c hit"' in table, "the token that actually follows is marked"
     bars = pinned_bars(view, 0, ["baseline", "generic"])
-    assert bars == [{"token": " a", "model": "baseline", "p": 0.5, "change": None},
-                    {"token": " a", "model": "generic", "p": 0.01, "change": pytest.approx(-0.98)}]
+    assert bars == [{"token": " a", "model": "baseline", "p": 0.5, "change": None, "base": 0.5},
+                    {"token": " a", "model": "generic", "p": 0.01, "change": pytest.approx(-0.98), "base": 0.5}]
     assert pinned_summary(bars) == "**P( a)**: 0.500 / 0.010 (baseline / generic), -98% for generic"
     toks = ["<s>", "Then", " Herm", "ione", " smiled", ".", " Hogwarts", "'s"]
     assert [word_at(toks, i) for i in (2, 3, 4, 6)] == ["Hermione", "Hermione", "smiled", "Hogwarts"]
