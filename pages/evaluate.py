@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app import charts, inspect_views, robustness_panel, run_views, state
+from app import charts, eval_report, inspect_views, robustness_panel, run_views, state
 from engine import jobs
 from engine.config import ModelConfig
 from engine.errors import UserError
@@ -75,8 +75,10 @@ st.subheader("New evaluation", divider="gray")
 choices = candidates()
 if pre := st.session_state.pop("eval_preselect", None):  # "Evaluate" on the Runs page
     st.session_state["eval_pick"] = [n for n, path in choices.items() if Path(path).parents[1] == Path(pre)]
-if "eval_pick" not in st.session_state:
-    st.session_state["eval_pick"] = list(choices)[:3]
+if "eval_pick" not in st.session_state:  # the sidebar's adapters, the models the user is looking at
+    chosen = {p for p in (ctx.wb.adapters.get(ctx.expert), ctx.wb.adapters.get(ctx.unlearned))
+              if p} if ctx.wb is not None else set()
+    st.session_state["eval_pick"] = [n for n, path in choices.items() if path in chosen] or list(choices)[:3]
 st.session_state["eval_pick"] = [n for n in st.session_state["eval_pick"] if n in choices]
 picked = st.multiselect(
     "Models to compare with the baseline", list(choices), key="eval_pick",
@@ -333,8 +335,14 @@ else:
         if result["cost"]:
             with st.expander(f"Cost · {run_views.cost_line(result['cost'])}"):
                 st.dataframe(run_views.cost_rows(result["cost"]), hide_index=True)
-        st.download_button("Download the result (JSON)", json.dumps(result, indent=2, ensure_ascii=False),
+        d1, d2, d3 = st.columns(3)
+        d1.download_button("Download the result (JSON)", json.dumps(result, indent=2, ensure_ascii=False),
                            file_name=f"eval-{Path(shown).name}.json", mime="application/json", key="eval_download")
+        d2.download_button("The table (CSV)", table.to_csv(index=False), file_name=f"eval-{Path(shown).name}.csv",
+                           mime="text/csv", key="eval_download_csv")
+        d3.download_button("The report (HTML, with its plots)",
+                           eval_report.html_report(result, Path(shown).name, {label(k): k for k in cols}),
+                           file_name=f"eval-{Path(shown).name}.html", mime="text/html", key="eval_download_html")
 
 
 # -- training curves ------------------------------------------------------------------------------

@@ -103,3 +103,38 @@ def test_a_missing_probe_file_is_an_error_not_a_job(home):
     assert not at.exception
     assert any("file not found" in e.value for e in at.error)
     assert not (home / "evals").exists() or not any((home / "evals").iterdir())
+
+
+def test_the_report_and_the_default_picks(home, tiny_unlearned_dir):
+    """Download the table as CSV and the evaluation as an HTML report with its plots; the models to
+    compare start as the sidebar's adapters, not the first three runs."""
+    import shutil
+
+    from app.eval_report import html_report
+    from engine.evaluation.table import metric
+
+    result = {**RESULT, "models": {**RESULT["models"],
+                                   "r1 · WHP": {**RESULT["models"]["r1 · WHP"],
+                                                "probe_curve": {"layers": [0, 1, 2], "accuracy": [0.5, 0.9, 0.8]}}}}
+    cols = {metric(k).label: k for k in ("familiarity_probability", "retain_probability")}
+    page = html_report(result, "e1", cols)
+    assert page.startswith("<!doctype html>") and "familiarity (prob.)" in page and "-90.0%" in page
+    assert page.count("plotly") > 3 and "Linear probe at every block" in page, "its plots, the script embedded"
+    for name in ("r2", "r3", "r4"):
+        shutil.copytree(home / "runs" / "r1", home / "runs" / name)
+    e = home / "evals" / "e1"
+    e.mkdir(parents=True)
+    (e / "status.json").write_text(json.dumps({"state": "finished", "kind": "eval", "created": "2026-01-01T00:00:00"}))
+    (e / "eval.json").write_text(json.dumps(RESULT))
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=60)
+    at.session_state["unlearned"] = str(home / "runs" / "r3" / "adapters" / "unlearned")
+    at.run()
+    at.switch_page("../pages/evaluate.py").run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="eval_pick").value == ["r3 · WHP"], "the sidebar's unlearned adapter"
+    buttons = [b.proto.label for b in at.get("download_button")]
+    assert {"Download the result (JSON)", "The table (CSV)", "The report (HTML, with its plots)"} <= set(buttons)

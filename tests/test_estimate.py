@@ -66,4 +66,10 @@ def test_eta_of_a_job_without_its_own_estimate():
     s = jobs.Status(state="running", kind="eval", step=2, total=8, started=started)
     assert jobs.eta_s(s) == pytest.approx(180, abs=5)  # 60 s for 2 of 8
     assert jobs.eta_s(jobs.Status(state="running", step=1, total=4, eta_s=12.0)) == 12.0
+    # 2 of 8 done in 60 s, reported 30 s ago (a stage still running): 180 s left at that pace, 150 now;
+    # it counts down between reports, where elapsed / done alone counted up (90 s / 2 x 6 = 270)
+    reported = (datetime.now(timezone.utc) - timedelta(seconds=30)).isoformat(timespec="seconds")
+    early = (datetime.now(timezone.utc) - timedelta(seconds=90)).isoformat(timespec="seconds")
+    assert jobs.eta_s(jobs.Status(state="running", kind="eval", step=2, total=8, started=early,
+                                  updated=reported)) == pytest.approx(150, abs=5)
     assert jobs.eta_s(jobs.Status(state="finished", step=4, total=4, started=started)) is None

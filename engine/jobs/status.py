@@ -383,7 +383,9 @@ def unlearn_change(status: Status) -> dict:
 
 
 def eta_s(status: Status) -> float | None:
-    """Seconds left: the job's own estimate (runs), else elapsed / done x left (evaluations)."""
+    """Seconds left: the job's own estimate (runs), else the pace up to the last progress report times
+    what is left, less the time since that report (evaluations). It counts down while a long stage
+    runs between reports; elapsed / done alone grew with every second the stage took."""
     if not status.active or not status.total:
         return None
     if status.eta_s is not None:
@@ -392,10 +394,12 @@ def eta_s(status: Status) -> float | None:
         return None
     try:
         started = datetime.fromisoformat(status.started)
+        reported = datetime.fromisoformat(status.updated) if status.updated else datetime.now(timezone.utc)
     except ValueError:
         return None
-    elapsed = (datetime.now(timezone.utc) - started).total_seconds()
-    return max(elapsed / status.step * (status.total - status.step), 0.0)
+    pace = max((reported - started).total_seconds(), 0.0) / status.step
+    since = max((datetime.now(timezone.utc) - reported).total_seconds(), 0.0)
+    return max(pace * (status.total - status.step) - since, 0.0)
 
 
 # -- launching and controlling -------------------------------------------------------------------------
