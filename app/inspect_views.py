@@ -148,6 +148,24 @@ def word_at(tokens: list[str], i: int) -> str:
     return "".join(tokens[lo: hi + 1]).strip().strip(".,;:!?\"()[]")
 
 
+# Function words: never an idiosyncratic term, so never offered as one.
+STOP_WORDS = frozenset("""a an the and or but nor so yet for of in on at to from by with without into onto over under
+about above below after before between through during until while as if than then that this these those there here
+is are was were be been being am do does did have has had having will would shall should can could may might must
+i me my mine we us our you your he him his she her it its they them their who whom whose which what when where why
+how all any both each few more most other some such no not only own same too very just also s t don now""".split())
+
+
+def term_candidate(word: str, terms) -> str | None:
+    """The word a click on a token offers as a new anchored term, or None: a function word, a word with
+    no letter, or one the dictionary has already (in any case) is not offered."""
+    if len(word) < 2 or not any(c.isalpha() for c in word) or word.casefold() in STOP_WORDS:
+        return None
+    if word.casefold() in {t.casefold() for t in terms}:
+        return None
+    return word
+
+
 # -- the top-k table -------------------------------------------------------------------------------
 def rank_change(token_id: int, rank: int, baseline: list[dict] | None) -> str:
     """How far a token moved relative to the baseline's top-k: ▲n up, ▼n down, = same, new."""

@@ -190,8 +190,9 @@ class AnchorDictionary:
         other's new ones (never replaced); a term disabled in either stays as self has it."""
         entries = {t: list(c) for t, c in self.entries.items()}
         for term, cands in other.entries.items():
-            if term in entries:
-                entries[term] += [c for c in cands if c not in entries[term]]
+            if term in entries:  # a candidate that differs only in case is no new candidate ("mystic academy")
+                have = {c.casefold() for c in entries[term]}
+                entries[term] += [c for c in cands if c.casefold() not in have and not have.add(c.casefold())]
             else:
                 entries[term] = list(cands)
         disabled = set(self.disabled) | {t for t in other.disabled if t not in self.entries}
@@ -207,7 +208,8 @@ class AnchorDictionary:
         'in the dictionary, adds: x | y', or 'as <spelling> in the dictionary' (a case collision)."""
         term = term.strip()
         if term in self.entries:
-            extra = [c for c in candidates if c not in self.entries[term]]
+            have = {c.casefold() for c in self.entries[term]}
+            extra = [c for c in candidates if c.casefold() not in have]
             return "in the dictionary" + (f", adds: {' | '.join(extra)}" if extra else "")
         for other in (term[:1].lower() + term[1:], _capitalise(term)):
             if other != term and other in self.entries and (other[:1].islower() or term[:1].islower()):

@@ -73,6 +73,7 @@ frame = pd.DataFrame(base["rows"], columns=["term", "candidates", "enabled"])
 frame.index = pd.RangeIndex(1, len(frame) + 1)  # row numbers the problems below point at
 edited_df = st.data_editor(
     frame, key=f"anchors_editor_{st.session_state[GEN]}", num_rows="dynamic", width="stretch", height=420,
+    hide_index=False,  # Streamlit hides a RangeIndex by default: the row numbers every problem cites
     column_config={
         "_index": st.column_config.NumberColumn("row", width="small", help="The row number problems refer to"),
         "term": st.column_config.TextColumn("term", default="", help="As written in the text, e.g. Hogwarts"),

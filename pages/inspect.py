@@ -200,7 +200,7 @@ with left:
     nxt = f"next: {p['next_token']!r}" if p["next_token"] is not None else "end of the prompt: what comes next"
     h1.markdown(f"**After {p['token']!r}** · position {pos} · {nxt}"
                 + (f" · inside anchored term **{p['term']}**" if p["term"] else ""))
-    word = inspect_views.word_at(tokens, pos)
+    word = inspect_views.term_candidate(inspect_views.word_at(tokens, pos), anchors.entries if anchors else ())
     if word and h2.button(f"“{word[:14]}” as term", key="inspect_add_term", icon=":material/add:", width="stretch",
                           help=f"Add {word!r} to the anchored-terms dictionary: opens the Anchors page with it in "
                                "the editor (you type its generic translation, then Save)"):

@@ -108,6 +108,15 @@ def test_merge_keeps_every_term_and_only_adds_candidates():
                                 "2 already there, unchanged")
 
 
+def test_merge_adds_no_candidate_that_differs_only_in_case():
+    current = AnchorDictionary({"Hogwarts": ["Mystic Academy"]})
+    incoming = AnchorDictionary({"Hogwarts": ["mystic academy", "MYSTIC ACADEMY", "the Old School", "the old school"]})
+    merged, report = current.merged_with(incoming)
+    assert merged.entries == {"Hogwarts": ["Mystic Academy", "the Old School"]}
+    assert report.extended == {"Hogwarts": ["the Old School"]}
+    assert current.status_of("Hogwarts", ["mystic academy"]) == "in the dictionary"
+
+
 def test_replace_says_how_many_terms_it_removes():
     current = AnchorDictionary({f"T{i}": ["x"] for i in range(202)})
     small = AnchorDictionary({"T1": ["x"], "T2": ["y"], "New": ["z"], "T3": ["x"], "Other": ["w"]})

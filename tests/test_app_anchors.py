@@ -227,3 +227,13 @@ def test_preview_of_a_short_text_and_add_uncovered_words_as_terms(anchors_file):
     assert not at.exception, at.exception
     editor = at.data_editor[0].value
     assert editor["term"].tolist()[-2:] == ["Neville", "Luna"] and editor["candidates"].tolist()[-2:] == ["", ""]
+
+
+def test_the_grid_shows_the_row_numbers_its_problems_cite(app_env):
+    """Streamlit hides a RangeIndex by default: the problems table says 'row 3' of a grid without numbers."""
+    from conftest import open_page
+
+    at = open_page("anchors")
+    cols = json.loads(at.data_editor[0].proto.columns)
+    assert cols["_index"]["hidden"] is False and cols["_index"]["label"] == "row"
+    assert at.data_editor[0].value.index[0] == 1

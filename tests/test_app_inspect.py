@@ -328,6 +328,20 @@ def test_add_a_token_as_a_term(app_env, monkeypatch, tmp_path):
     assert any("Added 'Hermione'" in s.value for s in at.success)
 
 
+def test_as_term_is_not_offered_for_function_words_or_terms_the_dictionary_has(app_env, monkeypatch, tmp_path):
+    anchors = tmp_path / "anchors.json"
+    anchors.write_text(json.dumps({"Harry": ["Jon"]}))
+    monkeypatch.setenv("OBLIVIATE_ANCHORS", str(anchors))
+    at = _app("Then harry and Hermione smiled").run()
+    labels = {}
+    for pos in range(1, 5):
+        at.select_slider(key="inspect_pos").set_value(pos).run()
+        labels[pos] = [b.label for b in at.button if b.key == "inspect_add_term"]
+    offered = [label for v in labels.values() for label in v]
+    assert any("“Hermione”" in x for x in offered), offered
+    assert not any("“and”" in x or "“harry”" in x.lower() for x in offered), "a function word, a known term"
+
+
 def test_two_tabs_with_different_adapters_at_once(tiny_wb, tiny_expert_dir, tiny_unlearned_dir, monkeypatch,
                                                   tmp_path_factory):
     """Two sessions share one Workbench: adapters are named by path, forwards are serialised by the
