@@ -26,8 +26,10 @@ METRIC_LEGEND = {
 
 CSS = """
 <style>
-.obl-strip{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:1.05rem;line-height:2.2;white-space:normal;overflow-wrap:anywhere;word-break:break-word;max-width:100%;}
+.obl-strip{color:#111;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:1.05rem;line-height:2.2;white-space:normal;overflow-wrap:anywhere;word-break:break-word;max-width:100%;}
 .obl-strip .tok{white-space:pre-wrap;display:inline-block;padding:0 1px;margin:1px 1px;border-radius:4px;border-bottom:3px solid transparent;line-height:1.7;}
+.obl-strip .tok:empty{min-width:5px;min-height:1.2em;vertical-align:bottom}
+.obl-strip .tok:focus-visible{outline:2px solid #1d4ed8;outline-offset:1px}
 .obl-strip .tok.term{border-bottom-color:#7c3aed;font-weight:600;}
 .obl-strip .tok.sel{outline:2px solid #111;outline-offset:1px;}
 .obl-strip .tok.nolabel{background-image:repeating-linear-gradient(135deg,rgba(0,0,0,.10) 0 3px,transparent 3px 6px);}
@@ -79,8 +81,8 @@ def _colour(metric: str, v: float | None) -> str:
     if metric == "expert_gain":  # log-ratio, clamped to +-4
         a = min(1.0, abs(v) / 4) * 0.8
         return f"rgba(249,115,22,{a:.2f})" if v > 0 else f"rgba(59,130,246,{a:.2f})"
-    if metric == "kl":
-        return f"rgba(124,58,237,{min(1.0, v / 3) * 0.75:.2f})"
+    if metric == "kl":  # teal: the anchored-term underline is purple, and dark text stays above 4.5:1 on it
+        return f"rgba(13,148,136,{min(1.0, v / 3) * 0.6:.2f})"
     return "rgba(239,68,68,0.55)" if v else "transparent"
 
 
@@ -123,8 +125,16 @@ def token_strip_html(view: dict, metric: str, selected: int | None = None, alpha
         if p["aligned_to"] < 0:
             classes.append("nolabel")
         data_v = "" if v is None else f"{v:.4f}"
+        # Keyboard: one token in the tab order (the selected one, roving tabindex), arrows move, Enter
+        # selects (app/strip.py); the label reads the card's headline numbers.
+        label = f"position {i}, {p['token']!r}" + (f", next {p['next_token']!r}" if p["next_token"] is not None else "")
+        nx = p.get("baseline_next")
+        if nx and nx.get("prob") is not None:
+            label += f", baseline p {nx['prob']:.3f} rank {nx['rank']}"
         spans.append(
-            f'<span class="{" ".join(classes)}" data-pos="{i}" data-value="{data_v}" '
+            f'<span class="{" ".join(classes)}" data-pos="{i}" data-value="{data_v}" role="button" '
+            f'tabindex="{0 if i == (selected if selected is not None else 0) else -1}" '
+            f'aria-label="{html.escape(label, quote=True)}" '
             f'data-card="{html.escape(card_html(p), quote=True)}" style="background-color:{_colour(metric, v)}">'
             f"{show(p['token'])}</span>"
         )

@@ -1,4 +1,5 @@
-"""The token strip as a clickable component: a click on a token selects its position.
+"""The token strip as a clickable component: a click on a token (or Enter on it: the tokens are one tab
+stop, the arrow keys move between them) selects its position.
 
 An `st.components.v2` inline component (no npm build): the strip's HTML comes from
 app/inspect_views.token_strip_html (escaped there), the script adds a click handler per token, which
@@ -40,9 +41,23 @@ export default function(component) {
     parentElement.appendChild(card);
   }
   card.style.display = 'none';
-  host.querySelectorAll('.tok').forEach((tok) => {
+  const toks = Array.from(host.querySelectorAll('.tok'));
+  toks.forEach((tok, k) => {
     tok.style.cursor = 'pointer';
     tok.addEventListener('click', () => setTriggerValue('clicked', Number(tok.dataset.pos)));
+    tok.addEventListener('keydown', (e) => {  // roving tabindex: arrows move the focus, Enter or Space select
+      const to = {ArrowRight: k + 1, ArrowDown: k + 1, ArrowLeft: k - 1, ArrowUp: k - 1, Home: 0,
+                  End: toks.length - 1}[e.key];
+      if (to !== undefined && toks[to]) {
+        e.preventDefault();
+        tok.tabIndex = -1;
+        toks[to].tabIndex = 0;
+        toks[to].focus();
+      } else if (e.key === 'Enter' || e.key === ' ') {
+        e.preventDefault();
+        setTriggerValue('clicked', Number(tok.dataset.pos));
+      }
+    });
     tok.addEventListener('mouseenter', () => {
       card.innerHTML = tok.dataset.card || '';
       card.style.display = 'block';

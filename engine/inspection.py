@@ -41,6 +41,27 @@ def check_alpha(alpha) -> float:
     return float(alpha)
 
 
+def display_pieces(tokenizer, ids: list[int], longest: int = 8) -> list[str]:
+    """Each token as text, with byte-level pieces merged: a character split over several tokens
+    ("你" as three byte tokens) decodes to "\ufffd" alone, so its whole text goes on the run's first
+    token and "" on the rest. Joined, the pieces are the decoded prompt."""
+    out = [tokenizer.decode([i]) for i in ids]
+    i = 0
+    while i < len(out):
+        if "\ufffd" not in out[i]:
+            i += 1
+            continue
+        for j in range(i + 2, min(i + longest, len(ids)) + 1):
+            text = tokenizer.decode(ids[i:j])
+            if "\ufffd" not in text:
+                out[i: j] = [text] + [""] * (j - i - 1)
+                i = j
+                break
+        else:
+            i += 1
+    return out
+
+
 def check_scale(scale) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
             or not 0 <= scale <= MAX_SCALE:
@@ -352,8 +373,8 @@ def inspect(
         if unlearned:
             kept["unlearned"] = hidden[n_models - 1]
     return Inspection(
-        model=wb.name, ids=ids, tokens=[tok.decode([i]) for i in ids], translation=translation,
-        translated_tokens=[tok.decode([i]) for i in translation.translated_ids], parts=parts, stats=stats,
+        model=wb.name, ids=ids, tokens=display_pieces(tok, ids), translation=translation,
+        translated_tokens=display_pieces(tok, translation.translated_ids), parts=parts, stats=stats,
         baseline_logp=base_o[parts.rows].log_softmax(-1), tokenizer=tok, top_k=top_k,
         tracked_ids=tracked_ids, notes=notes, truncated=truncated, target="elm" if elm is not None else "whp",
         scale=scale, hidden=kept, lens_logits=wb.lens_logits if kept else None,

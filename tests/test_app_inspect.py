@@ -491,3 +491,33 @@ def test_links_name_adapters_by_symbol_and_never_pin_an_unmade_choice(app_env, t
     linked.text_input(key="inspect_prompt").set_value("Hello there my friend").run()
     T = len(strip(linked).split('class="tok')) - 1
     assert linked.query_params["pos"] == str(T - 1), "the new prompt's position, not the old one's"
+
+
+def test_the_strip_is_reachable_by_keyboard_and_says_its_numbers(app_env):
+    at = _app(PROMPT).run()
+    html_strip = strip(at)
+    stops = re.findall(r'tabindex="0"', html_strip)
+    assert len(stops) == 1, "one tab stop: the selected token (roving tabindex)"
+    assert html_strip.count('role="button"') == html_strip.count('class="tok')
+    assert re.search(r'aria-label="position \d+, [^"]*baseline p \d\.\d{3} rank \d+"', html_strip)
+
+
+def test_every_colouring_keeps_the_text_readable_and_the_term_underline_visible():
+    """WCAG AA: 4.5:1 between the strip's text (#111) and the strongest colour of every metric over the
+    white page; the KL colour was the underline's purple at 3.8:1 and hid it."""
+    from app.inspect_views import _colour
+
+    def luminance(rgb):
+        def lin(c):
+            c /= 255
+            return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+        r, g, b = map(lin, rgb)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    text = luminance((0x11, 0x11, 0x11))
+    for metric, strongest in (("logp", -20.0), ("expert_gain", 9.0), ("expert_gain", -9.0), ("kl", 9.0), ("changed", 1)):
+        r, g, b, a = (float(x) for x in re.findall(r"[\d.]+", _colour(metric, strongest)))
+        over_white = tuple(a * c + (1 - a) * 255 for c in (r, g, b))
+        ratio = (luminance(over_white) + 0.05) / (text + 0.05)
+        assert ratio >= 4.5, (metric, round(ratio, 2))
+    assert "124,58,237" not in _colour("kl", 9.0), "not the anchored term's underline colour"

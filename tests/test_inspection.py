@@ -175,3 +175,16 @@ def test_lens_split_finds_the_block_where_the_unlearned_curve_leaves_the_baselin
     never = {"baseline": lens([1e-5, 1e-4]), "unlearned": lens([1e-6, 1e-6])}
     assert lens_split(never, " Hermione")["split"] is None and lens_split(never, " Hermione")["first"] is None
     assert lens_split({"baseline": lens([0.1])}, " Hermione") is None
+
+
+def test_byte_level_pieces_are_merged_for_display(tokenizer):
+    """A character split over several byte tokens decodes to U+FFFD token by token; the display gives
+    the whole character to the first token and "" to the rest, and the pieces join to the prompt."""
+    from engine.inspection import display_pieces
+
+    text = "Привет, 你好 🎉 Harry"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert any("\ufffd" in tokenizer.decode([i]) for i in ids), "the tokenizer splits these characters"
+    pieces = display_pieces(tokenizer, ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == tokenizer.decode(ids)
+    assert not any("\ufffd" in p for p in pieces) and "你" in pieces and " Harry" in pieces
