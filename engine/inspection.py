@@ -81,17 +81,22 @@ class _Stats:
 
 
 def _stats(logits: torch.Tensor, next_ids: torch.Tensor, k: int, tracked: list[int]) -> _Stats:
-    """logits (T, V) on the device; next_ids (T,) with -1 where no token follows."""
-    probs = logits.float().softmax(-1)  # (T, V)
-    top = probs.topk(k, dim=-1)
+    """logits (T, V) on the device; next_ids (T,) with -1 where no token follows.
+
+    Never materialises the (T, V) softmax: one logsumexp pass gives the normaliser, and top-k, rank
+    and the tracked columns read the logits (the rank of a token is the same under its logit)."""
+    logits = logits.float()
+    lse = logits.logsumexp(-1, keepdim=True)  # (T, 1)
+    top = logits.topk(k, dim=-1)
     has_next = next_ids >= 0
     nxt = next_ids.clamp(min=0)
-    p_next = probs.gather(-1, nxt[:, None]).squeeze(-1)  # (T,)
-    rank = (probs > p_next[:, None]).sum(-1) + 1  # (T,)
-    tracked_p = probs[:, tracked].T.tolist() if tracked else []
+    l_next = logits.gather(-1, nxt[:, None])  # (T, 1)
+    p_next = (l_next - lse).exp().squeeze(-1)  # (T,)
+    rank = (logits > l_next).sum(-1) + 1  # (T,)
+    tracked_p = (logits[:, tracked] - lse).exp().T.tolist() if tracked else []
     hn = has_next.tolist()
     return _Stats(
-        top.indices.tolist(), top.values.tolist(),
+        top.indices.tolist(), (top.values - lse).exp().tolist(),
         [p if h else None for p, h in zip(p_next.tolist(), hn)],
         [r if h else None for r, h in zip(rank.tolist(), hn)],
         dict(zip(tracked, tracked_p)),
