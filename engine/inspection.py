@@ -29,6 +29,8 @@ LOGITS_BUDGET = 4 << 30  # bytes of float32 logits one inspection may hold: (row
 MAX_ALPHA = 1000.0
 MAX_SCALE = 1.5  # the adapter scale: 0 = the baseline, 1 = as trained, past 1 over-applied
 MAX_PROMPT_CHARS = 200_000  # far beyond any context window; a 50 MB paste would stall the tokenizer
+PAGE_PROMPT_TOKENS = 1_024  # what the Inspect page draws: past it the strip, the cards and the charts of
+                            # every rerun outgrow a browser tab (2,045 tokens took 83 s; 4,669 hung the tab)
 PAGE_PROMPT_CHARS = 20_000  # what the Inspect page takes (~5k tokens: past every small model's context, and a
                             # page drawing more would crawl); the CLI takes MAX_PROMPT_CHARS
 

@@ -15,7 +15,7 @@ from app import anchor_views, charts, inspect_views, state
 from app.strip import token_strip
 from engine.errors import UserError, as_user_error
 from engine.generation import complete_all
-from engine.inspection import inspect, lens_split
+from engine.inspection import PAGE_PROMPT_TOKENS, inspect, lens_split
 from engine.methods.elm import ElmOptions
 from engine.probes import load_probes
 
@@ -92,6 +92,11 @@ if len(prompt) > state.MAX_PROMPT_CHARS:
              f"{state.MAX_PROMPT_CHARS:,}. Paste a shorter passage.")
     st.stop()
 
+n_tokens = len(wb.tokenizer(prompt, add_special_tokens=True)["input_ids"])  # milliseconds: before any forward
+if n_tokens > PAGE_PROMPT_TOKENS:
+    st.error(f"The prompt is {n_tokens:,} tokens; the Inspect page draws at most {PAGE_PROMPT_TOKENS:,}. Paste a "
+             f"shorter passage, or inspect it from a terminal: `python -m engine inspect PROMPT --json`.")
+    st.stop()
 top_k = int(st.session_state.get("inspect_top_k") or 5)
 use_anchors = bool(st.session_state.get("inspect_use_anchors", True))
 anchors = None

@@ -521,3 +521,14 @@ def test_every_colouring_keeps_the_text_readable_and_the_term_underline_visible(
         ratio = (luminance(over_white) + 0.05) / (text + 0.05)
         assert ratio >= 4.5, (metric, round(ratio, 2))
     assert "124,58,237" not in _colour("kl", 9.0), "not the anchored term's underline colour"
+
+
+def test_a_prompt_the_page_cannot_draw_is_refused_before_any_forward(app_env, monkeypatch):
+    """2,045 tokens took 83 s and 4,669 hung the tab: past PAGE_PROMPT_TOKENS the page says so at once."""
+    from engine.inspection import PAGE_PROMPT_TOKENS
+
+    calls = _count_forwards(monkeypatch)
+    at = _app(" Hogwarts" * (PAGE_PROMPT_TOKENS + 50)).run()  # ~3 tokens a word, under the character cap
+    assert not at.exception, at.exception
+    assert any(f"draws at most {PAGE_PROMPT_TOKENS:,}" in e.value for e in at.error)
+    assert calls == [], "refused before the model runs"
