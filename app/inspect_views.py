@@ -193,9 +193,9 @@ TOPK_CSS = """
 .obl-topk{border-collapse:collapse;width:100%;font-size:0.86rem;table-layout:fixed}
 .obl-topk th{text-align:left;font-weight:600;padding:2px 6px;border-bottom:1px solid #ddd;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .obl-topk th .sub{font-weight:400;color:#666;font-size:0.75rem}
-.obl-topk td{padding:2px 6px;border-bottom:1px solid #f1f1f1;white-space:nowrap;overflow:hidden}
-.obl-topk .cell{display:flex;align-items:baseline;gap:3px;min-width:0}
-.obl-topk .cell .t{overflow:hidden;text-overflow:ellipsis;white-space:pre;min-width:0}
+.obl-topk td{padding:2px 6px;border-bottom:1px solid #f1f1f1;overflow:hidden}
+.obl-topk .cell{display:flex;flex-wrap:wrap;align-items:baseline;gap:0 3px;min-width:0}
+.obl-topk .cell .t{white-space:pre;min-width:0}
 .obl-topk td.r,.obl-topk th.r{color:#888;width:2.2em;text-align:right}
 .obl-topk .t{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
 .obl-topk .p{margin-left:auto;font-variant-numeric:tabular-nums;color:#333;flex:none}

@@ -179,7 +179,7 @@ def _clicked() -> None:
 if metric == "expert_gain" and ctx.expert is None:
     st.caption("Pick an expert in the sidebar to colour by expert − baseline.")
 token_strip(inspect_views.token_strip_html(view, metric, pos, alpha), key="inspect_strip", on_click=_clicked)
-s1, s2, s3, s4 = st.columns([7, 1.1, 1.6, 1.6], vertical_alignment="bottom")
+s1, s2, s3, s4 = st.columns([6.2, 1.1, 1.9, 1.5], vertical_alignment="bottom")
 s1.select_slider("Position", options=list(range(T)), key=POS, label_visibility="collapsed",
                  format_func=lambda i: f"position {i} · {positions[i]['token']!r}",
                  help="Or click a token above. The predictions below are the ones each model makes after it.")
