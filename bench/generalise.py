@@ -16,7 +16,7 @@ answer) -90%, neighbouring fiction within 0.3 nats, retain probes within 10%, ab
     .venv/bin/python bench/generalise.py --model embedded:gemma3-270m --variants shipped --out runs/bench-gemma
         (issue 23: the SmolLM2 demo config unchanged on Gemma 3 270M: does the recipe transfer?)
 
-Writes OUT/generated/corpus.txt, OUT/eval.json, OUT/heldout.json and OUT/table.md; the last line is JSON.
+Writes OUT/corpus/corpus.txt, OUT/eval.json, OUT/heldout.json and OUT/table.md; the last line is JSON.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def main() -> None:
     expert = str(shipped / "adapters" / "expert")
     anchors = load_anchors(ASSETS / "demo_anchors.json")
 
-    gen = out / "generated" / "corpus.txt"
+    gen = out / "corpus" / "corpus.txt"  # not out / "generated": that is the run directory of the "generated" row
     t0 = time.time()
     if not gen.exists() and {"generated", "mixed"} & set(variants):
         wb = Workbench.load(ModelConfig(args.model))
@@ -83,7 +83,7 @@ def main() -> None:
         (gen.parent / "corpus.json").write_text(json.dumps(g.stats(), indent=2))
         print(f"generated: {g.stats()} in {time.time() - t0:.0f} s", flush=True)
         del wb
-    mixed = out / "generated" / "mixed.txt"
+    mixed = out / "corpus" / "mixed.txt"
     if gen.exists() and not mixed.exists():
         atomic_write_text(mixed, gen.read_text() + "\n\n" + (ASSETS / "demo_corpus.txt").read_text())
     levers = {"generated": lambda: run("generated", out, corpus=str(gen)),
