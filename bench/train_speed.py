@@ -59,7 +59,7 @@ def method_step(name: str, base, vocab: int, data: TrainData, args, device, forw
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model = lora_model(base, rank=8, gradient_checkpointing=args.gradient_checkpointing,
-                       layers=method.lora_layers(int(base.config.num_hidden_layers)))
+                       layers=method.lora_layers(int(base.config.num_hidden_layers), None))
     spec = lambda steps: TrainSpec("unlearn", method, forget, steps=steps, lr=1e-4, batch_size=args.batch,  # noqa: E731
                                    retain=data, retain_weight=1.0)
     train(model, spec(1))  # warm-up

@@ -365,8 +365,8 @@ st.fragment(run_every=2.0 if any_active else None)(runs_table)()  # refreshes wh
 dirs = [r.dir for r in runs]
 if st.session_state.get("run_which") not in dirs:
     st.session_state.pop("run_which", None)  # deleted since, or first visit: the newest run
-shown = st.selectbox("Run", dirs, key="run_which",  # the state read when drawn: never a stale "(queued)"
-                     format_func=lambda x: f"{Path(x).name} ({jobs.read_status(x).state})")
+labels = {d: f"{Path(d).name} ({jobs.read_status(d).state})" for d in dirs}  # read when drawn, fixed for the run
+shown = st.selectbox("Run", dirs, key="run_which", format_func=labels.get)
 is_active = jobs.read_status(shown).active
 st.fragment(run_every=2.0 if is_active else None)(run_panel)(shown)
 run_actions(shown)

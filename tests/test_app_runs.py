@@ -196,6 +196,7 @@ def test_the_runs_table_and_a_cancelled_run(home, tiny_unlearned_dir):
     assert any("cancelled at unlearn" in i.value for i in at.info)
     status["state"] = "finished"
     (cancelled / "status.json").write_text(json.dumps({**status, "created": "2026-02-01T00:00:00"}))
+    at.run()
     label = at.selectbox(key="run_which")
     assert label.format_func(label.value).endswith("(finished)"), "read when drawn"
 
