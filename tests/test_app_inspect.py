@@ -46,6 +46,16 @@ def _tables(at) -> dict:
     return out
 
 
+def _finished_demo(home, model_dir, expert_dir, unlearned_dir):
+    """OBLIVIATE_HOME/runs/demo as a finished demo run of `model_dir` with these two adapters."""
+    demo = home / "runs" / "demo"
+    shutil.copytree(expert_dir, demo / "adapters" / "expert")
+    shutil.copytree(unlearned_dir, demo / "adapters" / "unlearned")
+    (demo / "config.json").write_text(json.dumps({"method": "whp", "model": {"name": str(model_dir)}}))
+    (demo / "status.json").write_text(json.dumps({"state": "finished", "kind": "run", "created": "2026-01-01"}))
+    return demo
+
+
 def _count_forwards(monkeypatch) -> list:
     from engine.models import Workbench
 
@@ -281,11 +291,7 @@ def test_adapters_can_be_unloaded(app_env, tiny_expert_dir):
 def test_the_demo_adapters_are_the_default_and_show_four_models(app_env, tiny_dir, tiny_expert_dir,
                                                                  tiny_unlearned_dir):
     home = app_env
-    demo = home / "runs" / "demo"
-    shutil.copytree(tiny_expert_dir, demo / "adapters" / "expert")
-    shutil.copytree(tiny_unlearned_dir, demo / "adapters" / "unlearned")
-    (demo / "config.json").write_text(json.dumps({"method": "whp", "model": {"name": str(tiny_dir)}}))
-    (demo / "status.json").write_text(json.dumps({"state": "finished", "kind": "run", "created": "2026-01-01"}))
+    demo = _finished_demo(home, tiny_dir, tiny_expert_dir, tiny_unlearned_dir)
     at = _app(PROMPT).run()
     assert not at.exception, at.exception
     assert at.sidebar.selectbox(key="expert").value == str(demo / "adapters" / "expert")
@@ -421,11 +427,7 @@ def test_the_lens_and_the_adapter_scale(app_env, tiny_dir, tiny_expert_dir, tiny
     pinned token, from the one cached forward; the adapter scale at 0 makes the unlearned column the
     baseline's, at 1 it is the adapter as trained."""
     home = app_env
-    demo = home / "runs" / "demo"
-    shutil.copytree(tiny_expert_dir, demo / "adapters" / "expert")
-    shutil.copytree(tiny_unlearned_dir, demo / "adapters" / "unlearned")
-    (demo / "config.json").write_text(json.dumps({"method": "whp", "model": {"name": str(tiny_dir)}}))
-    (demo / "status.json").write_text(json.dumps({"state": "finished", "kind": "run", "created": "2026-01-01"}))
+    _finished_demo(home, tiny_dir, tiny_expert_dir, tiny_unlearned_dir)
     at = _app(PROMPT)
     at.session_state["inspect_pinned"] = "Hermione"
     at.run()
@@ -469,11 +471,7 @@ def test_links_name_adapters_by_symbol_and_never_pin_an_unmade_choice(app_env, t
     home = app_env
     at = _app(PROMPT).run()
     assert "expert" not in at.query_params and "unlearned" not in at.query_params
-    demo = home / "runs" / "demo"
-    shutil.copytree(tiny_expert_dir, demo / "adapters" / "expert")
-    shutil.copytree(tiny_unlearned_dir, demo / "adapters" / "unlearned")
-    (demo / "config.json").write_text(json.dumps({"method": "whp", "model": {"name": str(tiny_dir)}}))
-    (demo / "status.json").write_text(json.dumps({"state": "finished", "kind": "run", "created": "2026-01-01"}))
+    demo = _finished_demo(home, tiny_dir, tiny_expert_dir, tiny_unlearned_dir)
     reloaded = _app(None, dict(at.query_params)).run()  # the link written while the demo was building
     assert reloaded.sidebar.selectbox(key="expert").value == str(demo / "adapters" / "expert")
     assert reloaded.query_params["expert"] == "demo" and reloaded.query_params["unlearned"] == "demo"

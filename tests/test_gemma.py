@@ -58,23 +58,23 @@ def test_inspect_and_the_lens_on_the_gemma_shape(tiny_gemma_dir, gemma_adapters)
     assert [t["id"] for t in zero["unlearned"]] == [t["id"] for t in zero["baseline"]]
 
 
-def test_translation_with_the_gemma_tokenizer(gemma_tokenizer):
+def test_translation_with_the_gemma_tokenizer(gemma_tokenizer, monkeypatch):
     from engine.translation import Translator
 
     tr = Translator(gemma_tokenizer, ANCHORS)
     out = tr.translate_text("Harry Potter met Ron at Hogwarts.\nRon laughed.", 0)
     assert gemma_tokenizer.decode(out.translated_ids) == "Jon Smith met Mark at Mystic Academy.\nMark laughed."
     assert len(out.mapping) == len(out.original_ids) and {o.term for o in out.occurrences} == set(ANCHORS.enabled)
-    # a long text a piece at a time: the same tokens (or whole, where this tokenizer does not split exactly)
+    # a long text a piece at a time (cut every ~200 characters here): the same tokens, split exactly where
+    # this tokenizer allows it, else whole (translate_chunks checks); either way the whole text's
     text = "Harry Potter went to Hogwarts.\n\nRon followed him there.\n" * 40
     whole = tr.translate_text(text, 0)
     import engine.translation as translation
 
-    pieces = translation.split_text(text, 200)
-    got = []
-    for _, _, part in tr.translate_chunks(text, 0) if tr.splits_exactly(pieces) else [(0, 0, whole)]:
-        got += part.translated_ids
-    assert got == whole.translated_ids
+    monkeypatch.setattr(translation, "CHUNK_CHARS", 200)
+    chunks = list(tr.translate_chunks(text, 0))
+    assert len(chunks) == (len(translation.split_text(text)) if tr.splits_exactly(translation.split_text(text)) else 1)
+    assert [i for _, _, part in chunks for i in part.translated_ids] == whole.translated_ids
 
 
 @pytest.mark.slow  # seven short runs
