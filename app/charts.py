@@ -36,52 +36,21 @@ def tracked_along_prompt(tracked: dict, labels: dict[str, str], tokens: list[str
     """Each pinned token's probability after every position, one line per model (generic has gaps)."""
     fig = go.Figure()
     x = list(range(len(tokens)))
+    shown = [show(t) for t in tokens]
     for k, (text, per_model) in enumerate(tracked.items()):
         for m, probs in per_model.items():
             fig.add_trace(go.Scatter(
                 x=x, y=probs, mode="lines+markers", name=f"{labels.get(text, text)} · {m}", connectgaps=False,
+                customdata=shown, hovertemplate="after %{customdata} (position %{x}): %{y:.4f}",
                 line={"color": PALETTE[k % len(PALETTE)], "dash": MODEL_DASHES[m]}, marker={"size": 4}))
     fig.add_vline(x=pos, line_width=1, line_color="#999")
+    step = max(1, len(tokens) // 60)  # at most ~60 tick labels: a tick per token of a 405-token prompt drew for seconds
+    ticks = sorted(set(range(0, len(tokens), step)) | {pos})
     fig.update_layout(
         height=320, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title="P(next token)",
         yaxis_type="log" if log_y else "linear",
-        xaxis={"tickmode": "array", "tickvals": x, "ticktext": [show(t) for t in tokens], "tickangle": -60},
+        xaxis={"tickmode": "array", "tickvals": ticks, "ticktext": [shown[i] for i in ticks], "tickangle": -60},
         legend={"orientation": "h", "y": -0.45})
-    return fig
-
-
-def lens_heatmap(lens: dict[str, list[dict]], token: str | None, label: str) -> go.Figure:
-    """Blocks x models at one position: P(token) after each block (the logit lens), each cell's top-1
-    token written in it; without a token, the top-1 token's own probability."""
-    models = list(lens)
-    L = len(next(iter(lens.values())))
-    z = [[(e["tracked"].get(token) if token else e["top"][0]["prob"]) for e in lens[m]] for m in models]  # (M, L)
-    text = [[show(e["top"][0]["token"])[:10] for e in lens[m]] for m in models]
-    fig = go.Figure(go.Heatmap(
-        z=list(map(list, zip(*z))), x=models, y=list(range(1, L + 1)), text=list(map(list, zip(*text))),
-        texttemplate="%{text}", textfont=dict(size=9), colorscale="Viridis", zmin=0, zmax=1,
-        colorbar=dict(title=dict(text=f"P({label})" if token else "P(top-1)", side="right"), thickness=10),
-        hovertemplate="block %{y} · %{x}<br>" + (f"P({label}) " if token else "P ") + "%{z:.3f}<br>top-1 %{text}<extra></extra>"))
-    fig.update_layout(height=max(260, 14 * L + 60), margin=dict(l=10, r=10, t=10, b=10),
-                      yaxis=dict(title="block", autorange="reversed", fixedrange=True), xaxis=dict(side="top", fixedrange=True))
-    return fig
-
-
-def lens_along(z: list[list[float]], tokens: list[str], pos: int, title: str) -> go.Figure:
-    """Blocks x positions: one token's logit-lens logit after each block at each position of the prompt
-    (or a difference of two models); the selected position outlined."""
-    L, T = len(z), len(tokens)
-    top = max((abs(v) for row in z for v in row), default=1.0) or 1.0
-    step = max(1, T // 40)  # at most ~40 tick labels, however long the prompt
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(T)), y=list(range(1, L + 1)), colorscale="RdBu", zmid=0, zmin=-top, zmax=top,
-        customdata=[[show(t) for t in tokens]] * L, colorbar=dict(title=dict(text=title, side="right"), thickness=10),
-        hovertemplate="block %{y} · after %{customdata} (position %{x})<br>%{z:.2f}<extra></extra>"))
-    fig.add_vrect(x0=pos - 0.5, x1=pos + 0.5, line=dict(color="#111", width=1.5))
-    fig.update_layout(height=max(260, 10 * L + 80), margin=dict(l=10, r=10, t=10, b=10),
-                      yaxis=dict(title="block", autorange="reversed", fixedrange=True),
-                      xaxis=dict(tickmode="array", tickvals=list(range(0, T, step)),
-                                 ticktext=[show(tokens[i])[:8] for i in range(0, T, step)], tickangle=-60))
     return fig
 
 

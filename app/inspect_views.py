@@ -2,7 +2,9 @@
 table, pinned-token bars and their summary, completions. No Streamlit, no torch: unit-testable."""
 from __future__ import annotations
 
+import hashlib
 import html
+import json
 import math
 
 MODELS = ("baseline", "expert", "generic", "unlearned")
@@ -26,13 +28,6 @@ METRIC_LEGEND = {
 
 CSS = """
 <style>
-.obl-strip{color:#111;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:1.05rem;line-height:2.2;white-space:normal;overflow-wrap:anywhere;word-break:break-word;max-width:100%;}
-.obl-strip .tok{white-space:pre-wrap;display:inline-block;padding:0 1px;margin:1px 1px;border-radius:4px;border-bottom:3px solid transparent;line-height:1.7;}
-.obl-strip .tok:empty{min-width:5px;min-height:1.2em;vertical-align:bottom}
-.obl-strip .tok:focus-visible{outline:2px solid #1d4ed8;outline-offset:1px}
-.obl-strip .tok.term{border-bottom-color:#7c3aed;font-weight:600;}
-.obl-strip .tok.sel{outline:2px solid #111;outline-offset:1px;}
-.obl-strip .tok.nolabel{background-image:repeating-linear-gradient(135deg,rgba(0,0,0,.10) 0 3px,transparent 3px 6px);}
 .obl-legend{font-size:0.8rem;color:#555;margin-top:2px;}
 .obl-align{display:flex;flex-wrap:wrap;gap:2px 1px;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.88rem;}
 .obl-align .cell{display:flex;flex-direction:column;border-radius:4px;padding:1px 2px;}
@@ -86,63 +81,34 @@ def _colour(metric: str, v: float | None) -> str:
     return "rgba(239,68,68,0.55)" if v else "transparent"
 
 
-def card_html(p: dict) -> str:
-    """The hover card of one token: its next token, every model's p and rank of it, KL, the term."""
-    rows = []
-    for m in MODELS:
-        nx = p.get(f"{m}_next")
-        if p.get(m) and nx and nx["prob"] is not None:
-            rows.append(f'<tr><td>{m}</td><td class="n">p {nx["prob"]:.3f}</td><td class="n">rank {nx["rank"]}</td></tr>')
-    head = f'<div class="h">#{p["index"]} {show(repr(p["token"]))}</div>'
-    nxt = (f'<div class="m">next token {show(repr(p["next_token"]))}</div>' if p["next_token"] is not None
-           else '<div class="m">end of the prompt: what the models say next</div>')
-    extra = []
-    if p["kl_baseline_generic"] is not None:
-        extra.append(f"KL(baseline ‖ generic) {p['kl_baseline_generic']:.3f}")
-    if p["term"]:
-        extra.append(f"inside the anchored term {show(repr(p['term']))}")
-    if p["aligned_to"] < 0:
-        extra.append("no generic label here (dropped from training)")
-    tail = "".join(f'<div class="m">{e}</div>' for e in extra)
-    return f'{head}{nxt}<table>{"".join(rows)}</table>{tail}'
-
-
-def token_strip_html(view: dict, metric: str, selected: int | None = None, alpha: float | None = None) -> str:
-    """The prompt's tokens coloured by `metric`; anchored terms underlined; `selected` outlined.
-
-    Each token is `<span class="tok" data-pos=i data-value=v data-card=...>` (the card: every
-    model's p and rank of the actual next token, shown on hover by app/strip.py). The strip wraps.
-    """
+def strip_data(view: dict, metric: str, selected: int | None = None, alpha: float | None = None) -> dict:
+    """The token strip as compact arrays, for app/strip.py's script to draw: the tokens (raw text,
+    set as text there, never as HTML), each one's colour under `metric`, the anchored terms, the
+    positions without a generic label, and for the hover card every model's p and rank of the token
+    that follows and KL(baseline || generic). About 60 bytes a token, where the strip's HTML with a
+    card per token was ~0.94 KB: a rerun re-sends it, and a click that only moves `selected` redraws
+    nothing but the outline (the script compares `key`)."""
+    positions = view["positions"]
     values = metric_values(view, metric)
-    spans = []
-    for p, v in zip(view["positions"], values):
-        i = p["index"]
-        classes = ["tok"]
-        if p["term"]:
-            classes.append("term")
-        if i == selected:
-            classes.append("sel")
-        if p["aligned_to"] < 0:
-            classes.append("nolabel")
-        data_v = "" if v is None else f"{v:.4f}"
-        # Keyboard: one token in the tab order (the selected one, roving tabindex), arrows move, Enter
-        # selects (app/strip.py); the label reads the card's headline numbers.
-        label = f"position {i}, {p['token']!r}" + (f", next {p['next_token']!r}" if p["next_token"] is not None else "")
-        nx = p.get("baseline_next")
-        if nx and nx.get("prob") is not None:
-            label += f", baseline p {nx['prob']:.3f} rank {nx['rank']}"
-        spans.append(
-            f'<span class="{" ".join(classes)}" data-pos="{i}" data-value="{data_v}" role="button" '
-            f'tabindex="{0 if i == (selected if selected is not None else 0) else -1}" '
-            f'aria-label="{html.escape(label, quote=True)}" '
-            f'data-card="{html.escape(card_html(p), quote=True)}" style="background-color:{_colour(metric, v)}">'
-            f"{show(p['token'])}</span>"
-        )
-    legend = METRIC_LEGEND[metric] + " Purple underline = anchored term; outlined = selected position. " \
-                                     "Click a token to select it; hover it for every model's numbers."
-    alpha_attr = "" if alpha is None else f' data-alpha="{alpha:g}"'
-    return (f'{CSS}<div class="obl-strip" data-metric="{metric}"{alpha_attr}>{"".join(spans)}</div>'
-            f'<div class="obl-legend">{html.escape(legend)}</div>')
+    models = [m for m in MODELS if any(p.get(m) and p.get(f"{m}_next") for p in positions)]
+    nxt = {m: [p.get(f"{m}_next") or {} for p in positions] for m in models}
+    data = {
+        "metric": metric, "alpha": alpha,
+        "legend": METRIC_LEGEND[metric] + " Purple underline = anchored term; outlined = selected position. "
+                                          "Click a token to select it; hover it for every model's numbers.",
+        "tokens": [p["token"] for p in positions],
+        "colours": [_colour(metric, v) for v in values],
+        "values": [None if v is None else round(v, 4) for v in values],
+        "terms": {str(p["index"]): p["term"] for p in positions if p["term"]},
+        "nolabel": [p["index"] for p in positions if p["aligned_to"] < 0],
+        "models": models,
+        "p": {m: [None if n.get("prob") is None else round(n["prob"], 4) for n in nxt[m]] for m in models},
+        "rank": {m: [n.get("rank") for n in nxt[m]] for m in models},
+        "kl": [None if p["kl_baseline_generic"] is None else round(p["kl_baseline_generic"], 4) for p in positions],
+    }
+    data["key"] = hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
+    data["selected"] = selected  # after the key: a new selection alone redraws only the outline
+    return data
 
 
 def word_at(tokens: list[str], i: int) -> str:
@@ -347,3 +313,60 @@ def lens_headline(split: dict | None, label: str) -> str:
                 f"baseline {pr[-1]:.3f}.")
     return (f"**{label}** is computed up to block {b - 1} (unlearned {pm[b - 2]:.3f}, baseline {pr[b - 2]:.3f}) "
             f"and suppressed from block {b} on: {pm[-1]:.3f} at the output, baseline {pr[-1]:.3f}.")
+
+
+# -- the logit lens at one position: blocks x models, as HTML ---------------------------------------
+VIRIDIS = ((68, 1, 84), (72, 40, 120), (62, 74, 137), (49, 104, 142), (38, 130, 142), (31, 158, 137),
+           (53, 183, 121), (109, 205, 89), (180, 222, 44), (253, 231, 37))  # Plotly's Viridis, 10 stops
+
+
+def viridis(v: float) -> str:
+    """P in [0, 1] as Viridis's colour (0 dark purple, 1 yellow)."""
+    x = min(max(v, 0.0), 1.0) * (len(VIRIDIS) - 1)
+    i = min(int(x), len(VIRIDIS) - 2)
+    f = x - i
+    r, g, b = (round(a + (c - a) * f) for a, c in zip(VIRIDIS[i], VIRIDIS[i + 1]))
+    return f"rgb({r},{g},{b})"
+
+
+LENS_CSS = """
+<style>
+.obl-lens{border-collapse:collapse;font-size:0.74rem;width:100%;table-layout:fixed}
+.obl-lens th{font-weight:600;padding:1px 4px;text-align:center;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
+.obl-lens th.b,.obl-lens td.b{width:3.2em;text-align:right;color:#666;font-weight:400;padding-right:6px}
+.obl-lens td.c{padding:0 3px;height:15px;line-height:15px;text-align:center;white-space:pre;overflow:hidden;
+  text-overflow:ellipsis;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;border:1px solid #fff}
+.obl-lens-scale{font-size:0.74rem;color:#555;margin-top:3px}
+.obl-lens-scale span{display:inline-block;width:90px;height:8px;vertical-align:middle;margin:0 4px;
+  background:linear-gradient(90deg,rgb(68,1,84),rgb(38,130,142),rgb(109,205,89),rgb(253,231,37))}
+</style>
+"""
+
+
+def lens_grid_html(lens: dict[str, list[dict]], token: str | None, label: str) -> str:
+    """Blocks x models at one position: each cell coloured by P(token) after that block (the logit lens;
+    without a token, the top-1 token's own P) and the top-1 token written in it; a hover names both.
+    HTML, not a chart: a click on a token redraws it, and ~(L x models) cells draw in a few ms where a
+    Plotly heatmap with text took a few hundred (the lens click's budget is 1.2x a plain click)."""
+    models = list(lens)
+    L = len(next(iter(lens.values())))
+    what = f"P({label})" if token else "P(top-1)"
+    head = "".join(f'<th data-model="{m}">{html.escape(m)}</th>' for m in models)
+    body = []
+    for b in range(L):
+        cells = []
+        for m in models:
+            e = lens[m][b]
+            top = e["top"][0]
+            p = e["tracked"].get(token) if token else top["prob"]
+            p = 0.0 if p is None else p
+            ink = "#111" if p > 0.55 else "#fff"
+            tip = f"block {b + 1} · {m}: {what} {p:.3f}; top-1 {top['token']!r} {top['prob']:.3f}"
+            cells.append(f'<td class="c" data-model="{m}" data-block="{b + 1}" data-p="{p:.4g}" '
+                         f'style="background:{viridis(p)};color:{ink}" title="{html.escape(tip, quote=True)}">'
+                         f'{show(top["token"])[:10]}</td>')
+        body.append(f'<tr><td class="b">{b + 1}</td>{"".join(cells)}</tr>')
+    return (f'{LENS_CSS}<table class="obl-lens"><thead><tr><th class="b">block</th>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>'
+            f'<div class="obl-lens-scale">{html.escape(what)}: 0<span></span>1 · each cell: the top-1 token '
+            f'after that block</div>')

@@ -27,12 +27,20 @@ class GenericParts:
     forbid_cols: torch.Tensor  # (F,) token ids forbidden at that row
     length: int  # original block length
 
-    def logits(self, alpha: float) -> torch.Tensor:
-        """(Ta, V) generic logits for one alpha, forbidden translations set to the row mean."""
-        g = self.base if self.gap is None else self.base - alpha * self.gap
-        if len(self.forbid_rows):
-            g = g.clone() if self.gap is None else g
-            g[self.forbid_rows, self.forbid_cols] = g.mean(-1)[self.forbid_rows]
+    def logits(self, alpha: float, part: slice | None = None) -> torch.Tensor:
+        """(Ta, V) generic logits for one alpha, forbidden translations set to the row mean; with
+        `part`, only those rows (a slice of 0..Ta: the Inspect view reads them a cache-sized piece at a time)."""
+        base, gap = (self.base, self.gap) if part is None else \
+            (self.base[part], None if self.gap is None else self.gap[part])
+        g = base if gap is None else base - alpha * gap
+        fr, fc = self.forbid_rows, self.forbid_cols
+        if part is not None and len(fr):
+            start, stop, _ = part.indices(len(self.rows))
+            inside = (fr >= start) & (fr < stop)
+            fr, fc = fr[inside] - start, fc[inside]
+        if len(fr):
+            g = g.clone() if gap is None else g
+            g[fr, fc] = g.mean(-1)[fr]
         return g
 
     def labels(self, alpha: float) -> torch.Tensor:
@@ -57,6 +65,14 @@ class GenericParts:
         return top.indices, top.values
 
 
+def _pieces(n: int, like: torch.Tensor, rows: int = 32) -> list[slice]:
+    """Row slices for an elementwise pass over an (n, V) tensor: on a CPU, `rows` rows at a time (a
+    (32, 49k) float32 piece is 6 MB, within the cache, and each pass over it costs a third of one over
+    the whole tensor); on a GPU, one slice (every extra piece is only another kernel launch)."""
+    step = n if like.device.type != "cpu" else rows
+    return [slice(i, min(i + step, n)) for i in range(0, n, max(step, 1))]
+
+
 def generic_parts(
     translation: Translation,
     base_translated: torch.Tensor,  # (Tt, V) baseline logits on the translated block
@@ -66,7 +82,11 @@ def generic_parts(
     mapping = torch.tensor(translation.mapping, dtype=torch.long, device=device)  # (To,)
     rows = (mapping >= 0).nonzero().squeeze(-1)  # (Ta,)
     base = base_translated[mapping[rows]]  # (Ta, V)
-    gap = None if expert_original is None else torch.relu(expert_original[rows] - base)
+    gap = None
+    if expert_original is not None:  # relu(expert - base), a few rows at a time: each piece stays in cache
+        gap = torch.empty_like(base)
+        for part in _pieces(len(rows), base):
+            torch.sub(expert_original[rows[part]], base[part], out=gap[part]).relu_()
     # Forbid rule: once a translation has appeared in the translated block (from position p on),
     # its first token(s) get the row mean so labels never teach the made-up names.
     aligned_to = mapping[rows]  # (Ta,) translated position of each labelled row

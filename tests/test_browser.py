@@ -290,6 +290,31 @@ def test_inspect_in_the_browser(server, demo_ready, page):
     page.get_by_text("Layer by layer (logit lens)").wait_for(state="detached")
     click_s, lens_click_s = statistics.median(plain_clicks), statistics.median(lens_clicks)
 
+    # The keyboard: the selected token is the strip's one tab stop; arrows move, Enter selects.
+    sel = page.locator(".obl-strip .tok.sel")
+    assert sel.get_attribute("tabindex") == "0" and page.locator('.obl-strip .tok[tabindex="0"]').count() == 1
+    assert re.match(r"position \d+, .*baseline p \d\.\d{3} rank \d+", sel.get_attribute("aria-label"))
+    k = int(sel.get_attribute("data-pos"))
+    sel.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Enter")
+    _selected(page, k + 1)
+
+    # Speed 4: a long passage (~400 tokens): Enter to strip, a click, an alpha step.
+    passage = " ".join((ROOT / "assets" / "demo_corpus.txt").read_text().split()[:300])
+    long_enter = _submit(page, passage)
+    long_tokens = page.locator(".obl-strip .tok").count()
+    long_clicks = [click(k, False) for k in (50, 150, 250)]
+    long_alpha = []
+    alpha = _slider(page, "alpha")
+    start = float(page.locator(".obl-strip").get_attribute("data-alpha"))
+    for k in range(1, 4):
+        alpha.focus()
+        t0 = time.perf_counter()
+        alpha.press("ArrowLeft")
+        page.locator(f'.obl-strip[data-alpha="{start - 0.5 * k:g}"]').wait_for()
+        long_alpha.append(time.perf_counter() - t0)
+
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     _submit(page, HP)
     # Streamlit scrolls inside its own container: a tall viewport shows the whole page.
@@ -303,6 +328,9 @@ def test_inspect_in_the_browser(server, demo_ready, page):
               "alpha_request_to_view_s_median": round(statistics.median(after_send), 3) if after_send else None,
               "click_s_median": round(click_s, 3), "lens_click_s_median": round(lens_click_s, 3),
               "lens_click_ratio": round(lens_click_s / click_s, 3),
+              "long_prompt_tokens": long_tokens, "long_enter_to_strip_s": round(long_enter, 3),
+              "long_click_s_median": round(statistics.median(long_clicks), 3),
+              "long_alpha_to_view_s_median": round(statistics.median(long_alpha), 3),
               "load_average_1min": round(load, 2), "cpus": os.cpu_count()}
     (ARTIFACTS / "browser_timings.json").write_text(json.dumps(result, indent=2))
     print(f"\nbrowser timings: {json.dumps(result)}")
@@ -313,6 +341,7 @@ def test_inspect_in_the_browser(server, demo_ready, page):
     # The target is a lens click within 1.2x of a plain one (printed above); this bound only
     # catches a lens that runs the model again on a click.
     assert lens_click_s < 3 * click_s + 2, (plain_clicks, lens_clicks)
+    assert 300 <= long_tokens <= 1024 and statistics.median(long_clicks) < 10, (long_tokens, long_clicks)
 
 
 def test_anchor_edit_is_saved_and_survives_a_reload(server, page):

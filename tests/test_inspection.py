@@ -62,6 +62,33 @@ def test_view_matches_direct_computation(wb):
         assert (pos["kl_baseline_generic"] is None) == (pos["aligned_to"] < 0)
 
 
+def test_every_position_matches_the_whole_tensor_computation_across_pieces(wb):
+    """The statistics run 32 rows at a time on a CPU (cache-sized pieces): a prompt of ~5 pieces, with
+    anchored terms repeated so forbidden translations fall in several pieces, must give at every
+    position what one pass over the whole (T, V) tensor gives."""
+    prompt = " ".join(["Harry Potter met Ron at the castle and Ron said hello to Harry."] * 12)
+    result = inspect(wb, prompt, ANCHORS, expert="expert", top_k=3, track=[" Hermione"])
+    assert len(result.ids) > 4 * 32 and len(result.translation.forbidden) > 0
+    view = result.view(2.5)
+    tr, parts = result.translation, result.parts
+    base_o, base_t, expert_o = wb.logits([(tr.original_ids, None), (tr.translated_ids, None), (tr.original_ids, "expert")])
+    g_all = parts.logits(2.5)  # the whole-tensor formula, forbidden translations included
+    assert torch.equal(torch.cat([parts.logits(2.5, slice(i, i + 32)) for i in range(0, len(parts.rows), 32)]), g_all)
+    lp_b = base_o[parts.rows].log_softmax(-1)
+    kl = (lp_b.exp() * (lp_b - g_all.log_softmax(-1))).sum(-1)
+    hermione = result.tracked_ids[" Hermione"]
+    for j, i in enumerate(parts.rows.tolist()):
+        pos = view["positions"][i]
+        top = g_all[j].softmax(-1).topk(3)
+        assert [t["id"] for t in pos["generic"]] == top.indices.tolist()
+        assert pos["kl_baseline_generic"] == pytest.approx(max(kl[j].item(), 0.0), abs=1e-4)
+        assert view["tracked"][" Hermione"]["generic"][i] == pytest.approx(g_all[j].softmax(-1)[hermione].item(), rel=1e-4)
+        if i + 1 < len(tr.original_ids):
+            nxt = tr.original_ids[i + 1]
+            assert pos["expert_next"]["rank"] == int((expert_o[i] > expert_o[i, nxt]).sum()) + 1  # logits: no softmax ties
+            assert pos["expert_next"]["prob"] == pytest.approx(expert_o[i].softmax(-1)[nxt].item(), rel=1e-4)
+
+
 def test_json_shape(wb):
     view = inspect(wb, PROMPT, None, expert="expert", top_k=4, track=[" Hermione"]).view(5.0)
     json.dumps(view)

@@ -52,11 +52,12 @@ class ElmParts:
     forbid_rows: torch.Tensor = None  # never any: kept for GenericParts' interface
     forbid_cols: torch.Tensor = None
 
-    def logits(self, eta: float) -> torch.Tensor:
-        """(T, V) unnormalised log p* for one eta."""
-        pos = torch.arange(self.length, device=self.base.device, dtype=self.base.dtype)
-        eta_i = eta * (pos / self.ramp).clamp(max=1.0)  # (T,)
-        return self.base + eta_i[:, None] * self.gap
+    def logits(self, eta: float, part: slice | None = None) -> torch.Tensor:
+        """(T, V) unnormalised log p* for one eta; with `part`, those rows only."""
+        part = part or slice(None)
+        pos = torch.arange(self.length, device=self.base.device, dtype=self.base.dtype)[part]
+        eta_i = eta * (pos / self.ramp).clamp(max=1.0)  # (t,)
+        return self.base[part] + eta_i[:, None] * self.gap[part]
 
     def labels(self, eta: float) -> torch.Tensor:
         return self.logits(eta).argmax(-1)
