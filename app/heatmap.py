@@ -10,11 +10,11 @@ from __future__ import annotations
 import streamlit as st
 
 CSS = """
-.obl-heat{position:relative;font:11px/1.3 ui-sans-serif,system-ui,sans-serif;color:#333}
+.obl-heat{position:relative;font:11px/1.3 ui-sans-serif,system-ui,sans-serif;color:var(--obl-ink2,#333)}
 .obl-heat canvas{display:block;width:100%;cursor:crosshair}
-.obl-heat .tip{position:absolute;display:none;pointer-events:none;background:#fff;border:1px solid #d4d4d8;
+.obl-heat .tip{position:absolute;display:none;pointer-events:none;background:var(--obl-paper,#fff);border:1px solid #d4d4d8;
   border-radius:6px;padding:3px 6px;box-shadow:0 4px 12px rgba(0,0,0,.12);white-space:nowrap;z-index:5}
-.obl-heat .scale{margin-top:3px;color:#555}
+.obl-heat .scale{margin-top:3px;color:var(--obl-muted,#555)}
 .obl-heat .scale span{display:inline-block;width:90px;height:8px;vertical-align:middle;margin:0 4px;
   background:linear-gradient(90deg,rgb(5,48,97),rgb(247,247,247),rgb(103,0,31))}
 """

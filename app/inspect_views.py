@@ -28,16 +28,32 @@ METRIC_LEGEND = {
 
 CSS = """
 <style>
-.obl-legend{font-size:0.8rem;color:#555;margin-top:2px;}
+.obl-legend{font-size:0.8rem;color:var(--obl-muted,#555);margin-top:2px;}
 .obl-align{display:flex;flex-wrap:wrap;gap:2px 1px;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:0.88rem;}
 .obl-align .cell{display:flex;flex-direction:column;border-radius:4px;padding:1px 2px;}
-.obl-align .cell.term{background:#f3e8ff;border:1px solid #c4b5fd;}
+.obl-align .cell.term{background:var(--obl-term-bg,#f3e8ff);border:1px solid #c4b5fd;}
 .obl-align .o,.obl-align .t{white-space:pre;}
-.obl-align .t{color:#1d4ed8;}
+.obl-align .t{color:var(--obl-blue,#1d4ed8);}
 .obl-align .drop{color:#b5b5b5;text-decoration:line-through;}
-.obl-align .cell.term .t{font-weight:600;color:#6d28d9;}
+.obl-align .cell.term .t{font-weight:600;color:var(--obl-purple,#6d28d9);}
 </style>
 """
+
+
+# The colours every HTML piece reads (with its light value as the fallback), per Streamlit theme: the
+# app sets them once per run (app/main.py), so the strip, tables, cards and lens follow a dark theme.
+THEME = {
+    "light": {"ink": "#111", "ink2": "#333", "muted": "#555", "faint": "#888", "paper": "#fff",
+              "term-bg": "#f3e8ff", "blue": "#1d4ed8", "purple": "#6d28d9", "fam-bg": "#fff7ed"},
+    "dark": {"ink": "#f4f4f5", "ink2": "#e4e4e7", "muted": "#b4b4bd", "faint": "#9a9aa5", "paper": "#1f2029",
+             "term-bg": "#3b2a5c", "blue": "#93c5fd", "purple": "#d8b4fe", "fam-bg": "#3a2a14"},
+}
+
+
+def theme_css(kind: str | None) -> str:
+    """The <style> that sets the colours above for Streamlit's theme ("light", "dark"; None: light)."""
+    values = THEME.get(kind or "light", THEME["light"])
+    return "<style>:root{" + ";".join(f"--obl-{k}:{v}" for k, v in values.items()) + "}</style>"
 
 
 def show(token: str) -> str:
@@ -158,13 +174,13 @@ TOPK_CSS = """
 <style>
 .obl-topk{border-collapse:collapse;width:100%;font-size:0.86rem;table-layout:fixed}
 .obl-topk th{text-align:left;font-weight:600;padding:2px 6px;border-bottom:1px solid #ddd;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.obl-topk th .sub{font-weight:400;color:#666;font-size:0.75rem}
+.obl-topk th .sub{font-weight:400;color:var(--obl-muted,#666);font-size:0.75rem}
 .obl-topk td{padding:2px 6px;border-bottom:1px solid #f1f1f1;overflow:hidden}
 .obl-topk .cell{display:flex;flex-wrap:wrap;align-items:baseline;gap:0 3px;min-width:0}
 .obl-topk .cell .t{white-space:pre;min-width:0}
-.obl-topk td.r,.obl-topk th.r{color:#888;width:2.2em;text-align:right}
+.obl-topk td.r,.obl-topk th.r{color:var(--obl-faint,#888);width:2.2em;text-align:right}
 .obl-topk .t{font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
-.obl-topk .p{margin-left:auto;font-variant-numeric:tabular-nums;color:#333;flex:none}
+.obl-topk .p{margin-left:auto;font-variant-numeric:tabular-nums;color:var(--obl-ink2,#333);flex:none}
 .obl-topk .d{font-size:0.72rem;flex:none}
 .obl-topk .d.up{color:#15803d}.obl-topk .d.down{color:#b91c1c}.obl-topk .d.new{color:#7c3aed}
 .obl-topk td.hit{font-weight:700}
@@ -291,7 +307,7 @@ def completions_html(examples: dict[str, dict]) -> str:
         rows.append(f'<tr><td class="pr">{show(pr)}</td>{"".join(cells)}</tr>')
     css = ("<style>.obl-comp{border-collapse:collapse;width:100%;font-size:0.85rem}"
            ".obl-comp th,.obl-comp td{border-bottom:1px solid #eee;padding:4px 6px;vertical-align:top;text-align:left}"
-           ".obl-comp td.pr{color:#555;width:24%}.obl-comp td.fam{background:#fff7ed}"
+           ".obl-comp td.pr{color:var(--obl-muted,#555);width:24%}.obl-comp td.fam{background:var(--obl-fam-bg,#fff7ed)}"
            ".obl-comp mark{background:#fde68a;padding:0 1px;border-radius:2px}</style>")
     return f'{css}<table class="obl-comp"><thead><tr><th>prompt</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -333,10 +349,10 @@ LENS_CSS = """
 <style>
 .obl-lens{border-collapse:collapse;font-size:0.74rem;width:100%;table-layout:fixed}
 .obl-lens th{font-weight:600;padding:1px 4px;text-align:center;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
-.obl-lens th.b,.obl-lens td.b{width:3.2em;text-align:right;color:#666;font-weight:400;padding-right:6px}
+.obl-lens th.b,.obl-lens td.b{width:3.2em;text-align:right;color:var(--obl-muted,#666);font-weight:400;padding-right:6px}
 .obl-lens td.c{padding:0 3px;height:15px;line-height:15px;text-align:center;white-space:pre;overflow:hidden;
   text-overflow:ellipsis;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;border:1px solid #fff}
-.obl-lens-scale{font-size:0.74rem;color:#555;margin-top:3px}
+.obl-lens-scale{font-size:0.74rem;color:var(--obl-muted,#555);margin-top:3px}
 .obl-lens-scale span{display:inline-block;width:90px;height:8px;vertical-align:middle;margin:0 4px;
   background:linear-gradient(90deg,rgb(68,1,84),rgb(38,130,142),rgb(109,205,89),rgb(253,231,37))}
 </style>

@@ -28,6 +28,9 @@ st.set_page_config(page_title="Obliviate", page_icon=":material/auto_fix_high:",
 # Results above the fold at 1280 x 720: less of Streamlit's default top padding and title size.
 st.html("<style>[data-testid='stMainBlockContainer']{padding-top:4rem;padding-bottom:3rem}"
         "h1{font-size:2.1rem !important;padding-top:0.2rem !important}</style>")
+from app.inspect_views import theme_css  # noqa: E402  (pure: no torch)
+
+st.html(theme_css(getattr(st.context.theme, "type", None)))  # the strip, tables and cards follow the theme
 
 # The first script run imports torch and transformers (seconds) and loads the model: say so at once
 # instead of a blank page. Cleared as soon as the sidebar has its model.

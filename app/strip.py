@@ -15,7 +15,7 @@ import streamlit as st
 
 CSS = """
 .obl-host{position:relative}
-.obl-strip{color:#111;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:1.05rem;line-height:2.2;
+.obl-strip{color:var(--obl-ink,#111);font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:1.05rem;line-height:2.2;
   white-space:normal;overflow-wrap:anywhere;word-break:break-word;max-width:100%}
 .obl-strip .tok{white-space:pre-wrap;display:inline-block;padding:0 1px;margin:1px 1px;border-radius:4px;
   border-bottom:3px solid transparent;line-height:1.7;cursor:pointer}
@@ -24,15 +24,15 @@ CSS = """
 .obl-strip .tok.term{border-bottom-color:#7c3aed;font-weight:600}
 .obl-strip .tok.sel{outline:2px solid #111;outline-offset:1px}
 .obl-strip .tok.nolabel{background-image:repeating-linear-gradient(135deg,rgba(0,0,0,.10) 0 3px,transparent 3px 6px)}
-.obl-strip-legend{font-size:0.8rem;color:#555;margin-top:2px}
+.obl-strip-legend{font-size:0.8rem;color:var(--obl-muted,#555);margin-top:2px}
 .obl-card{position:fixed;z-index:1000;display:none;min-width:220px;max-width:340px;padding:8px 10px;
-  background:#fff;color:#111;border:1px solid #d4d4d8;border-radius:8px;box-shadow:0 6px 20px rgba(0,0,0,.15);
+  background:var(--obl-paper,#fff);color:var(--obl-ink,#111);border:1px solid #d4d4d8;border-radius:8px;box-shadow:0 6px 20px rgba(0,0,0,.15);
   font:13px/1.45 ui-sans-serif,system-ui,sans-serif;pointer-events:none}
 .obl-card .h{font-weight:600;margin-bottom:4px;font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
 .obl-card table{border-collapse:collapse;width:100%}
 .obl-card td{padding:1px 6px 1px 0;white-space:nowrap}
 .obl-card td.n{text-align:right;font-variant-numeric:tabular-nums}
-.obl-card .m{color:#555;font-size:12px;margin-top:4px}
+.obl-card .m{color:var(--obl-muted,#555);font-size:12px;margin-top:4px}
 """
 
 JS = """

@@ -212,13 +212,23 @@ with st.expander("Suggest terms (an LLM, or offline from the models)"):
         st.rerun()
 
 # -- preview ---------------------------------------------------------------------------------------
+LIVE_PREVIEW_TERMS = 300  # past this many terms the preview waits for a Save (or the toggle)
 st.subheader("Preview")
 if ctx.wb is None:
     st.info("Load a model in the sidebar to preview translations (they use its tokenizer).")
     st.stop()
+# A large dictionary re-translates for seconds (2,500 terms: ~4 s on the demo corpus): its preview follows
+# the saved file unless asked to follow every edit; a small one follows every edit.
+live = st.toggle("Follow unsaved edits", key="anchors_preview_live",
+                 value=len(edited.entries) <= LIVE_PREVIEW_TERMS,
+                 help=f"On: the preview re-translates after every edit in the grid. Off (the default past "
+                      f"{LIVE_PREVIEW_TERMS} terms, where one translation takes seconds): it shows the saved "
+                      "dictionary until you Save.")
 if problems:
     st.caption("The preview uses the saved dictionary until the editor's problems are fixed.")
-preview_dict = saved if problems else edited
+elif not live and edited.version() != saved.version():
+    st.caption("The preview shows the saved dictionary: Save, or turn on *Follow unsaved edits*.")
+preview_dict = saved if problems or not live else edited
 p1, p2, p3 = st.columns([2, 1, 1])
 source = p1.radio("Passage", ["demo corpus", "my own text"], horizontal=True, key="anchors_preview_source")
 seed = int(p2.number_input("Seed", 0, 10_000, 0, key="anchors_preview_seed",

@@ -367,7 +367,7 @@ def show_completion(m: str, text: str | None) -> None:
         cell.markdown(f"**{m}**  \n:gray[generating…]")
         return
     cell.markdown(f"**{m}**<div style='font-family:ui-monospace,monospace;font-size:0.9rem'>"
-                  f"<span style='color:#888'>…{inspect_views.show(prompt[-40:])}</span>"
+                  f"<span style='color:var(--obl-faint,#888)'>…{inspect_views.show(prompt[-40:])}</span>"
                   f"<b>{inspect_views.show(text)}</b></div>", unsafe_allow_html=True)
 
 
@@ -380,7 +380,7 @@ if g4.button("Complete the prompt with every model", key="inspect_complete"):
         for m, text in complete_all(wb, prompt, ctx.expert, ctx.unlearned, alpha, anchors, max_new, temperature, seed):
             out[m] = text
             slots[m].markdown(f"**{m}**<div style='font-family:ui-monospace,monospace;font-size:0.9rem'>"
-                              f"<span style='color:#888'>…{inspect_views.show(prompt[-40:])}</span>"
+                              f"<span style='color:var(--obl-faint,#888)'>…{inspect_views.show(prompt[-40:])}</span>"
                               f"<b>{inspect_views.show(text)}</b></div>", unsafe_allow_html=True)
         st.session_state["inspect_completions"] = (key, out)
     except UserError as e:

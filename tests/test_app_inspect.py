@@ -540,3 +540,20 @@ def test_a_prompt_the_page_cannot_draw_is_refused_before_any_forward(app_env, mo
     assert not at.exception, at.exception
     assert any(f"draws at most {PAGE_PROMPT_TOKENS:,}" in e.value for e in at.error)
     assert calls == [], "refused before the model runs"
+
+
+def test_the_dark_theme_is_not_forced_off_and_the_html_pieces_follow_it():
+    """The config forced `base = "light"`; the strip, tables and cards hard-coded dark text on white."""
+    from app.inspect_views import THEME, theme_css, topk_table_html
+    from app.strip import CSS as STRIP_CSS
+
+    import tomllib
+
+    config = tomllib.loads((ROOT / "app" / ".streamlit" / "config.toml").read_text())
+    assert "base" not in config.get("theme", {}), "Streamlit follows the browser's light or dark preference"
+    dark, light = theme_css("dark"), theme_css("light")
+    assert f"--obl-ink:{THEME['dark']['ink']}" in dark and f"--obl-ink:{THEME['light']['ink']}" in light
+    assert theme_css(None) == light
+    for css in (STRIP_CSS, topk_table_html({"baseline": [], "next_token": None}, ["baseline"])):
+        assert "var(--obl-ink" in css or "var(--obl-ink2" in css or "var(--obl-muted" in css
+        assert "color:#111" not in css and "background:#fff" not in css

@@ -286,6 +286,10 @@ def test_inspect_in_the_browser(server, demo_ready, page):
     page.get_by_text("Lens", exact=True).click()
     page.get_by_text("Layer by layer (logit lens)").wait_for(timeout=120_000)
     lens_clicks = [click(k, True) for k in (11, 21, 31, 41)]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.get_by_text("Layer by layer (logit lens)").scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "lens_1440.png"))
     page.get_by_text("Lens", exact=True).click()
     page.get_by_text("Layer by layer (logit lens)").wait_for(state="detached")
     click_s, lens_click_s = statistics.median(plain_clicks), statistics.median(lens_clicks)
